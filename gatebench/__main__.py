@@ -1,0 +1,3 @@
+from gatebench.cli import main
+
+main()

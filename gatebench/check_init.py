@@ -1,0 +1,108 @@
+"""`gatebench check-init`: is the adapter the identity at init, and do gradients reach it?
+
+The user's history shows both matter: a random ``to_out`` with gate 3.0 garbled images from step 0
+(not the identity), and gate 0 with ``to_out`` 0 never trained (no gradient: a deadlock).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gatebench.adapters.user import AdapterSet, Grounding, apply_init, inject
+
+IDENTITY_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class InitCheck:
+    scheme: str
+    identity_max_abs_diff: float
+    gate_grad_norm: float
+    to_out_grad_norm: float
+
+    @property
+    def identity_ok(self) -> bool:
+        return self.identity_max_abs_diff <= IDENTITY_TOL
+
+    @property
+    def gradient_ok(self) -> bool:
+        return self.gate_grad_norm > 0.0 or self.to_out_grad_norm > 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.identity_ok and self.gradient_ok
+
+
+def tiny_unet(widths: tuple[int, ...], cross_attention_dim: int, sample_size: int = 8):
+    """A small UNet with cross-attention at every given width (one block per width)."""
+    from diffusers import UNet2DConditionModel
+
+    n = len(widths)
+    heads = [max(1, w // 64) if w % 64 == 0 else 1 for w in widths]
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=tuple(widths), down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=tuple(heads), norm_num_groups=min(32, min(widths) // 2))
+
+
+def run_check(unet: torch.nn.Module, adapters: AdapterSet, scheme: str, *, seed: int = 0,
+              num_boxes: int = 3) -> InitCheck:
+    """Compare UNet output with and without the adapter, then backprop through it once."""
+    generator = torch.Generator().manual_seed(seed)
+    config = unet.config
+    size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
+    sample = torch.randn(2, config.in_channels, size, size, generator=generator)
+    timestep = torch.tensor([500, 500])
+    text = torch.randn(2, 6, config.cross_attention_dim, generator=generator)
+    corners = torch.rand(2, num_boxes, 2, generator=generator) * 0.5
+    boxes = torch.cat([corners, corners + 0.3 + 0.2 * torch.rand(2, num_boxes, 2, generator=generator)], -1)
+    grounding = Grounding(boxes=boxes.clamp(0, 1),
+                          phrases=torch.randn(2, num_boxes, adapters.config["text_dim"], generator=generator),
+                          mask=torch.ones(2, num_boxes))
+    unet.requires_grad_(False)
+    adapters.requires_grad_(True)
+    injection = inject(unet, adapters)
+    try:
+        with torch.no_grad():
+            base = unet(sample, timestep, encoder_hidden_states=text).sample
+        with injection.grounded(grounding):
+            adapted = unet(sample, timestep, encoder_hidden_states=text).sample
+        target = torch.randn(adapted.shape, generator=generator)
+        torch.nn.functional.mse_loss(adapted, target).backward()
+    finally:
+        injection.remove()
+    gate_grad = sum(float(a.gated_attn.gate.grad.norm()) for a in adapters.values()
+                    if a.gated_attn.gate.grad is not None)
+    out_grad = sum(float(a.gated_attn.to_out.weight.grad.norm()) for a in adapters.values()
+                   if a.gated_attn.to_out.weight.grad is not None)
+    return InitCheck(scheme, float((adapted.detach() - base).abs().max()), gate_grad, out_grad)
+
+
+def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
+               text_dim: int = 32, base_model: Path | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0) -> list[InitCheck]:
+    """Run the check for each init scheme (or for the given adapter state, scheme 'checkpoint')."""
+    if base_model is not None:
+        from gatebench.models import load_unet
+        unet = load_unet(base_model)
+    else:
+        unet = tiny_unet(widths, cross_attention_dim=text_dim)
+    unet.eval()
+    from gatebench.adapters.user import attn2_widths
+    unet_widths = sorted(set(attn2_widths(unet).values()))
+    results = []
+    if state_dict is not None:
+        config = AdapterSet.config_from_state(state_dict)
+        adapters = AdapterSet.from_config(config)
+        adapters.load_state_dict(state_dict)
+        results.append(run_check(unet, adapters, "checkpoint", seed=seed))
+        return results
+    for scheme in schemes:
+        torch.manual_seed(seed)
+        adapters = AdapterSet(unet_widths, text_dim)
+        apply_init(adapters, scheme)
+        results.append(run_check(unet, adapters, scheme, seed=seed))
+    return results

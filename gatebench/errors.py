@@ -1,0 +1,73 @@
+"""Exception types for everything a user can get wrong.
+
+Every error raised at an edge (a file, a flag, a protocol field) is a ``GatebenchError``: the CLI
+turns it into one red line and exit code 2. Messages follow "expected X, got Y in FILE:LINE" so the
+user can find and fix the input without reading a traceback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class GatebenchError(Exception):
+    """A user-facing error: bad input, bad usage or a missing file. Exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None,
+                 hint: str | None = None) -> None:
+        self.message = message
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        self.hint = hint
+        super().__init__(self.render())
+
+    @property
+    def location(self) -> str:
+        if self.path is None:
+            return ""
+        return f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+
+    def render(self) -> str:
+        text = self.message
+        if self.location and self.location not in text:
+            text = f"{text} in {self.location}"
+        if self.hint:
+            text = f"{text}; {self.hint}"
+        return text
+
+
+class ProtocolError(GatebenchError):
+    """A protocol TOML file is malformed, has unknown keys or wrong types."""
+
+
+class CheckpointError(GatebenchError):
+    """A checkpoint is missing, unreadable, unsafe or holds no recognisable gates."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle wanted to run code or build objects that ``weights_only`` loading refuses."""
+
+
+class LogFormatError(GatebenchError):
+    """A training log (train.log, TensorBoard, JSONL) could not be parsed."""
+
+
+class LayoutError(GatebenchError):
+    """A layout/annotation row is invalid (bad box, missing field, bad encoding)."""
+
+
+class ModelFileError(GatebenchError):
+    """A model weight file or folder the protocol names is missing or unusable."""
+
+
+class MetricError(GatebenchError):
+    """A metric cannot be computed from what was given: never silently replaced by a default."""
+
+
+class NotComparableError(GatebenchError):
+    """Two result sets cannot be compared (different protocol, layouts, seeds or N)."""
+
+
+class NotAvailableError(GatebenchError):
+    """A command or feature that this version does not provide yet."""

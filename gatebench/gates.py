@@ -1,0 +1,308 @@
+"""Gate health: statistics per checkpoint, trajectories over checkpoints or logs, findings.
+
+The user's worst failures were visible here before any image was generated: a gate that fell from
+3.0 to 0.29 (``collapse``) and a gate and ``to_out`` both at zero that never moved (``deadlock``).
+Thresholds come from the protocol's ``[gates]`` table (defaults: the user's validation guide).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+
+from gatebench.checkpoint import CheckpointInfo
+from gatebench.logs import LogSeries
+from gatebench.protocol import GateThresholds
+
+SCHEMA_VERSION = 1
+Severity = Literal["fail", "warn"]
+FINDING_CODES = ("deadlock", "collapse", "falling", "near_zero", "saturated", "nan",
+                 "not_learning", "extrapolated_scale")
+
+HINTS = {
+    "deadlock": "gate and to_out are both exactly 0, so each one's gradient (the other) is 0 "
+                "and neither can ever move; initialise the gate at 0 with a normally initialised "
+                "to_out (GLIGEN) or to_out 0 with gate 0.1, and verify with `gatebench check-init`",
+    "collapse": "the adapter is being shut out (typical of a random to_out with a large initial "
+                "gate such as 3.0); retrain with zero-init (`--init gligen`), and check phrase "
+                "embeddings, --phrase-dropout 0.05 and looser cleaning --min-area 5e-5 "
+                "--min-side 0.005",
+    "falling": "poor phrase embeddings or over-aggressive data cleaning; try --phrase-dropout "
+               "0.05 and looser cleaning --min-area 5e-5 --min-side 0.005",
+    "not_learning": "the learning rate may be too small (try --lr 5e-4) or the gate frozen "
+                    "(drop --freeze-gate)",
+    "near_zero": "the adapter barely acts; expected early in training, a problem late "
+                 "(try --lr 5e-4 and check phrase embeddings)",
+    "saturated": "tanh(gate) is saturated: gradients through it vanish and gate scales > 1 "
+                 "over-drive the UNet (garbled images); typical of a large initial gate",
+    "nan": "training diverged; lower --lr, keep gradient clipping on, check fp16 overflow",
+    "extrapolated_scale": "training sampled gate scales only in the recorded range; results "
+                          "outside it are extrapolation",
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    severity: Severity
+    message: str
+    subject: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GateStats:
+    n: int
+    mean: float          # of effective gates tanh(raw)
+    std: float
+    min: float
+    max: float
+    raw_mean: float
+    near_zero_share: float
+    saturated_share: float
+    nonfinite: int
+
+
+@dataclass(frozen=True)
+class TrajectoryPoint:
+    x: int               # step (or epoch / number parsed from the file name, see ``axis``)
+    gate_mean: float     # mean raw gate, like the user's train.log
+    effective_mean: float | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    info: CheckpointInfo
+    stats: GateStats
+    findings: tuple[Finding, ...]
+
+
+@dataclass(frozen=True)
+class GateReport:
+    checkpoints: tuple[CheckpointReport, ...] = ()
+    logs: tuple[tuple[LogSeries, tuple[Finding, ...]], ...] = ()
+    trajectory: tuple[TrajectoryPoint, ...] = ()
+    trajectory_axis: str = "step"
+    trajectory_findings: tuple[Finding, ...] = ()
+    extra_findings: tuple[Finding, ...] = field(default_factory=tuple)
+
+    @property
+    def findings(self) -> list[Finding]:
+        out = [f for c in self.checkpoints for f in c.findings]
+        out += [f for _, fs in self.logs for f in fs]
+        return out + list(self.trajectory_findings) + list(self.extra_findings)
+
+    @property
+    def verdict(self) -> str:
+        severities = {f.severity for f in self.findings}
+        return "fail" if "fail" in severities else "warn" if "warn" in severities else "pass"
+
+
+def gate_stats(info: CheckpointInfo, thresholds: GateThresholds) -> GateStats:
+    raw = np.array([g.raw for g in info.gates], dtype=np.float64)
+    finite = raw[np.isfinite(raw)]
+    eff = np.tanh(finite)
+    if finite.size == 0:
+        nan = float("nan")
+        return GateStats(len(raw), nan, nan, nan, nan, nan, nan, nan, int(raw.size))
+    return GateStats(
+        n=int(raw.size), mean=float(eff.mean()), std=float(eff.std()), min=float(eff.min()),
+        max=float(eff.max()), raw_mean=float(finite.mean()),
+        near_zero_share=float((np.abs(finite) < thresholds.near_zero).mean()),
+        saturated_share=float((np.abs(eff) > thresholds.saturated).mean()),
+        nonfinite=int(raw.size - finite.size))
+
+
+def checkpoint_findings(info: CheckpointInfo, stats: GateStats,
+                        t: GateThresholds) -> list[Finding]:
+    """Findings visible in a single checkpoint."""
+    subject = str(info.path)
+    out: list[Finding] = []
+    if stats.nonfinite:
+        out.append(Finding("nan", "fail", f"{stats.nonfinite} of {stats.n} gates are NaN/Inf; "
+                           f"{HINTS['nan']}", subject))
+    dead = [g for g in info.gates if g.raw == 0.0 and g.out_proj_zero]
+    if dead:
+        layers = ", ".join(g.layer for g in dead[:4]) + (" ..." if len(dead) > 4 else "")
+        step = f" at step {info.training.step}" if info.training.step is not None else ""
+        out.append(Finding("deadlock", "fail", f"{len(dead)} of {stats.n} gates and their output "
+                           f"projections are exactly 0{step} ({layers}); {HINTS['deadlock']}",
+                           subject))
+    at_init = info.training.step == 0
+    step = info.training.step
+    if (not dead and not at_init and info.training.gate_init is not None and step is not None
+            and step >= t.not_learning_steps
+            and all(abs(g.raw - info.training.gate_init) < t.not_learning_tol for g in info.gates)):
+        out.append(Finding("not_learning", "fail", f"all gates still at their init value "
+                           f"{info.training.gate_init:g} after {step} steps; "
+                           f"{HINTS['not_learning']}", subject))
+    if stats.nonfinite == stats.n:
+        return out
+    if not at_init and not dead:
+        if stats.near_zero_share >= t.near_zero_share_max:
+            out.append(Finding("near_zero", "warn", f"{stats.near_zero_share:.0%} of gates have "
+                               f"|gate| < {t.near_zero:g} (healthy: < {t.near_zero_share_max:.0%})"
+                               f"; {HINTS['near_zero']}", subject))
+        elif abs(stats.mean) < t.healthy_mean_low:
+            out.append(Finding("near_zero", "warn", f"mean tanh(gate) {stats.mean:.3f} is below "
+                               f"the healthy range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}"
+                               f"; {HINTS['near_zero']}", subject))
+    if stats.saturated_share >= t.saturated_share_max:
+        out.append(Finding("saturated", "warn", f"{stats.saturated_share:.0%} of gates have "
+                           f"|tanh(gate)| > {t.saturated:g} (healthy: < "
+                           f"{t.saturated_share_max:.0%}); {HINTS['saturated']}", subject))
+    elif abs(stats.mean) > t.healthy_mean_high:
+        out.append(Finding("saturated", "warn", f"mean tanh(gate) {stats.mean:.3f} is above the "
+                           f"healthy range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
+                           f"{HINTS['saturated']}", subject))
+    return out
+
+
+def trajectory_findings(points: Sequence[TrajectoryPoint], t: GateThresholds, subject: str,
+                        axis: str = "step") -> list[Finding]:
+    """collapse / falling / not_learning / nan over an ordered gate-mean series."""
+    if not points:
+        return []
+    values = [p.gate_mean for p in points]
+    if any(not math.isfinite(v) for v in values):
+        first = next(p for p in points if not math.isfinite(p.gate_mean))
+        return [Finding("nan", "fail", f"gate mean is NaN/Inf at {axis} {first.x}; "
+                        f"{HINTS['nan']}", subject)]
+    if len(points) < 2:
+        return []
+    mags = [abs(v) for v in values]
+    peak_i = int(np.argmax(mags))
+    peak, last = mags[peak_i], mags[-1]
+    out: list[Finding] = []
+    path = " -> ".join(f"{v:.3g}" for v in _thin(values))
+    if (peak_i < len(points) - 1 and peak >= t.collapse_min_peak
+            and last < (1.0 - t.collapse_fraction) * peak):
+        out.append(Finding("collapse", "fail", f"gate mean fell from its peak {values[peak_i]:.3g} "
+                           f"({axis} {points[peak_i].x}) to {values[-1]:.3g} ({axis} "
+                           f"{points[-1].x}), a {1 - last / peak:.0%} drop (limit "
+                           f"{t.collapse_fraction:.0%}); trajectory {path}; {HINTS['collapse']}",
+                           subject))
+    else:
+        run = 1
+        while run < len(mags) and mags[-run - 1] > mags[-run]:
+            run += 1
+        start = mags[-run]
+        if (run >= 3 and start >= t.near_zero
+                and (start - last) > t.falling_fraction * start):
+            out.append(Finding("falling", "warn", f"gate mean has fallen for the last {run} points "
+                               f"({start:.3g} -> {last:.3g}, -{(start - last) / start:.0%}); "
+                               f"trajectory {path}; {HINTS['falling']}", subject))
+    span = points[-1].x - points[0].x
+    if axis == "step" and span >= t.not_learning_steps and max(
+            abs(v - values[0]) for v in values) < t.not_learning_tol:
+        exact = " (exactly 0 throughout: consistent with a deadlock)" if all(
+            v == 0 for v in values) else ""
+        out.append(Finding("not_learning", "fail", f"gate mean stayed at {values[0]:.3g} over "
+                           f"{span} steps{exact}; {HINTS['not_learning']}", subject))
+    return out
+
+
+def _thin(values: Sequence[float], keep: int = 8) -> list[float]:
+    if len(values) <= keep:
+        return list(values)
+    idx = np.linspace(0, len(values) - 1, keep).round().astype(int)
+    return [values[i] for i in idx]
+
+
+_NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")
+
+
+def order_key(info: CheckpointInfo) -> tuple[str, int]:
+    """Checkpoints are ordered by recorded step, else epoch, else the number in the file name."""
+    if info.training.step is not None:
+        return "step", info.training.step
+    if info.training.epoch is not None:
+        return "epoch", info.training.epoch
+    found = _NUMBER_IN_NAME.search(info.path.stem)
+    kind = "epoch" if "epoch" in info.path.stem.lower() else "checkpoint number"
+    return kind, int(found.group(1)) if found else 0
+
+
+def scale_findings(info: CheckpointInfo, gate_scales: Iterable[float]) -> list[Finding]:
+    low, high = info.training.scale_min, info.training.scale_max
+    if low is None or high is None:
+        return []
+    outside = [s for s in gate_scales if s != 0.0 and not (low - 1e-9 <= s <= high + 1e-9)]
+    if not outside:
+        return []
+    return [Finding("extrapolated_scale", "warn", f"gate scales {', '.join(f'{s:g}' for s in outside)} "
+                    f"lie outside the training range [{low:g}, {high:g}]; "
+                    f"{HINTS['extrapolated_scale']}", str(info.path))]
+
+
+def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
+            thresholds: GateThresholds, gate_scales: Iterable[float] = ()) -> GateReport:
+    """The whole `gatebench gates` analysis over checkpoints and logs."""
+    scales = tuple(gate_scales)
+    reports = []
+    for info in infos:
+        stats = gate_stats(info, thresholds)
+        findings = checkpoint_findings(info, stats, thresholds) + scale_findings(info, scales)
+        reports.append(CheckpointReport(info, stats, tuple(findings)))
+    ordered = sorted(reports, key=lambda r: order_key(r.info)[1])
+    axes = {order_key(r.info)[0] for r in ordered}
+    axis = axes.pop() if len(axes) == 1 else "checkpoint"
+    points = tuple(TrajectoryPoint(order_key(r.info)[1] if axis != "checkpoint" else i,
+                                   r.stats.raw_mean, r.stats.mean, r.info.path.name)
+                   for i, r in enumerate(ordered))
+    traj = trajectory_findings(points, thresholds, "checkpoint series", axis) if len(points) > 1 \
+        else []
+    # A single checkpoint of ours carries its own history: analyse it as a trajectory too.
+    if len(ordered) == 1 and ordered[0].info.training.gate_history:
+        history = [TrajectoryPoint(int(row[0]), row[1]) for row in ordered[0].info.training.gate_history]
+        traj = trajectory_findings(history, thresholds, f"{ordered[0].info.path.name} history")
+        points = tuple(history)
+        axis = "step"
+    log_reports = []
+    for series in logs:
+        frame = series.gate_points
+        pts = [TrajectoryPoint(int(s), float(m)) for s, m in zip(frame["step"], frame["gate_mean"])]
+        log_reports.append((series, tuple(trajectory_findings(pts, thresholds, str(series.source)))))
+    return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports), trajectory=points,
+                      trajectory_axis=axis, trajectory_findings=tuple(traj))
+
+
+def to_json(report: GateReport) -> dict[str, Any]:
+    """The ``gates --json`` document (DESIGN.md "Stable names")."""
+    checkpoints = []
+    for c in report.checkpoints:
+        info = c.info
+        checkpoints.append({
+            "path": str(info.path), "sha256": info.sha256, "format": info.format,
+            "family": info.family, "size_bytes": info.size_bytes,
+            "step": info.training.step, "epoch": info.training.epoch,
+            "init_scheme": info.training.init_scheme,
+            "scale_range": [info.training.scale_min, info.training.scale_max],
+            "gates": [{"key": g.key, "layer": g.layer, "kind": g.kind, "width": g.width,
+                       "raw": _num(g.raw), "effective": _num(g.effective),
+                       "out_proj_zero": g.out_proj_zero} for g in info.gates],
+            "stats": {k: _num(v) for k, v in asdict(c.stats).items()},
+            "findings": [f.to_dict() for f in c.findings]})
+    logs = [{"path": str(s.source), "kind": s.kind, "points": int(len(s.gate_points)),
+             "last": {k: _num(v) for k, v in s.frame.iloc[-1].to_dict().items()},
+             "findings": [f.to_dict() for f in fs]} for s, fs in report.logs]
+    return {"schema_version": SCHEMA_VERSION, "checkpoints": checkpoints, "logs": logs,
+            "trajectory": {"axis": report.trajectory_axis,
+                           "points": [{"x": p.x, "gate_mean": _num(p.gate_mean),
+                                       "effective_mean": _num(p.effective_mean), "label": p.label}
+                                      for p in report.trajectory]},
+            "findings": [f.to_dict() for f in report.findings], "verdict": report.verdict}
+
+
+def _num(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become strings so parsers never choke."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

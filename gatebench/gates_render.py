@@ -1,0 +1,127 @@
+"""Renders a GateReport for a terminal (rich), for a report (Markdown) and as a PNG trajectory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gatebench.gates import Finding, GateReport
+
+_STYLE = {"fail": "bold red", "warn": "yellow", "pass": "bold green"}
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if value == value else "nan"
+
+
+def render_terminal(report: GateReport, console: Console, *, per_gate: bool = True) -> None:
+    for c in report.checkpoints:
+        info, stats = c.info, c.stats
+        meta = [f"format {info.format}", f"family {info.family}", f"sha256 {info.sha256[:12]}"]
+        if info.training.step is not None:
+            meta.append(f"step {info.training.step}")
+        if info.training.epoch is not None:
+            meta.append(f"epoch {info.training.epoch}")
+        if info.training.init_scheme:
+            meta.append(f"init {info.training.init_scheme}")
+        title = f"[bold]{info.path}[/bold]  ({', '.join(meta)})"
+        if per_gate:
+            table = Table(title=title, title_justify="left", show_edge=False)
+            for column in ("layer", "kind", "width", "raw", "tanh(raw)", "to_out zero"):
+                table.add_column(column, justify="right" if column not in ("layer", "kind") else "left")
+            for g in info.gates:
+                zero = "-" if g.out_proj_zero is None else ("yes" if g.out_proj_zero else "no")
+                table.add_row(g.layer, g.kind, str(g.width or "-"), _fmt(g.raw),
+                              _fmt(g.effective), zero)
+            console.print(table)
+        else:
+            console.print(title)
+        console.print(f"  tanh(gate): mean {_fmt(stats.mean, 3)}  std {_fmt(stats.std, 3)}  "
+                      f"min {_fmt(stats.min, 3)}  max {_fmt(stats.max, 3)}  |  near-zero "
+                      f"{stats.near_zero_share:.0%}  saturated {stats.saturated_share:.0%}  "
+                      f"(n={stats.n})")
+    if len(report.trajectory) > 1:
+        table = Table(title=f"gate trajectory (by {report.trajectory_axis})", title_justify="left",
+                      show_edge=False)
+        table.add_column(report.trajectory_axis, justify="right")
+        table.add_column("mean gate", justify="right")
+        table.add_column("mean tanh", justify="right")
+        table.add_column("source")
+        for p in report.trajectory:
+            eff = "-" if p.effective_mean is None else _fmt(p.effective_mean, 3)
+            table.add_row(str(p.x), _fmt(p.gate_mean, 3), eff, p.label)
+        console.print(table)
+    for series, _ in report.logs:
+        last = series.gate_points.iloc[-1]
+        console.print(f"[bold]{series.source}[/bold] ({series.kind}, {len(series.gate_points)} gate "
+                      f"points): last step {int(last['step'])}, mean {_fmt(last['gate_mean'], 3)}, "
+                      f"min {_fmt(last['gate_min'], 3)}, max {_fmt(last['gate_max'], 3)}")
+    render_findings(report.findings, console)
+    console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict.upper()}[/]")
+
+
+def render_findings(findings: list[Finding], console: Console) -> None:
+    if not findings:
+        console.print("[green]no gate findings[/green]")
+        return
+    for f in findings:
+        console.print(f"[{_STYLE[f.severity]}]{f.severity.upper():4}[/] [bold]{f.code}[/bold] "
+                      f"{f.subject}: {f.message}", soft_wrap=True, highlight=False)
+
+
+def render_markdown(report: GateReport, plot: str | None = None) -> str:
+    """A Markdown section the run report embeds."""
+    lines = ["## Gates", "",
+             "Effective gate = tanh(raw gate); near-zero: |raw| below the protocol's threshold; "
+             "saturated: |tanh| above it.", "",
+             "| checkpoint | format | step/epoch | n | mean tanh | std | min | max | near-zero | "
+             "saturated |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in report.checkpoints:
+        s, t = c.stats, c.info.training
+        when = f"step {t.step}" if t.step is not None else (f"epoch {t.epoch}" if t.epoch is not None else "-")
+        lines.append(f"| `{c.info.path.name}` | {c.info.format} | {when} | {s.n} | {_fmt(s.mean, 3)} "
+                     f"| {_fmt(s.std, 3)} | {_fmt(s.min, 3)} | {_fmt(s.max, 3)} | "
+                     f"{s.near_zero_share:.0%} | {s.saturated_share:.0%} |")
+    lines.append("")
+    if plot:
+        lines += [f"![gate trajectory]({plot})", ""]
+    findings = report.findings
+    if findings:
+        lines += ["| severity | code | where | what |", "|---|---|---|---|"]
+        lines += [f"| {f.severity} | `{f.code}` | {f.subject} | {f.message} |" for f in findings]
+    else:
+        lines.append("No gate findings.")
+    lines += ["", f"Gate verdict: **{report.verdict.upper()}**", ""]
+    return "\n".join(lines)
+
+
+def plot_trajectory(report: GateReport, out: Path) -> Path | None:
+    """PNG of gate mean against step/epoch, for checkpoints and every log; None if < 2 points."""
+    series = []
+    if len(report.trajectory) > 1:
+        series.append(("checkpoints", report.trajectory_axis,
+                       [p.x for p in report.trajectory], [p.gate_mean for p in report.trajectory]))
+    for log, _ in report.logs:
+        pts = log.gate_points
+        if len(pts) > 1:
+            series.append((log.source.name, "step", list(pts["step"]), list(pts["gate_mean"])))
+    if not series:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    for label, axis, xs, ys in series:
+        ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, label=f"{label} (by {axis})")
+    ax.axhline(0.0, color="0.7", linewidth=0.8)
+    ax.set_xlabel(series[0][1])
+    ax.set_ylabel("mean gate (raw)")
+    ax.set_title("Gate trajectory")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
