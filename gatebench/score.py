@@ -1,0 +1,386 @@
+"""The score stage: images + layouts -> per-sample records and metrics with intervals.
+
+Called by ``gatebench score`` (images made elsewhere) and ``gatebench run`` (after generation).
+A metric whose model is not configured (no detector / detections, no CLIP, no FID extractor or
+real images) is ABSENT from ``metrics`` and listed in ``not_computed`` with the reason: a default
+number would read as a measurement.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Collection, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gatebench.detect import COCO80_NAMES, Detection, Detector, gt_label
+from gatebench.errors import LayoutError, MetricError
+from gatebench.layouts import Layout, load_layouts
+from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_scores
+from gatebench.metrics.coco_ap import APImage, coco_ap
+from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
+                                   feature_stats, frechet_distance, kid, reference_stats)
+from gatebench.metrics.health import garbled_score
+from gatebench.metrics.matching import match_boxes, summarize_matches
+from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
+from gatebench.protocol import METRIC_NAMES, Protocol
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DETECTION_METRICS = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")
+_CHUNK = 32
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    image_path: Path
+    layout: Layout
+    gate_scale: float | None = None
+    reference_image_path: Path | None = None   # gate-0 twin (same layout, same seed)
+
+
+@dataclass
+class ScoreResult:
+    samples: pd.DataFrame
+    metrics: dict[str, MetricValue]
+    not_computed: dict[str, str]
+    metrics_by_gate_scale: dict[float | None, dict[str, MetricValue]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``metrics`` as {name: {value, ci_low, ci_high, n}} plus what was skipped."""
+        return {"metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+                "not_computed": dict(self.not_computed),
+                "metrics_by_gate_scale": {
+                    ("none" if g is None else f"{g:g}"): {k: v.to_dict() for k, v in m.items()}
+                    for g, m in self.metrics_by_gate_scale.items()},
+                "n_images": int(len(self.samples)), "info": _plain(self.info)}
+
+
+def _plain(value: Any) -> Any:
+    """numpy / NaN -> JSON-safe Python values (NaN becomes null)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _items(images: Sequence[Any]) -> list[ImageItem]:
+    out = []
+    for i, item in enumerate(images):
+        if isinstance(item, ImageItem):
+            out.append(item)
+            continue
+        if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 4:
+            raise MetricError(f"expected (image_path, Layout, gate_scale, reference) for image "
+                              f"{i}, got {item!r}")
+        path, layout, scale, ref = (*item, None, None)[:4]
+        out.append(ImageItem(Path(path), layout, None if scale is None else float(scale),
+                             None if ref is None else Path(ref)))
+    return out
+
+
+def _load(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise MetricError(f"expected a readable image, got {exc}", path=path) from None
+
+
+def _reason(boxes: list[dict[str, Any]], det: bool, garbled: bool, g_score: float) -> str:
+    parts = []
+    if det:
+        scorable = [b for b in boxes if b["scorable"]]
+        missed = [b for b in scorable if not b["matched"]]
+        if scorable:
+            text = f"{len(scorable) - len(missed)}/{len(scorable)} boxes matched"
+            if missed:
+                text += " (unmatched: " + ", ".join(
+                    f"{b['label']} IoU {b['iou']:.2f}" for b in missed) + ")"
+            parts.append(text)
+    else:
+        parts.append("no detector")
+    unscorable = [b["label"] for b in boxes if b["scorable"] is False]
+    if unscorable:
+        parts.append(f"{len(unscorable)} unscorable ({', '.join(unscorable)}: no detector class)")
+    if garbled:
+        parts.append(f"garbled {g_score:.2f}")
+    return "; ".join(parts) if parts else "ok"
+
+
+def score_images(images: Sequence[Any], protocol: Protocol, *,
+                 detections: Mapping[str, Sequence[Detection]] | None = None,
+                 detector: Detector | None = None, detector_labels: Collection[str] | None = None,
+                 clip: ClipBackend | None = None, fid_extractor: FeatureExtractor | None = None,
+                 real_images: Sequence[str | Path] | ReferenceStats | None = None,
+                 cache_dir: str | Path | None = None, clip_language: str = "native") -> ScoreResult:
+    """Score ``(image_path, Layout, gate_scale|None, reference_image_path|None)`` items.
+
+    ``detections`` (keyed by image file name) wins over ``detector``. ``detector_labels``: the
+    vocabulary GT classes are mapped into (default: the detector's, else the 80 COCO names).
+    ``clip_language="en"`` scores ``caption_en``/``name_en`` where present instead of the
+    caption/phrase the image was generated from.
+    """
+    items = _items(images)
+    if not items:
+        raise MetricError("expected at least one image to score, got none")
+    names = [it.image_path.name for it in items]
+    has_det = detections is not None or detector is not None
+    if detections is not None:
+        if len(set(names)) != len(names):
+            raise MetricError("expected unique image file names when detections are keyed by "
+                              "file name, got duplicates")
+        missing = [n for n in names if n not in detections]
+        if missing:
+            raise LayoutError(f"expected a detections line for every image, got none for "
+                              f"{len(missing)} (e.g. '{missing[0]}')",
+                              hint='add {"image": NAME, "detections": []} for empty images')
+    labels = frozenset(detector_labels) if detector_labels is not None else (
+        detector.labels if detector is not None and detections is None else frozenset(COCO80_NAMES))
+    scoring = protocol.scoring
+    class_map = protocol.detection.class_map
+    rows: list[dict[str, Any]] = []
+    ap_images: list[APImage] = []
+    for start in range(0, len(items), _CHUNK):
+        chunk = items[start:start + _CHUNK]
+        pils = [_load(it.image_path) for it in chunk]
+        if detections is not None:
+            dets = [list(detections[it.image_path.name]) for it in chunk]
+        elif detector is not None:
+            dets = detector.detect([it.image_path for it in chunk])
+        else:
+            dets = [[] for _ in chunk]
+        use_en = clip_language == "en"
+        if clip is not None:
+            caps = [(it.layout.caption_en if use_en and it.layout.caption_en else it.layout.caption)
+                    for it in chunk]
+            g_clip = clip_scores(clip, pils, caps)
+            r_clip = region_clip_scores(
+                clip, pils, [[o.bbox for o in it.layout.objects] for it in chunk],
+                [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
+                 for it in chunk])
+        for k, (it, pil, det) in enumerate(zip(chunk, pils, dets)):
+            objs = it.layout.objects
+            gt_labels = [gt_label(o, labels, class_map) for o in objs]
+            records = match_boxes([o.bbox for o in objs], gt_labels, [d.bbox for d in det],
+                                  [d.label for d in det], [d.score for d in det],
+                                  scoring.match_iou)
+            summary = summarize_matches(records)
+            ref = _load(it.reference_image_path) if it.reference_image_path else None
+            g_score = garbled_score(pil, ref)
+            garbled = g_score > scoring.garbled_threshold
+            boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
+                      "scorable": r.scorable, "matched": r.matched if has_det else None,
+                      "iou": round(r.iou, 6) if has_det else None}
+                     for o, lab, r in zip(objs, gt_labels, records)]
+            region = float("nan")
+            if clip is not None:
+                for b, s in zip(boxes, r_clip[k]):
+                    b["region_clip_score"] = float(s)
+                region = float(np.mean(r_clip[k])) if len(r_clip[k]) else float("nan")
+            n_sc = summary["n_scorable"]
+            rows.append({
+                "image": it.image_path.name, "image_path": str(it.image_path),
+                "layout_id": it.layout.layout_id, "gate_scale": it.gate_scale,
+                "clip_score": float(g_clip[k]) if clip is not None else float("nan"),
+                "region_clip_score": region, "garbled_score": g_score, "garbled": garbled,
+                "n_boxes": len(objs), "n_scorable": n_sc,
+                "n_matched": summary["n_matched"] if has_det else None,
+                "iou_sum": summary["iou_sum"] if has_det else None,
+                "all_matched": summary["all_matched"] if has_det else None,
+                "boxes": boxes, "reason": _reason(boxes, has_det, garbled, g_score)})
+            ap_images.append(APImage(
+                pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
+                [lab for lab, r in zip(gt_labels, records) if r.scorable],
+                [d.bbox for d in det], [d.label for d in det], [d.score for d in det]))
+    samples = pd.DataFrame(rows)
+    fake_feats = None
+    reference = None
+    if fid_extractor is not None and real_images is not None:
+        if cache_dir is None:
+            from gatebench.checkpoint import cache_dir as gatebench_cache  # noqa: PLC0415
+
+            cache_dir = gatebench_cache() / "refstats"
+        reference = real_images if isinstance(real_images, ReferenceStats) else reference_stats(
+            list(real_images), fid_extractor, cache_dir=cache_dir, resize=scoring.fid_resize)
+        fake_feats = extract_features([it.image_path for it in items], fid_extractor,
+                                      resize=scoring.fid_resize)
+    ctx = _Context(protocol, has_det, clip is not None, reference, fake_feats)
+    metrics, not_computed = ctx.aggregate(samples, ap_images, np.arange(len(items)))
+    by_scale: dict[float | None, dict[str, MetricValue]] = {}
+    scales = list(dict.fromkeys(it.gate_scale for it in items))
+    if any(s is not None for s in scales):
+        for scale in scales:
+            idx = np.array([i for i, it in enumerate(items) if it.gate_scale == scale])
+            by_scale[scale] = ctx.aggregate(samples.iloc[idx], [ap_images[i] for i in idx],
+                                            idx)[0]
+    info = {"detection": "detections file" if detections is not None else (
+                "detector" if detector is not None else None),
+            "detector_labels": len(labels), "clip": getattr(clip, "name", None),
+            "fid_extractor": getattr(fid_extractor, "name", None),
+            "fid_reference": dict(reference.recipe) if reference is not None else None,
+            "match_iou": scoring.match_iou, "bootstrap": scoring.bootstrap,
+            "ci_level": scoring.ci_level, "garbled_threshold": scoring.garbled_threshold}
+    return ScoreResult(samples, metrics, not_computed, by_scale, info)
+
+
+@dataclass
+class _Context:
+    protocol: Protocol
+    has_det: bool
+    has_clip: bool
+    reference: ReferenceStats | None
+    fake_feats: np.ndarray | None
+
+    def aggregate(self, df: pd.DataFrame, ap_images: list[APImage],
+                  idx: np.ndarray) -> tuple[dict[str, MetricValue], dict[str, str]]:
+        s = self.protocol.scoring
+        kw = {"groups": list(df["layout_id"]), "n_boot": s.bootstrap, "level": s.ci_level,
+              "seed": self.protocol.seed}
+        out: dict[str, MetricValue] = {}
+        skip: dict[str, str] = {}
+        scorable = df["n_scorable"].to_numpy(dtype=float)
+        if not self.has_det:
+            skip.update({m: "no detector or detections configured" for m in DETECTION_METRICS})
+        elif scorable.sum() == 0:
+            skip.update({m: "no ground-truth box has a class the detector can name"
+                         for m in DETECTION_METRICS})
+        else:
+            out["iou50_rate"] = bootstrap_ci(df["n_matched"].to_numpy(dtype=float), scorable, **kw)
+            out["miou"] = bootstrap_ci(df["iou_sum"].to_numpy(dtype=float), scorable, **kw)
+            has = scorable > 0
+            out["all_matched_rate"] = mean_ci(
+                df["all_matched"].to_numpy()[has].astype(float),
+                **{**kw, "groups": list(df["layout_id"][has])})
+            ap = coco_ap(ap_images)
+            n_boxes = int(scorable.sum())
+            out["ap50"] = MetricValue(ap["ap50"], None, None, n_boxes)
+            out["ap"] = MetricValue(ap["ap"], None, None, n_boxes)
+        if self.has_clip:
+            out["clip_score"] = mean_ci(df["clip_score"].to_numpy(dtype=float), **kw)
+            counts = df["n_boxes"].to_numpy(dtype=float)
+            if counts.sum() > 0:
+                sums = np.nan_to_num(df["region_clip_score"].to_numpy(dtype=float)) * counts
+                out["region_clip_score"] = bootstrap_ci(sums, counts, **kw)
+            else:
+                skip["region_clip_score"] = "no ground-truth boxes"
+        else:
+            skip["clip_score"] = skip["region_clip_score"] = "no CLIP model configured"
+        out["garbled_rate"] = mean_ci(df["garbled"].to_numpy(dtype=float), **kw)
+        if self.reference is None or self.fake_feats is None:
+            skip["fid"] = skip["kid"] = "no FID feature extractor and real images configured"
+        else:
+            fake = self.fake_feats[idx]
+            mu, sigma = feature_stats(fake)
+            out["fid"] = MetricValue(frechet_distance(self.reference.mu, self.reference.sigma,
+                                                      mu, sigma), None, None, len(fake))
+            value, _ = kid(self.reference.features, fake, seed=self.protocol.seed)
+            out["kid"] = MetricValue(value, None, None, len(fake))
+        ordered = {m: out[m] for m in METRIC_NAMES if m in out}
+        return ordered, {m: skip[m] for m in METRIC_NAMES if m in skip}
+
+
+def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
+    """One JSON record per image, UTF-8 with Chinese kept readable; NaN -> null."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fh:
+        for record in samples.to_dict(orient="records"):
+            fh.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
+    return path
+
+
+def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
+    """Read ``write_samples_jsonl`` output back (for re-rendering reports)."""
+    path = Path(path)
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise MetricError(f"expected a JSON sample record, got {exc.msg}", path=path,
+                                      line=number) from None
+    return pd.DataFrame(rows)
+
+
+def _pair(images_dir: Path, layouts: list[Layout], source: Path) -> list[ImageItem]:
+    by_key: dict[str, Layout] = {}
+    for layout in layouts:
+        keys = {layout.layout_id}
+        if layout.image_path:
+            keys.add(Path(layout.image_path).stem)
+        for key in keys:
+            if key in by_key and by_key[key] is not layout:
+                raise LayoutError(f"expected one layout per image name, got two for '{key}' "
+                                  f"(lines {by_key[key].source_line} and {layout.source_line})",
+                                  path=source)
+            by_key[key] = layout
+    files = sorted(p for p in images_dir.iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise LayoutError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in '{images_dir}', "
+                          f"got none", path=images_dir)
+    items, orphans, used = [], [], set()
+    for file in files:
+        layout = by_key.get(file.stem)
+        if layout is None:
+            orphans.append(file.name)
+            continue
+        if layout.layout_id in used:
+            raise LayoutError(f"expected one image per layout, got two for '{layout.layout_id}' "
+                              f"(e.g. '{file.name}')", path=images_dir)
+        used.add(layout.layout_id)
+        items.append(ImageItem(file, layout))
+    unused = [lay.layout_id for lay in layouts if lay.layout_id not in used]
+    if orphans:
+        raise LayoutError(f"expected a layout for every image, got {len(orphans)} image(s) "
+                          f"without one (e.g. {', '.join(orphans[:3])})", path=images_dir,
+                          hint=f"image file stems must match image_path stems or layout ids "
+                          f"in {source}")
+    if unused:
+        raise LayoutError(f"expected an image for every layout, got {len(unused)} layout(s) "
+                          f"without one (e.g. {', '.join(unused[:3])})", path=source,
+                          hint=f"generate the missing images into {images_dir} or remove "
+                          f"those rows")
+    return items
+
+
+def score_folder(images_dir: str | Path, layouts_path: str | Path, protocol: Protocol,
+                 detections_path: str | Path | None = None, *, skip_bad: bool = False,
+                 **kwargs: Any) -> ScoreResult:
+    """Pair every image in ``images_dir`` with its layout by file stem, then ``score_images``.
+
+    Unpaired images or layouts are errors (a silently smaller set changes every number).
+    ``kwargs`` go to ``score_images`` (detector, clip, fid_extractor, real_images, ...).
+    """
+    from gatebench.detect import load_detections  # noqa: PLC0415
+
+    images_dir, layouts_path = Path(images_dir), Path(layouts_path)
+    if not images_dir.is_dir():
+        raise LayoutError(f"expected an images folder, got a missing path '{images_dir}'",
+                          path=images_dir)
+    d = protocol.data
+    report = load_layouts(layouts_path, d.format, min_area=d.min_area, max_area=d.max_area,
+                          min_side=d.min_side, max_boxes=d.max_boxes, skip_bad=skip_bad,
+                          captions=d.coco_captions, zh_captions=d.zh_captions,
+                          caption_language=d.caption_language)
+    items = _pair(images_dir, report.layouts, layouts_path)
+    dets = load_detections(detections_path) if detections_path is not None else None
+    result = score_images(items, protocol, detections=dets, **kwargs)
+    result.info["layouts"] = report.summary()
+    return result
