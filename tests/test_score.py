@@ -167,3 +167,29 @@ def test_gate_scales_references_and_fid(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("refstats_*_n3_bilinear_*.npz"))
     assert json.dumps(result.to_dict(), allow_nan=False)
     assert set(result.to_dict()["metrics_by_gate_scale"]) == {"0", "2"}
+
+
+def test_score_command_json_targets_and_exit_codes(folder: dict[str, Path]) -> None:
+    from click.testing import CliRunner
+
+    from gatebench.cli import cli
+
+    args = ["score", "--images", str(folder["images"]), "--layouts", str(folder["layouts"]),
+            "--detections", str(folder["detections"])]
+    result = CliRunner().invoke(cli, [*args, "--json", "--out", str(folder["root"] / "out")])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert {"iou50_rate", "miou", "garbled_rate"} <= set(doc["metrics"])
+    assert "clip_score" in doc["not_computed"] and "clip_score" not in doc["metrics"]
+    lines = (folder["root"] / "out" / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert any("猫_一.png" in line for line in lines)
+    strict = folder["root"] / "strict.toml"
+    strict.write_text('[[targets]]\nmetric = "iou50_rate"\nop = ">"\nthreshold = 0.99\n'
+                      'gate_scales = [1.0]\n\n[[targets]]\nmetric = "clip_score"\nop = ">"\n'
+                      'threshold = 0.25\n', encoding="utf-8")
+    failed = CliRunner().invoke(cli, [*args, "--protocol", str(strict)])
+    assert failed.exit_code == 1
+    assert "not computed" in failed.output
+    missing = CliRunner().invoke(cli, ["score", "--images", str(folder["root"] / "nope"),
+                                       "--layouts", str(folder["layouts"])])
+    assert missing.exit_code == 2
