@@ -48,30 +48,57 @@ def tiny_unet(widths: tuple[int, ...], cross_attention_dim: int, sample_size: in
         attention_head_dim=tuple(heads), norm_num_groups=min(32, min(widths) // 2))
 
 
-def run_check(unet: torch.nn.Module, adapters: AdapterSet, scheme: str, *, seed: int = 0,
-              num_boxes: int = 3) -> InitCheck:
-    """Compare UNet output with and without the adapter, then backprop through it once."""
-    generator = torch.Generator().manual_seed(seed)
+@dataclass(frozen=True)
+class UNetInputs:
+    """One UNet call's inputs: random latents, a timestep, text states and extra kwargs."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    hidden: torch.Tensor
+    kwargs: dict
+
+
+def tiny_inputs(unet: torch.nn.Module, generator: torch.Generator) -> UNetInputs:
     config = unet.config
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
-    sample = torch.randn(2, config.in_channels, size, size, generator=generator)
-    timestep = torch.tensor([500, 500])
-    text = torch.randn(2, 6, config.cross_attention_dim, generator=generator)
+    return UNetInputs(torch.randn(2, config.in_channels, size, size, generator=generator),
+                      torch.tensor([500, 500]),
+                      torch.randn(2, 6, config.cross_attention_dim, generator=generator), {})
+
+
+def base_inputs(base, generator: torch.Generator) -> UNetInputs:
+    """Real text conditioning of a loaded base model (SDXL/Kolors need pooled embeds + time ids)."""
+    height, width = base.default_size
+    emb = base.encode_prompts(["a red circle", "a blue square"])
+    shape = base.latent_shape(height, width)
+    return UNetInputs(torch.randn(2, *shape, generator=generator).to(base.device, base.dtype),
+                      torch.tensor([500, 500], device=base.device), emb.hidden,
+                      base.unet_kwargs(emb, height, width))
+
+
+def run_check(unet: torch.nn.Module, adapters: AdapterSet, scheme: str, inputs: UNetInputs, *,
+              seed: int = 0, num_boxes: int = 3) -> InitCheck:
+    """Compare UNet output with and without the adapter, then backprop through it once."""
+    generator = torch.Generator().manual_seed(seed + 1)
     corners = torch.rand(2, num_boxes, 2, generator=generator) * 0.5
     boxes = torch.cat([corners, corners + 0.3 + 0.2 * torch.rand(2, num_boxes, 2, generator=generator)], -1)
-    grounding = Grounding(boxes=boxes.clamp(0, 1),
-                          phrases=torch.randn(2, num_boxes, adapters.config["text_dim"], generator=generator),
-                          mask=torch.ones(2, num_boxes))
+    device = inputs.sample.device
+    grounding = Grounding(boxes=boxes.clamp(0, 1).to(device),
+                          phrases=torch.randn(2, num_boxes, adapters.config["text_dim"],
+                                              generator=generator).to(device),
+                          mask=torch.ones(2, num_boxes, device=device))
     unet.requires_grad_(False)
-    adapters.requires_grad_(True)
+    adapters.to(device).requires_grad_(True)
     injection = inject(unet, adapters)
+    call = lambda: unet(inputs.sample, inputs.timestep, encoder_hidden_states=inputs.hidden,  # noqa: E731
+                        **inputs.kwargs).sample
     try:
         with torch.no_grad():
-            base = unet(sample, timestep, encoder_hidden_states=text).sample
+            base = call()
         with injection.grounded(grounding):
-            adapted = unet(sample, timestep, encoder_hidden_states=text).sample
-        target = torch.randn(adapted.shape, generator=generator)
-        torch.nn.functional.mse_loss(adapted, target).backward()
+            adapted = call()
+        target = torch.randn(adapted.shape, generator=generator).to(device)
+        torch.nn.functional.mse_loss(adapted.float(), target).backward()
     finally:
         injection.remove()
     gate_grad = sum(float(a.gated_attn.gate.grad.norm()) for a in adapters.values()
@@ -84,12 +111,20 @@ def run_check(unet: torch.nn.Module, adapters: AdapterSet, scheme: str, *, seed:
 def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
                text_dim: int = 32, base_model: Path | None = None,
                state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0) -> list[InitCheck]:
-    """Run the check for each init scheme (or for the given adapter state, scheme 'checkpoint')."""
+    """Run the check for each init scheme (or for the given adapter state, scheme 'checkpoint').
+
+    With ``base_model`` the adapter is sized from that model (its UNet widths and phrase width)
+    and fed its real prompt conditioning; otherwise a tiny UNet with ``widths`` is built.
+    """
+    generator = torch.Generator().manual_seed(seed)
     if base_model is not None:
-        from gatebench.models import load_unet
-        unet = load_unet(base_model)
+        from gatebench.models import load_base_model
+        base = load_base_model(base_model)
+        unet, text_dim = base.unet, base.phrase_dim
+        inputs = base_inputs(base, generator)
     else:
         unet = tiny_unet(widths, cross_attention_dim=text_dim)
+        inputs = tiny_inputs(unet, generator)
     unet.eval()
     from gatebench.adapters.user import attn2_widths
     unet_widths = sorted(set(attn2_widths(unet).values()))
@@ -98,11 +133,11 @@ def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
         config = AdapterSet.config_from_state(state_dict)
         adapters = AdapterSet.from_config(config)
         adapters.load_state_dict(state_dict)
-        results.append(run_check(unet, adapters, "checkpoint", seed=seed))
+        results.append(run_check(unet, adapters, "checkpoint", inputs, seed=seed))
         return results
     for scheme in schemes:
         torch.manual_seed(seed)
         adapters = AdapterSet(unet_widths, text_dim)
         apply_init(adapters, scheme)
-        results.append(run_check(unet, adapters, scheme, seed=seed))
+        results.append(run_check(unet, adapters, scheme, inputs, seed=seed))
     return results

@@ -1,0 +1,112 @@
+"""The evaluation models of a protocol (detector, CLIP, FID features, real-image reference),
+loaded ONCE per run and shared by every checkpoint and gate scale.
+
+A model the protocol does not configure stays ``None``: its metrics are reported as not computed.
+A model the protocol names but that is missing on disk is an exit-2 error naming the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from gatebench.checkpoint import cache_dir, file_sha256
+from gatebench.errors import ModelFileError
+from gatebench.layouts import Layout
+from gatebench.protocol import Protocol
+
+
+@dataclass
+class EvalModels:
+    detector: Any = None
+    clip: Any = None
+    fid_extractor: Any = None
+    reference: Any = None                 # ReferenceStats of the real images
+    real_images: list[tuple[Layout, Path]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def score_kwargs(self) -> dict[str, Any]:
+        return {"detector": self.detector, "clip": self.clip, "fid_extractor": self.fid_extractor,
+                "real_images": self.reference}
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self.info)
+
+
+def _file_identity(path: Path, **extra: Any) -> dict[str, Any]:
+    return {"path": str(path), "sha256": file_sha256(path) if path.is_file() else None, **extra}
+
+
+def load_clip(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
+    m = protocol.models
+    if not m.clip_model:
+        return None, None
+    path = Path(m.clip_model)
+    if m.clip_backend == "transformers":
+        from gatebench.metrics.clip_score import TransformersClip
+        clip = TransformersClip.from_folder(path, device=device)
+        weights = next((p for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))), None)
+        return clip, _file_identity(weights or path, backend="transformers", folder=str(path))
+    if m.clip_backend == "gatebench-world":
+        from gatebench.world.clip_model import WorldClip
+        clip = WorldClip.from_file(path, device=device)
+        return clip, _file_identity(path, backend="gatebench-world")
+    if not m.clip_arch:
+        raise ModelFileError("expected [models] clip_arch (an open_clip architecture name) for "
+                             "the open_clip backend, got none", path=protocol.source)
+    from gatebench.metrics.clip_score import OpenClip
+    return OpenClip.from_file(m.clip_arch, path, device=device), _file_identity(
+        path, backend="open_clip", arch=m.clip_arch)
+
+
+def real_image_paths(protocol: Protocol, layouts: Sequence[Layout]) -> list[tuple[Layout, Path]]:
+    """Real images of the evaluated layouts (FID reference, detector ceiling); all must exist."""
+    folder = protocol.data.image_dir
+    if not folder:
+        return []
+    root = Path(folder)
+    if not root.is_dir():
+        raise ModelFileError("expected the real-image folder of [data] image_dir, got a missing "
+                             "path", path=root, hint="set image_dir or remove it to skip FID")
+    paths = []
+    for layout in layouts:
+        if not layout.image_path:
+            continue
+        path = Path(layout.image_path)
+        path = path if path.is_absolute() else root / path
+        if not path.is_file():
+            raise ModelFileError(f"expected the real image of layout {layout.layout_id}, got a "
+                                 f"missing file", path=path)
+        paths.append((layout, path))
+    return paths
+
+
+def load_eval_models(protocol: Protocol, *, device: str, layouts: Sequence[Layout] = ()) -> EvalModels:
+    m = protocol.models
+    models = EvalModels()
+    if m.detector:
+        from gatebench.detect import YoloDetector
+        models.detector = YoloDetector.from_file(m.detector, protocol.detection, device=device)
+        models.info["detector"] = _file_identity(Path(m.detector), backend="ultralytics")
+    models.clip, clip_info = load_clip(protocol, device)
+    if clip_info:
+        models.info["clip"] = {**clip_info, "caption_language": protocol.data.caption_language}
+    if m.fid_features == "inception" and m.inception_weights:
+        from gatebench.metrics.fid import inception_extractor
+        models.fid_extractor = inception_extractor(m.inception_weights, device=device)
+        models.info["fid_features"] = _file_identity(Path(m.inception_weights), name="inception-v3-2048")
+    elif m.fid_features == "clip-image" and models.clip is not None:
+        models.fid_extractor = models.clip.image_feature_extractor()
+        models.info["fid_features"] = {"name": models.fid_extractor.name,
+                                       "sha256": models.info["clip"]["sha256"]}
+    models.real_images = real_image_paths(protocol, layouts)
+    if models.fid_extractor is not None and len(models.real_images) >= 2:
+        from gatebench.metrics.fid import reference_stats
+        models.reference = reference_stats([p for _, p in models.real_images], models.fid_extractor,
+                                           cache_dir=cache_dir() / "refstats",
+                                           resize=protocol.scoring.fid_resize)
+        models.info["fid_reference"] = (f"{models.reference.n} real images from "
+                                        f"{protocol.data.image_dir} (data hash "
+                                        f"{models.reference.recipe['data_hash'][:12]}, resize "
+                                        f"{models.reference.recipe['resize']})")
+    return models

@@ -1,0 +1,298 @@
+"""`gatebench run`: checkpoint(s) -> gates -> generation at every gate scale -> scores -> verdict.
+
+Everything a number depends on is recorded in results.json (protocol, seed, N, versions, hashes,
+timings), every per-image record goes to samples.jsonl, so every aggregate can be recomputed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+
+from gatebench import __version__
+from gatebench.adapters.registry import load_adapter
+from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
+from gatebench.errors import GatebenchError, ModelFileError
+from gatebench.gates import GateReport, analyse
+from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
+                                layout_seed, read_png_meta)
+from gatebench.layouts import Layout, load_layouts
+from gatebench.protocol import Protocol
+from gatebench.score import ImageItem, score_images, write_samples_jsonl
+from gatebench.verdict import TargetRow, evaluate_targets
+
+SCHEMA_VERSION = 1
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "torchmetrics",
+            "ultralytics", "numpy", "pandas", "scipy", "faster-coco-eval")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """CLI-level choices that are not part of the protocol (they do not change the numbers)."""
+
+    out_dir: Path
+    device: str = "auto"
+    batch_size: int | None = None
+    command: str = ""
+
+
+@dataclass
+class RunResult:
+    results: dict[str, Any]
+    samples: pd.DataFrame
+    targets: list[TargetRow]
+    gate_report: GateReport
+    out_dir: Path
+    exit_code: int
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GatebenchError(f"expected a CUDA device for --device {device}, got none available",
+                             hint="use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    if device == "cpu" and name != "fp32":
+        return torch.float32  # CPU half precision is slow and inexact: fp32 there, recorded
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "gatebench": __version__}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def select_layouts(protocol: Protocol) -> tuple[list[Layout], dict[str, Any]]:
+    """The protocol's layouts: the first ``num_samples`` in file order (documented, stable)."""
+    d = protocol.data
+    if not d.layouts:
+        raise ModelFileError("expected [data] layouts in the protocol, got none",
+                             path=protocol.source, hint="set it or pass --layouts FILE")
+    report = load_layouts(d.layouts, d.format, min_area=d.min_area, max_area=d.max_area,
+                          min_side=d.min_side, max_boxes=d.max_boxes,
+                          captions=d.coco_captions, zh_captions=d.zh_captions,
+                          caption_language=d.caption_language)
+    layouts = [lay for lay in report.layouts if lay.objects]
+    if protocol.num_samples is not None:
+        layouts = layouts[: protocol.num_samples]
+    if not layouts:
+        raise GatebenchError("expected at least one layout with boxes, got none", path=d.layouts)
+    return layouts, report.summary()
+
+
+def sampler_settings(protocol: Protocol, base: Any) -> SamplerSettings:
+    g = protocol.generation
+    height, width = base.default_size
+    return SamplerSettings(steps=g.steps, guidance_scale=g.guidance_scale, scheduler=g.scheduler,
+                           grounding_fraction=g.grounding_fraction, uncond_boxes=g.uncond_boxes,
+                           height=g.height or height, width=g.width or width,
+                           max_boxes=protocol.data.max_boxes, phrase_max_length=g.phrase_max_length)
+
+
+def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
+                 layouts: Sequence[Layout], protocol: Protocol, options: RunOptions,
+                 progress: Callable[[int], None] | None = None
+                 ) -> tuple[dict[tuple[str, float], list[ImageItem]], GenerationStats, list[dict]]:
+    """Images for every checkpoint x gate scale; scale 0 (no adapter) is shared by all."""
+    scales = sorted(set(protocol.generation.gate_scales) | {0.0})
+    stats = GenerationStats()
+    identity = base.identity()
+    common = {"base": identity, "sampler": sampler.settings.to_dict(), "seed": protocol.seed,
+              "gatebench_recipe": 1}
+    root = options.out_dir / "images"
+    batch = options.batch_size or protocol.generation.batch_size
+    base_cache = ImageCache(root, "base", {**common, "adapter": None})
+    zero_jobs = [ImageJob(lay, 0.0, layout_seed(protocol.seed, lay.layout_id),
+                          base_cache.path_for(lay.layout_id, 0.0)) for lay in layouts]
+    sampler.run(zero_jobs, None, batch_size=batch, stats=stats, on_batch=progress)
+    zero_path = {job.layout.layout_id: job.path for job in zero_jobs}
+    items: dict[tuple[str, float], list[ImageItem]] = {}
+    caches = [{"adapter": None, "folder": str(base_cache.folder), "recipe_sha256": base_cache.hash}]
+    for info in infos:
+        items[(info.sha256, 0.0)] = [ImageItem(zero_path[lay.layout_id], lay, 0.0, None)
+                                     for lay in layouts]
+        cache = ImageCache(root, info.path.stem, {**common, "adapter": {
+            "sha256": info.sha256, "family": info.family}})
+        caches.append({"adapter": str(info.path), "folder": str(cache.folder),
+                       "recipe_sha256": cache.hash})
+        jobs = [ImageJob(lay, s, layout_seed(protocol.seed, lay.layout_id),
+                         cache.path_for(lay.layout_id, s)) for s in scales if s != 0.0
+                for lay in layouts]
+        if jobs:
+            adapter = load_adapter(info.path, base, info)
+            try:
+                sampler.run(jobs, adapter, batch_size=batch, stats=stats, on_batch=progress)
+            finally:
+                adapter.remove()
+        for s in scales:
+            if s != 0.0:
+                items[(info.sha256, s)] = [
+                    ImageItem(j.path, j.layout, s, zero_path[j.layout.layout_id])
+                    for j in jobs if j.gate_scale == s]
+    return items, stats, caches
+
+
+def nonfinite_count(items: Sequence[ImageItem]) -> int:
+    return sum(bool(read_png_meta(item.image_path).get("nonfinite")) for item in items)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def build_results(*, protocol: Protocol, infos: Sequence[CheckpointInfo], gate_report: GateReport,
+                  rows: list[dict[str, Any]], targets: list[TargetRow], models: dict[str, Any],
+                  layouts_info: dict[str, Any], n_layouts: int, timings: dict[str, Any],
+                  generation: dict[str, Any], options: RunOptions, device: str,
+                  ceiling: dict[str, Any] | None,
+                  dtype: torch.dtype, layout_ids: Sequence[str]) -> dict[str, Any]:
+    from gatebench.gates import to_json as gates_json
+    import hashlib
+    verdict = "fail" if any(not t.passed for t in targets) or gate_report.verdict == "fail" \
+        else "pass"
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": options.command,
+        "seed": protocol.seed,
+        "n_layouts": n_layouts,
+        "layout_ids_sha256": hashlib.sha256("\n".join(layout_ids).encode()).hexdigest(),
+        "protocol": _plain(dataclasses.asdict(protocol)),
+        "protocol_sha256": file_sha256(Path(protocol.source)) if protocol.source and
+        Path(protocol.source).is_file() else None,
+        "versions": package_versions(),
+        "device": device, "dtype": str(dtype).removeprefix("torch."),
+        "models": models, "layouts": layouts_info,
+        "checkpoints": [{**c, "gate_verdict": gate_report.verdict}
+                        for c in gates_json(gate_report)["checkpoints"]],
+        "gate_findings": [f.to_dict() for f in gate_report.findings],
+        "results": rows,
+        "real_images_ceiling": ceiling,
+        "targets": [t.to_dict() for t in targets],
+        "generation": generation,
+        "timings": timings,
+        "verdict": verdict,
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, *,
+                   eval_models: Any = None, base: Any = None,
+                   progress_factory: Callable[[int], Any] | None = None) -> RunResult:
+    """The whole `gatebench run` as a library call (the CLI only parses flags and renders)."""
+    from gatebench.evalmodels import load_eval_models
+    from gatebench.models import load_base_model
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    infos = [inspect_checkpoint(p) for p in checkpoints]
+    gate_report = analyse(infos, [], protocol.gates, protocol.generation.gate_scales)
+    if protocol.gates.fail_on_findings and gate_report.verdict == "fail":
+        raise GatebenchError("gate pre-flight check failed and [gates] fail_on_findings is set: "
+                             + "; ".join(f"{f.code} ({f.subject})" for f in gate_report.findings
+                                         if f.severity == "fail"))
+    layouts, layouts_info = select_layouts(protocol)
+    device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
+    dtype = resolve_dtype(protocol.generation.dtype, device)
+    t0 = time.perf_counter()
+    if base is None:
+        if not protocol.models.base_model:
+            raise ModelFileError("expected [models] base_model (a local diffusers folder), got none",
+                                 path=protocol.source)
+        base = load_base_model(protocol.models.base_model, device=device, dtype=dtype)
+    eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
+    timings["load_s"] = time.perf_counter() - t0
+    sampler = Sampler(base, sampler_settings(protocol, base))
+    scales = sorted(set(protocol.generation.gate_scales) | {0.0})
+    total = len(layouts) * (1 + len(infos) * (len(scales) - 1))
+    t0 = time.perf_counter()
+    bar = progress_factory(total) if progress_factory else None
+    try:
+        items, gen_stats, caches = generate_all(base, sampler, infos, layouts, protocol, options,
+                                                progress=bar.advance if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    timings["generate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    frames, rows = [], []
+    scored_zero: dict[str, Any] = {}
+    for info in infos:
+        for s in scales:
+            group = items[(info.sha256, s)]
+            if s == 0.0 and "zero" in scored_zero:   # scale 0 is shared: score it once
+                result = scored_zero["zero"]
+            else:
+                result = score_images(group, protocol, **eval_models.score_kwargs(),
+                                      cache_dir=out / "cache")
+                if s == 0.0:
+                    scored_zero["zero"] = result
+            frame = result.samples.copy()
+            frame.insert(0, "checkpoint", info.path.name)
+            frames.append(frame)
+            rows.append({"checkpoint": str(info.path), "checkpoint_sha256": info.sha256,
+                         "gate_scale": s, "n_images": len(group),
+                         "nonfinite_images": nonfinite_count(group),
+                         "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
+                         "not_computed": dict(result.not_computed)})
+    ceiling = None
+    if eval_models.detector is not None and eval_models.real_images:
+        real = score_images([ImageItem(path, lay) for lay, path in eval_models.real_images],
+                            protocol, detector=eval_models.detector)
+        ceiling = {"n_images": len(eval_models.real_images),
+                   "metrics": {k: v.to_dict() for k, v in real.metrics.items()
+                               if k in ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")}}
+    timings["score_s"] = time.perf_counter() - t0
+    targets = evaluate_targets(protocol.targets, rows)
+    samples = pd.concat(frames, ignore_index=True)
+    timings["total_s"] = time.perf_counter() - started
+    n_images = gen_stats.generated + gen_stats.cached
+    timings["s_per_image_generated"] = (timings["generate_s"] / gen_stats.generated
+                                        if gen_stats.generated else None)
+    generation = {**gen_stats.to_dict(), "phrase_encoding": base.phrase_encoding,
+                  "uncond_boxes": protocol.generation.uncond_boxes, "caches": caches,
+                  "images_total": n_images}
+    models = {"base": base.identity(), **eval_models.identity()}
+    results = build_results(protocol=protocol, infos=infos, gate_report=gate_report, rows=rows,
+                            targets=targets, models=models, layouts_info=layouts_info,
+                            n_layouts=len(layouts), timings=timings, generation=generation,
+                            options=options, device=device, dtype=dtype, ceiling=ceiling,
+                            layout_ids=[lay.layout_id for lay in layouts])
+    paths = {"results": write_json(out / "results.json", results),
+             "samples": write_samples_jsonl(samples, out / "samples.jsonl")}
+    from gatebench.report import write_report
+    paths["report"] = write_report(results, samples, gate_report, out)
+    exit_code = 1 if results["verdict"] == "fail" else 0
+    return RunResult(results, samples, targets, gate_report, out, exit_code, paths)

@@ -1,0 +1,129 @@
+"""Generation and `gatebench run` end to end on a tiny pixel-space world (CPU, seconds)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gatebench.adapters.registry import load_adapter
+from gatebench.checkpoint import inspect_checkpoint
+from gatebench.cli import cli
+from gatebench.errors import CheckpointError
+from gatebench.generate import ImageJob, Sampler, layout_seed
+from gatebench.models import load_base_model
+from gatebench.protocol import load_protocol
+from gatebench.run import RunOptions, run_evaluation, sampler_settings, select_layouts
+from tests.run_builders import tiny_world, write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return tiny_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture(scope="module")
+def loaded(world):
+    protocol = load_protocol(world["protocol"])
+    base = load_base_model(world["base"])
+    layouts, _ = select_layouts(protocol)
+    return protocol, base, layouts
+
+
+def _jobs(layouts, scale, seed=7, folder=Path("/nonexistent")):
+    return [ImageJob(lay, scale, layout_seed(seed, lay.layout_id), folder / f"{i}.png")
+            for i, lay in enumerate(layouts)]
+
+
+def test_gate_scale_zero_reproduces_the_base_model(world, loaded) -> None:
+    protocol, base, layouts = loaded
+    sampler = Sampler(base, sampler_settings(protocol, base))
+    adapter = load_adapter(world["ckpt"], base)
+    try:
+        with_adapter, _ = sampler.sample(_jobs(layouts, 0.0), adapter)
+        grounded, _ = sampler.sample(_jobs(layouts, 1.0), adapter)
+    finally:
+        adapter.remove()
+    plain, _ = sampler.sample(_jobs(layouts, 0.0), None)
+    assert torch.equal(with_adapter, plain)
+    assert (grounded - plain).abs().max() > 1e-3      # the adapter does act at scale 1
+
+
+def test_image_does_not_depend_on_batch_composition(loaded) -> None:
+    protocol, base, layouts = loaded
+    sampler = Sampler(base, sampler_settings(protocol, base))
+    alone, _ = sampler.sample(_jobs(layouts[2:3], 0.0), None)
+    batched, _ = sampler.sample(_jobs(list(reversed(layouts)) + layouts[:3], 0.0), None)
+    # layout 2 sits at index 2 of the reversed list of 5
+    assert torch.allclose(alone[0], batched[2], atol=1e-5)
+    assert ((alone[0] * 255).round() == (batched[2] * 255).round()).float().mean() > 0.999
+
+
+def test_run_writes_everything_and_resumes(world, tmp_path: Path) -> None:
+    protocol = load_protocol(world["protocol"])
+    second = write_checkpoint(world["root"] / "ckpt" / "epoch_10.pt", gate=0.2)
+    out = tmp_path / "run"
+    result = run_evaluation([world["ckpt"], second], protocol, RunOptions(out_dir=out))
+    res = json.loads((out / "results.json").read_text())
+    assert res["schema_version"] == 1 and res["seed"] == 7 and res["n_layouts"] == 5
+    assert {r["gate_scale"] for r in res["results"]} == {0.0, 1.0, 2.0}
+    assert len(res["results"]) == 6
+    # scale 0 is generated once and shared; 2 checkpoints x 2 scales x 5 layouts + 5
+    assert res["generation"]["generated"] == 25
+    assert res["checkpoints"][0]["sha256"] and res["models"]["base"]["weights"]
+    iou = [t for t in res["targets"] if t["metric"] == "iou50_rate"]
+    assert iou and not iou[0]["passed"] and "not computed" in iou[0]["note"]
+    assert result.exit_code == 1 and res["verdict"] == "fail"
+    samples = (out / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(samples) == 30
+    assert {"image", "layout_id", "gate_scale", "garbled_score", "garbled", "boxes"} <= set(
+        json.loads(samples[0]))
+    assert "| `epoch_3.pt` |" in (out / "report.md").read_text(encoding="utf-8")
+    # resume: remove two images, rerun: exactly those two are generated, nothing else
+    folder = Path(res["generation"]["caches"][1]["folder"])
+    removed = sorted(folder.glob("*.png"))[:2]
+    for path in removed:
+        path.unlink()
+    again = run_evaluation([world["ckpt"], second], protocol, RunOptions(out_dir=out))
+    assert again.results["generation"]["generated"] == 2
+    assert again.results["generation"]["cached"] == 23
+    same = [r["metrics"]["garbled_rate"]["value"] for r in again.results["results"]]
+    assert same == [r["metrics"]["garbled_rate"]["value"] for r in res["results"]]
+
+
+def test_recipe_change_never_mixes_images(world, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    protocol = load_protocol(world["protocol"])
+    run_evaluation([world["ckpt"]], protocol, RunOptions(out_dir=out))
+    changed = protocol.replace(generation={"steps": 3})
+    again = run_evaluation([world["ckpt"]], changed, RunOptions(out_dir=out))
+    assert again.results["generation"]["cached"] == 0
+    assert len(list((out / "images").iterdir())) == 4
+
+
+def test_width_mismatch_is_an_error_naming_both(world, loaded, tmp_path: Path) -> None:
+    _, base, _ = loaded
+    wrong = write_checkpoint(tmp_path / "wrong.pt", widths=(640, 1280))
+    with pytest.raises(CheckpointError, match=r"\[32, 64\].*\[640, 1280\]"):
+        load_adapter(wrong, base, inspect_checkpoint(wrong))
+    wrong_text = write_checkpoint(tmp_path / "text.pt", text_dim=4096)
+    with pytest.raises(CheckpointError, match="4096"):
+        load_adapter(wrong_text, base, inspect_checkpoint(wrong_text))
+
+
+def test_run_command(world, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli, ["run", "--ckpt", str(world["ckpt"]), "--protocol",
+                                      str(world["protocol"]), "--num-samples", "2",
+                                      "--gate-scales", "1", "--out", str(out), "--seed", "3"])
+    assert result.exit_code == 1, result.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_layouts"] == 2 and res["seed"] == 3
+    assert {r["gate_scale"] for r in res["results"]} == {0.0, 1.0}
+    assert "verdict: FAIL" in result.output
+    missing = CliRunner().invoke(cli, ["run", "--ckpt", str(world["ckpt"]), "--protocol",
+                                       str(world["protocol"]), "--base-model",
+                                       str(tmp_path / "nowhere"), "--out", str(out)])
+    assert missing.exit_code == 2 and "nowhere" in missing.output
