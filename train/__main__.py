@@ -1,7 +1,3 @@
-import sys
+from train.cli import main
 
-from rich.console import Console
-
-Console(stderr=True).print("[bold red]error:[/bold red] the training module is not available yet "
-                           "in this version; see README.md")
-sys.exit(2)
+main()

@@ -1,0 +1,81 @@
+"""`gatebench train` / `python -m train`: the user's flags (shared/seed/quick-start-after-fix.md)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from train.config import FREEZE_GATE_WARNING, GATE_INIT_WARNING, TrainConfig
+
+P = click.Path(path_type=Path)
+
+
+@click.command("train")
+@click.option("--mixed-data", type=P, required=True, help="Layout JSONL (the user's format).")
+@click.option("--base-model", "--kolors-model", "base_model", type=P, required=True,
+              help="Local diffusers-format base model folder (frozen).")
+@click.option("--output-dir", type=P, required=True)
+@click.option("--image-dir", type=P, default=None, help="Folder the JSONL's image_path is relative to.")
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--warmup-steps", type=int, default=100, show_default=True)
+@click.option("--phrase-dropout", type=float, default=0.1, show_default=True)
+@click.option("--caption-dropout", type=float, default=0.1, show_default=True,
+              help="Share of samples trained unconditionally (caption '' and adapter off), for CFG.")
+@click.option("--save-epoch", is_flag=True, help="Write epoch_{N}.pt after every epoch.")
+@click.option("--save-every", type=int, default=None, help="Write step_{N}.pt every N steps.")
+@click.option("--log-every", type=int, default=100, show_default=True)
+@click.option("--log-gate-stats", is_flag=True, help="Write the 'Step N: Gate stats - ...' lines.")
+@click.option("--log-tensorboard", is_flag=True, help="TensorBoard scalars under OUTPUT_DIR/tensorboard.")
+@click.option("--min-area", type=float, default=0.02, show_default=True)
+@click.option("--min-side", type=float, default=0.03, show_default=True)
+@click.option("--scale-min", type=float, default=1.0, show_default=True,
+              help="Training-time gate scale range (recorded; the harness flags extrapolation).")
+@click.option("--scale-max", type=float, default=1.0, show_default=True)
+@click.option("--init", type=click.Choice(["gligen", "zero-out", "legacy", "deadlock"]),
+              default="gligen", show_default=True,
+              help="gligen: gate 0, to_out normal; zero-out: to_out 0, gate 0.1; legacy: gate 3.0 "
+                   "(reproduces the collapse); deadlock: both 0 (reproduces the deadlock).")
+@click.option("--gate-init-value", type=float, default=None)
+@click.option("--freeze-gate", is_flag=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", type=P, default=None, help="A checkpoint written by this trainer.")
+@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no",
+              show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def train_command(**flags) -> None:
+    """Train a spatial adapter on a frozen base model and write gatebench checkpoints.
+
+    Multi-GPU: `torchrun --nproc_per_node K -m train ...` (DDP; rank 0 writes everything).
+    """
+    from train.loop import Trainer
+
+    err = Console(stderr=True)
+    if flags["gate_init_value"] is not None:
+        err.print(f"[yellow]warning:[/yellow] {GATE_INIT_WARNING}")
+    if flags["freeze_gate"]:
+        err.print(f"[yellow]warning:[/yellow] {FREEZE_GATE_WARNING}")
+    config = TrainConfig(**flags)
+    trainer = Trainer(config)
+    console = Console(stderr=True)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, disable=trainer.rank != 0) as bar:
+        task = bar.add_task("training", total=trainer.total_steps(), completed=trainer.state.step)
+
+        def progress(step: int, total: int, loss: float, gate: float) -> None:
+            bar.update(task, completed=step,
+                       description=f"training loss {loss:.4f} gate {gate:+.4f}")
+
+        state = trainer.run(progress)
+    if trainer.rank == 0:
+        Console().print(f"trained {state.step} steps ({state.nonfinite_skipped} non-finite skipped); "
+                        f"checkpoints in {config.output_dir}")
+
+
+def main() -> None:
+    train_command(prog_name="python -m train")
