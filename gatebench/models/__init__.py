@@ -71,6 +71,16 @@ def _tokenizer(cls, folder: Path):
     return _load(cls.__name__, folder, lambda: cls.from_pretrained(folder, local_files_only=True))
 
 
+def _tokenizer_class(path: Path, default):
+    """model_index.json may name a fast word-level tokenizer (the shapes world's, for Chinese)."""
+    index = read_json(path / "model_index.json", "the model index")
+    name = (index.get("tokenizer") or [None, None])[1]
+    if name == "PreTrainedTokenizerFast":
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast
+    return default
+
+
 def load_base_model(path: str | Path, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> BaseModel:
     """Load a frozen (eval, no grad) base model of any supported kind from a local folder."""
@@ -94,7 +104,8 @@ def load_base_model(path: str | Path, *, device: str | torch.device = "cpu",
         from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         parts["text_encoder"] = _transformers(CLIPTextModel, comps["text_encoder"], dtype)
-        parts["tokenizer"] = _tokenizer(CLIPTokenizer, folder.path / "tokenizer")
+        parts["tokenizer"] = _tokenizer(_tokenizer_class(folder.path, CLIPTokenizer),
+                                        folder.path / "tokenizer")
         if folder.kind == "sdxl":
             parts["text_encoder_2"] = _transformers(CLIPTextModelWithProjection,
                                                     comps["text_encoder_2"], dtype)

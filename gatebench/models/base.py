@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import torch
 
-from gatebench.errors import ProtocolError
-from gatebench.models.files import ModelFolder
+from gatebench.errors import ModelFileError, ProtocolError
+from gatebench.models.files import ModelFolder, read_json
 
 PHRASE_BATCH = 64
 
@@ -162,7 +162,7 @@ class BaseModel:
         if height <= 0 or width <= 0 or height % f or width % f:
             raise ProtocolError(f"expected an image size divisible by {f} for this {self.kind} model, "
                                 f"got {height}x{width}")
-        channels = self.vae.config.latent_channels if self.vae is not None else self.unet.config.in_channels
+        channels = self.vae.config.latent_channels if self.vae is not None else self.unet.config.out_channels
         return (int(channels), height // f, width // f)
 
     @torch.no_grad()
@@ -273,7 +273,27 @@ class KolorsModel(_AddedCond):
 
 
 class PixelModel(BaseModel):
+    """A UNet on RGB pixels in [-1, 1], no VAE (the embedded shapes world).
+
+    ``"gatebench_coord_channels": true`` in model_index.json means the UNet takes two extra input
+    channels, x and y ramps in [-1, 1] (CoordConv), appended here by a forward pre-hook so that
+    samplers and trainers call it like any UNet. The world uses them so that image tokens know
+    where they are, which a box adapter needs in order to place objects.
+    """
+
     kind = "pixel"
+
+    def __init__(self, folder, parts, device, dtype) -> None:
+        super().__init__(folder, parts, device, dtype)
+        index = read_json(folder.path / "model_index.json", "the model index")
+        self.coord_channels = bool(index.get("gatebench_coord_channels", False))
+        if self.coord_channels:
+            expected = self.unet.config.out_channels + 2
+            if self.unet.config.in_channels != expected:
+                raise ModelFileError(f"expected a UNet with {expected} input channels for "
+                                     f"gatebench_coord_channels, got {self.unet.config.in_channels}",
+                                     path=folder.path / "unet" / "config.json")
+            self.unet.register_forward_pre_hook(add_coord_channels, with_kwargs=True)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -285,3 +305,22 @@ class PixelModel(BaseModel):
 
 
 MODEL_CLASSES = {cls.kind: cls for cls in (BaseModel, SDXLModel, KolorsModel, PixelModel)}
+
+
+def coord_grid(batch: int, height: int, width: int, device, dtype) -> torch.Tensor:
+    """(B, 2, H, W): x and y pixel-centre coordinates in [-1, 1]."""
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
+    return grid.unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def add_coord_channels(module: torch.nn.Module, args: tuple, kwargs: dict):
+    sample = args[0] if args else kwargs["sample"]
+    if sample.shape[1] == module.config.in_channels:   # already has them
+        return None
+    b, _, h, w = sample.shape
+    sample = torch.cat([sample, coord_grid(b, h, w, sample.device, sample.dtype)], dim=1)
+    if args:
+        return (sample, *args[1:]), kwargs
+    return args, {**kwargs, "sample": sample}
