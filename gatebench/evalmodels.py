@@ -48,15 +48,41 @@ def load_clip(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]] | t
         weights = next((p for p in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))), None)
         return clip, _file_identity(weights or path, backend="transformers", folder=str(path))
     if m.clip_backend == "gatebench-world":
-        from gatebench.world.clip_model import WorldClip
-        clip = WorldClip.from_file(path, device=device)
-        return clip, _file_identity(path, backend="gatebench-world")
+        return load_world_clip_backend(path, device)
     if not m.clip_arch:
         raise ModelFileError("expected [models] clip_arch (an open_clip architecture name) for "
                              "the open_clip backend, got none", path=protocol.source)
     from gatebench.metrics.clip_score import OpenClip
     return OpenClip.from_file(m.clip_arch, path, device=device), _file_identity(
         path, backend="open_clip", arch=m.clip_arch)
+
+
+def load_world_clip_backend(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
+    """The shapes world's own CLIP (weights .safetensors + config .json beside it)."""
+    from gatebench.metrics.clip_score import OpenClip
+    from gatebench.world.clip_model import load_world_clip
+
+    config = path.with_suffix(".json")
+    for needed in (path, config):
+        if not needed.is_file():
+            raise ModelFileError("expected the shapes world's CLIP file, got a missing path",
+                                 path=needed, hint="rebuild the world assets (train/world/README.md)")
+    model, tokenizer, preprocess = load_world_clip(path, config, device=device)
+    backend = OpenClip(model, preprocess, tokenizer, device=device, name=f"world-clip:{path.name}")
+    return backend, _file_identity(path, backend="gatebench-world")
+
+
+def clip_image_extractor(clip: Any, info: dict[str, Any]) -> Any:
+    """FID/KID features from a CLIP image tower (the shapes world has no Inception)."""
+    from gatebench.metrics.fid import ModuleExtractor
+
+    model = clip.model
+    if not hasattr(model, "image_features"):
+        raise ModelFileError(f"expected a CLIP model with an image tower usable for FID features, "
+                             f"got {type(model).__name__}", hint="use fid_features = 'inception'")
+    size = getattr(model, "image_size", None)
+    return ModuleExtractor(model, name=f"clip-image:{info.get('sha256', '')[:12]}",
+                           input_size=size, device=clip.device, _digest=info.get("sha256"))
 
 
 def real_image_paths(protocol: Protocol, layouts: Sequence[Layout]) -> list[tuple[Layout, Path]]:
@@ -96,7 +122,7 @@ def load_eval_models(protocol: Protocol, *, device: str, layouts: Sequence[Layou
         models.fid_extractor = inception_extractor(m.inception_weights, device=device)
         models.info["fid_features"] = _file_identity(Path(m.inception_weights), name="inception-v3-2048")
     elif m.fid_features == "clip-image" and models.clip is not None:
-        models.fid_extractor = models.clip.image_feature_extractor()
+        models.fid_extractor = clip_image_extractor(models.clip, models.info["clip"])
         models.info["fid_features"] = {"name": models.fid_extractor.name,
                                        "sha256": models.info["clip"]["sha256"]}
     models.real_images = real_image_paths(protocol, layouts)

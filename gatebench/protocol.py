@@ -24,6 +24,17 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
+ASSETS_DIR = Path(__file__).resolve().parent / "world" / "assets"
+BUILTIN = "builtin:"       # a path prefix for the shipped shapes-world assets
+_PATH_FIELDS = {"data": ("layouts", "image_dir", "coco_captions", "zh_captions"),
+                "models": ("base_model", "detector", "clip_model", "inception_weights")}
+
+
+def resolve_builtin(value: str | None) -> str | None:
+    """``builtin:base`` -> the absolute path of a shipped world asset; other paths unchanged."""
+    if value is not None and value.startswith(BUILTIN):
+        return str(ASSETS_DIR / value[len(BUILTIN):])
+    return value
 
 METRIC_NAMES = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "clip_score",
                 "region_clip_score", "fid", "kid", "garbled_rate")
@@ -299,6 +310,10 @@ def parse_protocol(text: str, path: Path) -> Protocol:
             raise ProtocolError(str(exc), path=path, line=locate.line_of(None, key)) from None
     if "name" not in top:
         top["name"] = path.stem
+    for section, names in _PATH_FIELDS.items():
+        if section in sections:
+            sections[section] = dataclasses.replace(sections[section], **{
+                n: resolve_builtin(getattr(sections[section], n)) for n in names})
     return Protocol(**top, **sections, targets=tuple(targets), source=str(path))
 
 

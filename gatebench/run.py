@@ -57,9 +57,33 @@ class RunResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
+def distributed() -> tuple[int, int]:
+    """(rank, world) under torchrun (gloo on CPU, nccl on GPU); (0, 1) otherwise."""
+    import os
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), world
+
+
+def _sum_over_ranks(stats: GenerationStats) -> None:
+    """The run's generation counts are the sum of every rank's."""
+    fields = ("generated", "cached", "nonfinite", "batches", "oom_halvings")
+    values = torch.tensor([float(getattr(stats, f)) for f in fields] + [stats.seconds],
+                          dtype=torch.float64)
+    torch.distributed.all_reduce(values)
+    for name, value in zip(fields, values[:-1].tolist()):
+        setattr(stats, name, int(value))
+    stats.seconds = float(values[-1])
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        import os
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GatebenchError(f"expected a CUDA device for --device {device}, got none available",
                              hint="use --device cpu")
@@ -111,9 +135,17 @@ def sampler_settings(protocol: Protocol, base: Any) -> SamplerSettings:
 
 def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                  layouts: Sequence[Layout], protocol: Protocol, options: RunOptions,
-                 progress: Callable[[int], None] | None = None
+                 progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1)
                  ) -> tuple[dict[tuple[str, float], list[ImageItem]], GenerationStats, list[dict]]:
-    """Images for every checkpoint x gate scale; scale 0 (no adapter) is shared by all."""
+    """Images for every checkpoint x gate scale; scale 0 (no adapter) is shared by all.
+
+    With ``shard=(rank, world)`` this process generates only layouts ``i % world == rank``; the
+    returned items still name every image (paths are a pure function of the recipe), so the
+    scorer sees the whole set once all ranks are done.
+    """
+    rank, world = shard
+    position = {lay.layout_id: i for i, lay in enumerate(layouts)}
+    mine = lambda jobs: [j for j in jobs if position[j.layout.layout_id] % world == rank]  # noqa: E731
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     stats = GenerationStats()
     identity = base.identity()
@@ -124,7 +156,7 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     base_cache = ImageCache(root, "base", {**common, "adapter": None})
     zero_jobs = [ImageJob(lay, 0.0, layout_seed(protocol.seed, lay.layout_id),
                           base_cache.path_for(lay.layout_id, 0.0)) for lay in layouts]
-    sampler.run(zero_jobs, None, batch_size=batch, stats=stats, on_batch=progress)
+    sampler.run(mine(zero_jobs), None, batch_size=batch, stats=stats, on_batch=progress)
     zero_path = {job.layout.layout_id: job.path for job in zero_jobs}
     items: dict[tuple[str, float], list[ImageItem]] = {}
     caches = [{"adapter": None, "folder": str(base_cache.folder), "recipe_sha256": base_cache.hash}]
@@ -141,7 +173,7 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
         if jobs:
             adapter = load_adapter(info.path, base, info)
             try:
-                sampler.run(jobs, adapter, batch_size=batch, stats=stats, on_batch=progress)
+                sampler.run(mine(jobs), adapter, batch_size=batch, stats=stats, on_batch=progress)
             finally:
                 adapter.remove()
         for s in scales:
@@ -223,6 +255,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
         raise GatebenchError("gate pre-flight check failed and [gates] fail_on_findings is set: "
                              + "; ".join(f"{f.code} ({f.subject})" for f in gate_report.findings
                                          if f.severity == "fail"))
+    rank, world = distributed()
     layouts, layouts_info = select_layouts(protocol)
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)
@@ -232,19 +265,26 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             raise ModelFileError("expected [models] base_model (a local diffusers folder), got none",
                                  path=protocol.source)
         base = load_base_model(protocol.models.base_model, device=device, dtype=dtype)
-    eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
+    if rank == 0:   # only rank 0 scores; it loads the evaluation models up front to fail early
+        eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
     timings["load_s"] = time.perf_counter() - t0
     sampler = Sampler(base, sampler_settings(protocol, base))
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     total = len(layouts) * (1 + len(infos) * (len(scales) - 1))
     t0 = time.perf_counter()
-    bar = progress_factory(total) if progress_factory else None
+    bar = progress_factory(-(-total // world)) if progress_factory and rank == 0 else None
     try:
         items, gen_stats, caches = generate_all(base, sampler, infos, layouts, protocol, options,
-                                                progress=bar.advance if bar else None)
+                                                progress=bar.advance if bar else None,
+                                                shard=(rank, world))
     finally:
         if bar:
             bar.close()
+    if world > 1:
+        _sum_over_ranks(gen_stats)
+        torch.distributed.barrier()     # every shard's images are on disk
+        if rank != 0:
+            return RunResult({}, pd.DataFrame(), [], gate_report, out, 0)
     timings["generate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     frames, rows = [], []
@@ -281,7 +321,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     n_images = gen_stats.generated + gen_stats.cached
     timings["s_per_image_generated"] = (timings["generate_s"] / gen_stats.generated
                                         if gen_stats.generated else None)
-    generation = {**gen_stats.to_dict(), "phrase_encoding": base.phrase_encoding,
+    generation = {**gen_stats.to_dict(), "world_size": world, "phrase_encoding": base.phrase_encoding,
                   "uncond_boxes": protocol.generation.uncond_boxes, "caches": caches,
                   "images_total": n_images}
     models = {"base": base.identity(), **eval_models.identity()}

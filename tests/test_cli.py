@@ -65,7 +65,7 @@ def test_gates_needs_input_and_rejects_unsafe(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "refused to load" in result.output
 
 
-@pytest.mark.parametrize("command", ["compare", "report", "demo"])
+@pytest.mark.parametrize("command", ["compare", "report"])
 def test_commands_not_built_yet_exit_2(command: str) -> None:
     result = invoke(command, "--anything")
     assert result.exit_code == 2 and "not available yet" in result.output

@@ -127,3 +127,26 @@ def test_run_command(world, tmp_path: Path) -> None:
                                        str(world["protocol"]), "--base-model",
                                        str(tmp_path / "nowhere"), "--out", str(out)])
     assert missing.exit_code == 2 and "nowhere" in missing.output
+
+
+def test_two_process_run_equals_one_process(world, tmp_path: Path) -> None:
+    """torchrun shards the layouts; the gathered metrics equal the single-process run exactly."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["--ckpt", str(world["ckpt"]), "--protocol", str(world["protocol"]), "--device", "cpu"]
+    single = tmp_path / "single"
+    assert CliRunner().invoke(cli, ["run", *args, "--out", str(single)]).exit_code == 1
+    multi = tmp_path / "multi"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29531", "-m", "gatebench", "run", *args, "--out",
+                           str(multi)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    one = json.loads((single / "results.json").read_text())
+    two = json.loads((multi / "results.json").read_text())
+    assert two["generation"]["world_size"] == 2
+    assert two["generation"]["generated"] == one["generation"]["generated"]
+    assert [r["metrics"] for r in two["results"]] == [r["metrics"] for r in one["results"]]
+    assert (multi / "samples.jsonl").read_text().count("\n") == (single / "samples.jsonl").read_text().count("\n")
