@@ -108,6 +108,18 @@ def write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _timed_write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> float:
+    began = time.perf_counter()
+    write_png(path, image, meta)
+    return time.perf_counter() - began
+
+
+def _sync(device: Any) -> None:
+    """Wait for queued CUDA work (only where a phase's time is measured)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def read_png_meta(path: Path) -> dict[str, Any]:
     with Image.open(path) as image:
         text = image.info.get("gatebench")
@@ -124,6 +136,17 @@ class ImageJob:
 
 @dataclass
 class GenerationStats:
+    """Counts and timings of Sampler.run calls (summed over calls that share one instance).
+
+    ``seconds`` is the time inside Sampler.sample of the batches that succeeded; it splits into
+    ``encode_s`` (prompt + phrase encoding of layouts not encoded yet), ``unet_s`` (noise,
+    scheduler and grounding set-up + the denoising loop) and ``decode_s`` (VAE decode / pixel
+    conversion, copy to CPU, finite check). ``write_wait_s`` is the main thread's own time on PNG
+    output (uint8 conversion, queueing, waiting for unfinished writes at the end); ``png_write_s``
+    is the writer threads' time, which overlaps generation. On CUDA the phases end with a
+    ``torch.cuda.synchronize`` so that each is charged its own GPU time.
+    """
+
     generated: int = 0
     cached: int = 0
     nonfinite: int = 0
@@ -131,6 +154,11 @@ class GenerationStats:
     batches: int = 0
     oom_halvings: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    encode_s: float = 0.0
+    unet_s: float = 0.0
+    decode_s: float = 0.0
+    write_wait_s: float = 0.0
+    png_write_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "batch_sizes"} | {
@@ -144,7 +172,7 @@ class Sampler:
         self.base = base
         self.settings = settings
         self._prompts: dict[str, Any] = {}
-        self._phrases: dict[str, torch.Tensor] = {}
+        self._phrases: dict[tuple[str, str], torch.Tensor] = {}   # (encoder key, layout id)
         self._uncond = None
 
     def encode(self, layouts: Sequence[Layout], chunk: int = 64) -> None:
@@ -161,22 +189,36 @@ class Sampler:
             offset = 0
             for lay in part:
                 n = min(len(lay.objects), self.settings.max_boxes)
-                self._phrases[lay.layout_id] = vectors[offset:offset + n]
+                self._phrases[("base", lay.layout_id)] = vectors[offset:offset + n]
                 offset += n
         if self._uncond is None:
             self._uncond = self.base.encode_prompts([""])
 
-    def _grounding(self, jobs: Sequence[ImageJob], cfg: bool) -> Grounding:
+    def _phrase_key(self, layouts: Sequence[Layout], adapter: Any | None) -> str:
+        """Adapter families that encode phrases their own way (GLIGEN: pooler output) get their
+        own cached vectors; the user family uses the base model's mean-pooled encoding."""
+        key = getattr(adapter, "phrase_key", "base")
+        if key == "base":
+            return key
+        todo = [lay for lay in dict.fromkeys(layouts) if (key, lay.layout_id) not in self._phrases]
+        for lay in todo:
+            names = [obj.name for obj in lay.objects[: self.settings.max_boxes]]
+            self._phrases[(key, lay.layout_id)] = adapter.encode_phrases(names) if names else \
+                torch.zeros(0, 1)
+        return key
+
+    def _grounding(self, jobs: Sequence[ImageJob], cfg: bool, key: str = "base") -> Grounding:
         n = max(1, max(min(len(j.layout.objects), self.settings.max_boxes) for j in jobs))
         b = len(jobs)
         boxes = torch.zeros(b, n, 4)
-        phrases = torch.zeros(b, n, self.base.phrase_dim)
+        dim = max(self._phrases[(key, j.layout.layout_id)].shape[-1] for j in jobs)
+        phrases = torch.zeros(b, n, dim if dim > 1 else self.base.phrase_dim)
         mask = torch.zeros(b, n)
         for row, job in enumerate(jobs):
             objects = job.layout.objects[: self.settings.max_boxes]
             if objects:
                 boxes[row, :len(objects)] = torch.tensor([o.bbox for o in objects])
-                phrases[row, :len(objects)] = self._phrases[job.layout.layout_id].float()
+                phrases[row, :len(objects)] = self._phrases[(key, job.layout.layout_id)].float()
                 mask[row, :len(objects)] = 1.0
         scale = torch.tensor([j.gate_scale for j in jobs])
         if cfg:
@@ -188,10 +230,26 @@ class Sampler:
         return Grounding(boxes.to(device), phrases.to(device), mask.to(device), scale.to(device))
 
     @torch.no_grad()
-    def sample(self, jobs: Sequence[ImageJob], adapter: Any | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one batch; return (images in [0,1] on CPU, per-image finite flags)."""
+    def sample(self, jobs: Sequence[ImageJob], adapter: Any | None, *,
+               timings: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one batch; return (images in [0,1] on CPU, per-image finite flags).
+
+        ``timings``: when given, ``encode_s``, ``unet_s`` and ``decode_s`` of this batch are added
+        to it (see GenerationStats).
+        """
         s, base = self.settings, self.base
+        clock = time.perf_counter() if timings is not None else 0.0
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            if timings is not None:
+                _sync(base.device)
+                now = time.perf_counter()
+                timings[name] = timings.get(name, 0.0) + now - clock
+                clock = now
+
         self.encode([j.layout for j in jobs])
+        lap("encode_s")
         cond = self._prompts[jobs[0].layout.layout_id]
         for job in jobs[1:]:
             cond = cond.cat(self._prompts[job.layout.layout_id])
@@ -204,7 +262,8 @@ class Sampler:
         scheduler.set_timesteps(s.steps, device=base.device)
         x = noise.to(base.device, base.dtype) * scheduler.init_noise_sigma
         kwargs = base.unet_kwargs(emb, s.height, s.width)
-        grounding = self._grounding(jobs, cfg) if adapter is not None else None
+        grounding = self._grounding(jobs, cfg, self._phrase_key([j.layout for j in jobs], adapter)) \
+            if adapter is not None else None
         grounded_steps = int(math.ceil(s.grounding_fraction * s.steps))
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)
@@ -215,9 +274,12 @@ class Sampler:
                 uncond, text = pred.chunk(2)
                 pred = uncond + s.guidance_scale * (text - uncond)
             x = scheduler.step(pred, t, x).prev_sample
+        lap("unet_s")
         images = base.decode(x).float().cpu()
         finite = torch.isfinite(images).flatten(1).all(dim=1)
-        return torch.nan_to_num(images, nan=0.0).clamp(0, 1), finite
+        images = torch.nan_to_num(images, nan=0.0).clamp(0, 1)
+        lap("decode_s")
+        return images, finite
 
     def run(self, jobs: Sequence[ImageJob], adapter: Any | None, *, batch_size: int,
             stats: GenerationStats | None = None,
@@ -234,8 +296,9 @@ class Sampler:
             while start < len(pending):
                 batch = pending[start:start + batch_size]
                 began = time.perf_counter()
+                timings: dict[str, float] = {}
                 try:
-                    images, finite = self.sample(batch, adapter)
+                    images, finite = self.sample(batch, adapter, timings=timings)
                 except torch.OutOfMemoryError:
                     if batch_size == 1:
                         raise
@@ -245,18 +308,24 @@ class Sampler:
                         torch.cuda.empty_cache()
                     continue
                 stats.seconds += time.perf_counter() - began
+                for name, value in timings.items():
+                    setattr(stats, name, getattr(stats, name) + value)
                 stats.batches += 1
                 stats.batch_sizes.append(len(batch))
+                began = time.perf_counter()
                 arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
                 for job, array, ok in zip(batch, arrays, finite.tolist()):
                     meta = {"layout_id": job.layout.layout_id, "gate_scale": job.gate_scale,
                             "seed": job.seed, "nonfinite": not ok}
-                    writes.append(pool.submit(write_png, job.path, array, meta))
+                    writes.append(pool.submit(_timed_write_png, job.path, array, meta))
                     stats.nonfinite += int(not ok)
+                stats.write_wait_s += time.perf_counter() - began
                 stats.generated += len(batch)
                 start += len(batch)
                 if on_batch:
                     on_batch(len(batch))
+            began = time.perf_counter()
             for future in writes:
-                future.result()
+                stats.png_write_s += future.result()
+            stats.write_wait_s += time.perf_counter() - began
         return stats

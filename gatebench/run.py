@@ -70,13 +70,12 @@ def distributed() -> tuple[int, int]:
 
 def _sum_over_ranks(stats: GenerationStats) -> None:
     """The run's generation counts are the sum of every rank's."""
-    fields = ("generated", "cached", "nonfinite", "batches", "oom_halvings")
-    values = torch.tensor([float(getattr(stats, f)) for f in fields] + [stats.seconds],
-                          dtype=torch.float64)
+    counts = ("generated", "cached", "nonfinite", "batches", "oom_halvings")
+    seconds = ("seconds", "encode_s", "unet_s", "decode_s", "write_wait_s", "png_write_s")
+    values = torch.tensor([float(getattr(stats, f)) for f in counts + seconds], dtype=torch.float64)
     torch.distributed.all_reduce(values)
-    for name, value in zip(fields, values[:-1].tolist()):
-        setattr(stats, name, int(value))
-    stats.seconds = float(values[-1])
+    for name, value in zip(counts + seconds, values.tolist()):
+        setattr(stats, name, int(value) if name in counts else float(value))
 
 
 def resolve_device(device: str) -> str:
@@ -172,6 +171,7 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                 for lay in layouts]
         if jobs:
             adapter = load_adapter(info.path, base, info)
+            caches[-1]["phrase_encoding"] = getattr(adapter, "phrase_encoding", base.phrase_encoding)
             try:
                 sampler.run(mine(jobs), adapter, batch_size=batch, stats=stats, on_batch=progress)
             finally:

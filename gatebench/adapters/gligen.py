@@ -1,0 +1,104 @@
+"""The diffusers GLIGEN fuser family: ``UNet2DConditionModel(attention_type="gated")``.
+
+The checkpoint holds the fusers (``...fuser.alpha_attn`` etc.) and ``position_net``. We build a
+gated copy of the base UNet, load the base weights plus the adapter's, and swap it in while the
+adapter is attached. Phrases are encoded as diffusers' GLIGEN pipeline does: the CLIP text
+encoder's ``pooler_output`` per phrase (not the user family's mean-pooling). The gate scale s
+blends each fuser's residual, ``x + s * (fuser(x) - x)``, exactly like the user family.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from gatebench.adapters.user import Grounding
+from gatebench.checkpoint import CheckpointInfo
+from gatebench.errors import CheckpointError
+
+
+class GligenAdapterRuntime:
+    family = "gligen"
+    phrase_key = "gligen-pooler"
+
+    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
+        from diffusers import UNet2DConditionModel
+
+        if base.kind not in ("sd", "pixel"):
+            raise CheckpointError(f"expected an SD 1.x/2.x-style base for a GLIGEN fuser "
+                                  f"checkpoint, got a {base.kind} base", path=info.path)
+        self.info, self.base = info, base
+        self._original = base.unet
+        config = {k: v for k, v in base.unet.config.items() if not k.startswith("_")}
+        gated = UNet2DConditionModel.from_config({**config, "attention_type": "gated"})
+        merged = {**base.unet.state_dict(), **state}
+        try:
+            missing, unexpected = gated.load_state_dict(merged, strict=False)
+        except RuntimeError as exc:    # size mismatches: widths of another base model
+            first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                         str(exc).splitlines()[0])
+            raise CheckpointError(f"expected GLIGEN fuser weights that fit the base UNet, got "
+                                  f"{first}", path=info.path,
+                                  hint="this checkpoint was trained for a different base model") from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"expected GLIGEN fuser weights that fit the base UNet, got {len(missing)} missing "
+                f"(e.g. {missing[:2]}) and {len(unexpected)} unexpected keys (e.g. "
+                f"{unexpected[:2]})", path=info.path,
+                hint="this checkpoint was trained for a different base model")
+        gated.to(base.device, base.dtype).eval().requires_grad_(False)
+        self._hooks = base.unet._forward_pre_hooks.copy()   # e.g. CoordConv channels
+        for hook in self._hooks.values():
+            gated.register_forward_pre_hook(hook, with_kwargs=True)
+        self.unet = gated
+        self.grounding: Grounding | None = None
+        self.handles = [m.register_forward_hook(self._blend) for name, m in gated.named_modules()
+                        if name.endswith(".fuser")]
+        self.handles.append(gated.register_forward_pre_hook(self._kwargs, with_kwargs=True))
+        base.unet = gated
+        self.phrase_encoding = ("gligen: each phrase -> tokenizer (max_length of the tokenizer) -> "
+                                "text_encoder pooler_output (as diffusers' GLIGEN pipeline)")
+
+    @torch.no_grad()
+    def encode_phrases(self, phrases: list[str]) -> torch.Tensor:
+        base = self.base
+        out = torch.zeros(len(phrases), base.text_encoder.config.hidden_size)
+        keep = [i for i, p in enumerate(phrases) if p]
+        if keep:
+            tokens = base.tokenizer([phrases[i] for i in keep], padding="max_length",
+                                    max_length=base.tokenizer.model_max_length, truncation=True,
+                                    return_tensors="pt")
+            pooled = base.text_encoder(tokens.input_ids.to(base.device)).pooler_output
+            out[keep] = pooled.float().cpu()
+        return out
+
+    def _kwargs(self, _module, args: tuple, kwargs: dict):
+        g = self.grounding
+        if g is None:
+            return None
+        gligen = {"boxes": g.boxes.to(self.base.dtype), "masks": g.mask.to(self.base.dtype),
+                  "positive_embeddings": g.phrases.to(self.base.dtype)}
+        extra = dict(kwargs.get("cross_attention_kwargs") or {})
+        return args, {**kwargs, "cross_attention_kwargs": {**extra, "gligen": gligen}}
+
+    def _blend(self, _module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        g = self.grounding
+        if g is None:
+            return None
+        x = args[0]
+        scale = g.scale.to(x.dtype).view(-1, 1, 1) if isinstance(g.scale, torch.Tensor) else g.scale
+        return x + scale * (output - x)
+
+    @contextmanager
+    def grounded(self, grounding: Grounding | None) -> Iterator[None]:
+        previous, self.grounding = self.grounding, grounding
+        try:
+            yield
+        finally:
+            self.grounding = previous
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.base.unet = self._original
