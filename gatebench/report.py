@@ -1,15 +1,22 @@
-"""report.md from a run's results (re-renderable from results.json alone).
+"""report.md from a run's results (re-renderable from results.json + samples.jsonl alone).
 
 The Markdown is meant to be pasted into a paper supplement or a PR comment: headline pass/fail
-table with 95% CIs, metrics per checkpoint x gate scale, gate findings, definitions and a
-reproducibility footer (command, versions, seed, hashes).
+table with 95% CIs, the regression check when there is a baseline, metrics per checkpoint x gate
+scale, plots, sample grids, gate health, definitions with N and the reference set, and a
+reproducibility footer (command, versions, seed, hashes). Every number is read from results.json:
+`gatebench report` re-renders the same report `gatebench run` wrote, nothing is recomputed.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from gatebench.errors import GatebenchError
+from gatebench.report_sections import gate_verdict, gates_section, samples_section
 
 DEFINITIONS = """\
 ## Definitions
@@ -26,9 +33,15 @@ DEFINITIONS = """\
 - **fid/kid**: against reference statistics of real images; N and the reference set are stated
   next to every value (FID at N=1k and at N=30k are different claims).
 - **garbled_rate**: share of images whose garbled score exceeds the protocol threshold.
+- **N**: scorable ground-truth boxes for iou50_rate, miou, ap50 and ap; all ground-truth boxes
+  for region_clip_score; generated images (one per layout and gate scale) for the others.
+  ap50, ap, fid and kid are set-level numbers: no per-layout bootstrap, so no CI.
 - Every value carries a bootstrap confidence interval over layouts (seeded); comparisons between
   gate scales or checkpoints are paired (same layouts, same seeds).
 """
+
+SCORABLE_BOX_METRICS = ("iou50_rate", "miou", "ap50", "ap")
+SET_LEVEL = ("ap50", "ap", "fid", "kid")
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -36,7 +49,9 @@ def fmt(value: Any, digits: int = 3) -> str:
         return "-"
     if isinstance(value, str):
         return value
-    return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
+    if abs(value) >= 1000:
+        return f"{value:.0f}"
+    return f"{value:.{digits if abs(value) < 10 else min(digits, 2)}f}"   # FID 47.93, not 47.930
 
 
 def value_ci(metric: dict[str, Any] | None) -> str:
@@ -48,71 +63,286 @@ def value_ci(metric: dict[str, Any] | None) -> str:
     return text
 
 
+def fmt_against(value: float, op: str, threshold: float) -> str:
+    """The value with enough decimals that its printed form agrees with pass/fail
+    (0.2497 vs >= 0.25 must not print as 0.250 next to a ✗)."""
+    from gatebench.verdict import compare_values  # noqa: PLC0415
+
+    truth = compare_values(op, value, threshold)
+    for digits in (3, 4, 5, 6):
+        text = fmt(value, digits)
+        if compare_values(op, float(text), threshold) == truth:
+            return text
+    return repr(value)
+
+
+def ci_text(metric: dict[str, Any]) -> str:
+    if metric.get("ci_low") is None:
+        return "- (set-level)" if metric.get("metric") in SET_LEVEL else "-"
+    return f"[{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
+
+
+def scale_label(scale: float | None) -> str:
+    if scale is None:
+        return "-"
+    return "0 (base)" if scale == 0 else f"{scale:g}"
+
+
+def _short(sha: Any, n: int = 12) -> str:
+    return str(sha)[:n] if sha else "-"
+
+
+def checkpoint_order(results: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(str(r["checkpoint"]) for r in results["results"]))
+
+
+@dataclass
+class Figures:
+    """File names (relative to the report) of what ``build_figures`` drew."""
+
+    metric_vs_scale: str | None = None
+    metric_vs_epoch: str | None = None
+    gate_trajectory: str | None = None
+    grids: list[dict[str, Any]] = field(default_factory=list)   # checkpoint, file, layouts, ...
+
+
 def headline_table(results: dict[str, Any]) -> list[str]:
-    lines = ["| checkpoint | gate scale | metric | value [95% CI] | target | pass |",
-             "|---|---:|---|---|---|:---:|"]
-    for t in results["targets"]:
-        metric = {"value": t["value"], "ci_low": t["ci_low"], "ci_high": t["ci_high"]}
-        value = value_ci(metric) if t["computed"] else t["note"]
-        scale = "-" if t["gate_scale"] is None else f"{t['gate_scale']:g}"
+    """Targets per checkpoint and gate scale: value, 95% CI, N, target, ✓/✗."""
+    order = {ck: i for i, ck in enumerate(checkpoint_order(results))}
+    rows = sorted(enumerate(results["targets"]), key=lambda it: (
+        order.get(str(it[1]["checkpoint"]), len(order)),
+        -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
+    lines = ["| checkpoint | gate scale | metric | value | 95% CI | N | target | pass |",
+             "|---|---:|---|---:|---|---:|---|:---:|"]
+    straddle = False
+    for _, t in rows:
+        if t["computed"]:
+            value, ci = fmt_against(float(t["value"]), t["op"], float(t["threshold"])), ci_text(t)
+        else:
+            value, ci = t["note"] or "not computed", "-"
         mark = "✓" if t["passed"] else "✗"
-        lines.append(f"| `{Path(t['checkpoint']).name}` | {scale} | {t['metric']} | {value} | "
-                     f"{t['op']} {t['threshold']:g} | {mark} |")
+        if t["computed"] and t.get("ci_clear") is False and t["passed"]:
+            mark, straddle = "✓*", True
+        name = "all" if t["checkpoint"] == "*" else f"`{Path(str(t['checkpoint'])).name}`"
+        n = "-" if t.get("n") is None else str(t["n"])
+        lines.append(f"| {name} | {scale_label(t['gate_scale'])} | {t['metric']} | {value} | {ci} "
+                     f"| {n} | {t['op']} {t['threshold']:g} | {mark} |")
+    if straddle:
+        lines += ["", "✓* passes on the point value, but its 95% CI crosses the threshold: not a "
+                      "confident pass."]
     return lines
 
 
-def metrics_table(results: dict[str, Any]) -> list[str]:
-    names = []
+def metrics_tables(results: dict[str, Any]) -> list[str]:
+    """One table per checkpoint: a row per metric, a column per gate scale (value [95% CI])."""
+    from gatebench.report_plots import metric_names  # noqa: PLC0415
+    from gatebench.saved_run import checkpoint_axis  # noqa: PLC0415
+
+    names = metric_names(results)
+    axis, xs = checkpoint_axis(results)
+    lines: list[str] = []
+    for ck in checkpoint_order(results):
+        rows = sorted((r for r in results["results"] if str(r["checkpoint"]) == ck),
+                      key=lambda r: float(r["gate_scale"]))
+        where = f" ({axis} {xs[ck]:g})" if axis != "checkpoint" else ""
+        lines += [f"### `{Path(ck).name}`{where}", "",
+                  "| metric | N | " + " | ".join(f"scale {scale_label(float(r['gate_scale']))}"
+                                                  for r in rows) + " |",
+                  "|---|---:|" + "---|" * len(rows)]
+        for name in names:
+            ns = list(dict.fromkeys(str((r["metrics"].get(name) or {}).get("n", "-"))
+                                    for r in rows))
+            unit = "scorable boxes" if name in SCORABLE_BOX_METRICS else (
+                "boxes" if name == "region_clip_score" else "images")
+            cells = [value_ci(r["metrics"].get(name)) for r in rows]
+            lines.append(f"| {name} | {'/'.join(ns)} {unit} | " + " | ".join(cells) + " |")
+        bad = [r for r in rows if r.get("nonfinite_images")]
+        for r in bad:
+            lines.append(f"\n{r['nonfinite_images']} image(s) with NaN/Inf pixels at scale "
+                         f"{r['gate_scale']:g}.")
+        lines.append("")
+    reasons: dict[str, list[str]] = {}
     for row in results["results"]:
-        names += [n for n in row["metrics"] if n not in names]
-    lines = ["| checkpoint | gate scale | N | " + " | ".join(names) + " |",
-             "|---|---:|---:|" + "---|" * len(names)]
-    for row in results["results"]:
-        cells = [value_ci(row["metrics"].get(n)) for n in names]
-        lines.append(f"| `{Path(row['checkpoint']).name}` | {row['gate_scale']:g} | "
-                     f"{row['n_images']} | " + " | ".join(cells) + " |")
+        for name, why in (row.get("not_computed") or {}).items():
+            if name not in names and name not in reasons.get(why, []):
+                reasons.setdefault(why, []).append(name)
+    if reasons:
+        lines += ["Not computed: " + "; ".join(f"{', '.join(ns)} ({why})"
+                                               for why, ns in reasons.items()) + ".", ""]
     return lines
 
 
-def render_report(results: dict[str, Any], gates_markdown: str = "") -> str:
+def summary_line(results: dict[str, Any], comparison: dict[str, Any] | None) -> str:
+    targets = results["targets"]
+    passed = sum(bool(t["passed"]) for t in targets)
+    parts = [f"{passed} of {len(targets)} targets pass", f"gate health {gate_verdict(results)}"]
+    if comparison:
+        parts.append(f"regression check {'fail' if comparison.get('regressions') else 'pass'}")
+    verdict = results["verdict"]
+    if comparison and comparison.get("regressions"):
+        verdict = "fail"
+    return f"**Verdict: {verdict.upper()}** — " + "; ".join(parts) + "."
+
+
+def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
+                  figures: Figures | None = None, samples: pd.DataFrame | None = None,
+                  comparison: dict[str, Any] | None = None) -> str:
+    """The whole Markdown report. ``gates_markdown`` None/empty: rendered from results.json."""
+    from gatebench.compare_render import render_markdown as comparison_markdown  # noqa: PLC0415
+
+    figures = figures or Figures()
     protocol = results["protocol"]
-    verdict = results["verdict"].upper()
-    out = [f"# gatebench report: {protocol['name']}", "",
-           f"**Verdict: {verdict}** — {results['n_layouts']} layouts, seed {results['seed']}, "
-           f"protocol `{protocol['name']}`, device {results['device']} ({results['dtype']}).", "",
-           "## Targets", ""] + headline_table(results) + ["", "## Metrics by checkpoint and gate scale",
-                                                           ""] + metrics_table(results) + [""]
+    out = [f"# gatebench report: {protocol['name']}", "", summary_line(results, comparison), "",
+           f"{results['n_layouts']} layouts, seed {results['seed']}, protocol `{protocol['name']}`"
+           f" (sha256 {_short(results.get('protocol_sha256'))}), device {results['device']} "
+           f"({results['dtype']}).", "", "## Targets", ""] + headline_table(results) + [""]
+    if comparison:
+        out += [comparison_markdown(comparison)]
+    out += ["## Metrics by checkpoint and gate scale", ""] + metrics_tables(results)
     ceiling = results.get("real_images_ceiling")
     if ceiling:
         cells = ", ".join(f"{k} {value_ci(v)}" for k, v in ceiling["metrics"].items())
         out += [f"Same detector on the {ceiling['n_images']} REAL images (the ceiling): {cells}.", ""]
     fid_note = results["models"].get("fid_reference")
     if fid_note:
-        out += [f"FID/KID reference: {fid_note}.", ""]
-    if gates_markdown:
-        out += [gates_markdown, ""]
-    out += [DEFINITIONS, "## Reproducibility", "",
-            f"- command: `{results.get('command') or '(library call)'}`",
-            f"- created {results['created']}, gatebench {results['versions'].get('gatebench')}",
-            "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
-            f"- layouts: {results['n_layouts']} (ids sha256 {results['layout_ids_sha256'][:16]})",
-            f"- phrase encoding: {results['generation'].get('phrase_encoding')}; CFG unconditional "
-            f"half: boxes `{results['generation'].get('uncond_boxes')}`"]
-    for c in results["checkpoints"]:
-        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`")
-    for name, model in results["models"].items():
-        if isinstance(model, dict) and model.get("sha256"):
-            out.append(f"- {name}: `{model.get('path')}` sha256 `{model['sha256']}`")
-    timings = results["timings"]
-    out.append("- timings: " + ", ".join(f"{k} {fmt(v, 2)}" for k, v in timings.items()))
+        out += [f"FID/KID reference set: {fid_note}.", ""]
+    plots = [(figures.metric_vs_scale, "metrics vs gate scale"),
+             (figures.metric_vs_epoch, "metrics vs checkpoint")]
+    if any(p for p, _ in plots):
+        out += ["## Plots", ""] + [f"![{alt}]({p})\n" for p, alt in plots if p]
+    out += samples_section(results, samples if samples is not None else pd.DataFrame(), figures)
+    out += [gates_markdown or gates_section(results, figures.gate_trajectory), "",
+            DEFINITIONS, *reproducibility(results)]
     return "\n".join(out) + "\n"
 
 
+def reproducibility(results: dict[str, Any]) -> list[str]:
+    protocol, gen = results["protocol"], results.get("generation") or {}
+    g = protocol.get("generation", {})
+    s = protocol.get("scoring", {})
+    out = ["## Reproducibility", "",
+           f"- command: `{results.get('command') or '(library call)'}`",
+           f"- created {results['created']}, gatebench {results['versions'].get('gatebench')}",
+           "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
+           f"- protocol `{protocol['name']}` sha256 `{results.get('protocol_sha256')}`; seed "
+           f"{results['seed']}; sampler {g.get('scheduler')}, {g.get('steps')} steps, guidance "
+           f"{g.get('guidance_scale')}; bootstrap {s.get('bootstrap')} replicates, CI level "
+           f"{s.get('ci_level')}, match IoU {s.get('match_iou')}",
+           f"- layouts: {results['n_layouts']} (ids sha256 `{results['layout_ids_sha256']}`); "
+           f"{results.get('layouts')}",
+           f"- phrase encoding: {gen.get('phrase_encoding')}; CFG unconditional half: boxes "
+           f"`{gen.get('uncond_boxes')}`"]
+    for c in results["checkpoints"]:
+        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`")
+    for name, model in results["models"].items():
+        if not isinstance(model, dict):
+            continue
+        if model.get("sha256"):
+            what = model.get("path") or model.get("name") or model.get("backend") or name
+            out.append(f"- {name}: `{what}` sha256 `{model['sha256']}`")
+        for file, sha in (model.get("weights") or {}).items():
+            out.append(f"- {name} `{file}` sha256 `{sha}`")
+    for cache in gen.get("caches") or []:
+        out.append(f"- image cache `{Path(str(cache['folder'])).name}` recipe sha256 "
+                   f"`{cache['recipe_sha256']}`")
+    timings = results.get("timings") or {}
+    if timings:
+        out.append("- timings: " + ", ".join(f"{k} {fmt(v, 2)}" for k, v in timings.items()))
+    return out
+
+
+def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir: Path,
+                  out_dir: Path, gate_report: Any = None) -> Figures:
+    """Draw every figure into ``out_dir``; images are looked up relative to ``results_dir``."""
+    from gatebench import report_plots as rp  # noqa: PLC0415
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = Figures()
+    path = rp.plot_metric_vs_scale(results, out_dir / "metric_vs_scale.png")
+    figures.metric_vs_scale = path.name if path else None
+    path = rp.plot_metric_vs_epoch(results, out_dir / "metric_vs_epoch.png")
+    figures.metric_vs_epoch = path.name if path else None
+    path = rp.plot_gate_trajectory(results, out_dir / "gate_trajectory.png")
+    if path is None and gate_report is not None:
+        # one checkpoint: only the live GateReport knows its own gate history (not saved)
+        from gatebench.gates_render import plot_trajectory  # noqa: PLC0415
+        path = plot_trajectory(gate_report, out_dir / "gate_trajectory.png")
+    elif path is None and (results_dir / "gate_trajectory.png").is_file():
+        path = _copy(results_dir / "gate_trajectory.png", out_dir)
+    figures.gate_trajectory = path.name if path else None
+    if not samples.empty and "layout_id" in samples.columns:
+        stems: set[str] = set()
+        for i, ck in enumerate(checkpoint_order(results)):
+            stem = Path(ck).stem if Path(ck).stem not in stems else f"{Path(ck).stem}_{i}"
+            stems.add(stem)
+            png, layouts, missing = rp.sample_grid(samples, ck, results_dir,
+                                                   out_dir / f"grid_{stem}.png")
+            if png is not None:
+                figures.grids.append({"checkpoint": ck, "file": png.name, "layouts": layouts,
+                                      "missing": missing})
+    return figures
+
+
+def _copy(src: Path, out_dir: Path) -> Path:
+    dst = out_dir / src.name
+    if src.resolve() != dst.resolve():
+        dst.write_bytes(src.read_bytes())
+    return dst
+
+
+def matching_comparison(results: dict[str, Any], folder: Path) -> dict[str, Any] | None:
+    """compare.json beside results.json, only if it was made for THIS results.json."""
+    path = folder / "compare.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    cand = doc.get("candidate") or {}
+    if not doc.get("comparable") or cand.get("created") != results.get("created") or \
+            cand.get("layout_ids_sha256") != results.get("layout_ids_sha256"):
+        return None
+    return doc
+
+
 def write_report(results: dict[str, Any], samples: pd.DataFrame, gate_report: Any,
-                 out_dir: Path) -> Path:
-    from gatebench.gates_render import plot_trajectory, render_markdown
-    plot = plot_trajectory(gate_report, out_dir / "gate_trajectory.png")
-    text = render_report(results, render_markdown(gate_report, plot.name if plot else None))
+                 out_dir: Path, comparison: dict[str, Any] | None = None) -> Path:
+    """report.md (+ PNGs) into the run folder; called by `gatebench run`."""
+    figures = build_figures(results, samples, results_dir=out_dir, out_dir=out_dir,
+                            gate_report=gate_report)
+    text = render_report(results, figures=figures, samples=samples, comparison=comparison)
     path = out_dir / "report.md"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) -> Path:
+    """`gatebench report`: re-render from saved outputs; figures go beside the output file."""
+    from gatebench.saved_run import load_run  # noqa: PLC0415
+
+    if fmt_name not in ("md", "latex", "html"):
+        raise GatebenchError(f"expected --format md, latex or html, got {fmt_name!r}")
+    run = load_run(results_path, need_samples=False)
+    suffix = {"md": ".md", "latex": ".tex", "html": ".html"}[fmt_name]
+    out = out or run.folder / f"report{suffix}"
+    if out.exists() and out.is_dir():
+        out = out / f"report{suffix}"
+    comparison = matching_comparison(run.results, run.folder)
+    if fmt_name == "latex":
+        from gatebench.report_latex import render_latex  # noqa: PLC0415
+        figures = build_figures(run.results, pd.DataFrame(), results_dir=run.folder,
+                                out_dir=out.parent)
+        text = render_latex(run.results, figures=figures, comparison=comparison)
+    else:
+        figures = build_figures(run.results, run.samples, results_dir=run.folder,
+                                out_dir=out.parent)
+        text = render_report(run.results, figures=figures, samples=run.samples,
+                             comparison=comparison)
+        if fmt_name == "html":
+            from gatebench.report_html import markdown_to_html  # noqa: PLC0415
+            text = markdown_to_html(text, out.parent, title=f"gatebench report: "
+                                    f"{run.results['protocol']['name']}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out

@@ -202,7 +202,11 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                 "n_matched": summary["n_matched"] if has_det else None,
                 "iou_sum": summary["iou_sum"] if has_det else None,
                 "all_matched": summary["all_matched"] if has_det else None,
-                "boxes": boxes, "reason": _reason(boxes, has_det, garbled, g_score)})
+                "boxes": boxes, "reason": _reason(boxes, has_det, garbled, g_score),
+                # optional extras for report grids (not Stable names): prompt and raw detections
+                "caption": it.layout.caption,
+                "detections": [{"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
+                                "score": round(float(d.score), 4)} for d in det] if has_det else None})
             ap_images.append(APImage(
                 pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
                 [lab for lab, r in zip(gt_labels, records) if r.scorable],

@@ -32,7 +32,7 @@ class TargetRow:
         return asdict(self)
 
 
-def _compare(op: str, value: float, threshold: float) -> bool:
+def compare_values(op: str, value: float, threshold: float) -> bool:
     return {">": value > threshold, ">=": value >= threshold, "<": value < threshold,
             "<=": value <= threshold}[op]
 
@@ -59,10 +59,10 @@ def evaluate_targets(targets: Sequence[Target], rows: Sequence[dict[str, Any]]) 
             clear = None
             if low is not None and high is not None:
                 worst = low if target.op in (">", ">=") else high
-                clear = _compare(target.op, float(worst), target.threshold)
+                clear = compare_values(target.op, float(worst), target.threshold)
             out.append(TargetRow(row["checkpoint"], scale, target.metric, target.op,
                                  target.threshold, value, low, high, metric.get("n"),
-                                 _compare(target.op, value, target.threshold), True, clear,
+                                 compare_values(target.op, value, target.threshold), True, clear,
                                  target.description))
         if not applied:
             scales = ", ".join(f"{s:g}" for s in target.gate_scales or ())

@@ -66,9 +66,9 @@ def test_gates_needs_input_and_rejects_unsafe(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["compare", "report"])
-def test_commands_not_built_yet_exit_2(command: str) -> None:
-    result = invoke(command, "--anything")
-    assert result.exit_code == 2 and "not available yet" in result.output
+def test_compare_and_report_reject_missing_input_with_exit_2(command: str, tmp_path: Path) -> None:
+    result = invoke(command, *[str(tmp_path / "missing.json")] * (2 if command == "compare" else 1))
+    assert result.exit_code == 2 and "missing.json" in result.output
 
 
 def test_check_init_detects_legacy_and_deadlock() -> None:

@@ -1,0 +1,398 @@
+"""`gatebench compare`: a paired regression gate between two saved runs.
+
+Why paired: both runs generate the SAME layouts with the SAME per-layout seeds, so layout
+difficulty cancels when the per-layout difference is resampled; an unpaired comparison of two
+confidence intervals would need many times more layouts to see the same drop.
+
+Records (samples.jsonl) are matched on (checkpoint, gate scale, layout id): checkpoints by their
+command-line order, or every candidate checkpoint against a single baseline checkpoint. Each
+per-image metric is a ratio of per-layout sums (the mean when the denominator is 1), bootstrapped
+over layouts. A REGRESSION is a change in the bad direction whose whole CI lies beyond the allowed
+margin: noise alone cannot fail the gate, a real drop larger than the margin does. Set-level
+metrics (FID, KID, AP) have no per-image records: their point difference is reported, and gated
+(point value vs margin, said so in the row) only when ``--metric`` names them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from gatebench.errors import NotComparableError
+from gatebench.saved_run import SavedRun, checkpoint_paths
+
+SCHEMA_VERSION = 1
+PAIRED_METRICS = ("iou50_rate", "miou", "all_matched_rate", "clip_score", "region_clip_score",
+                  "garbled_rate")
+SET_METRICS = ("ap50", "ap", "fid", "kid")
+LOWER_IS_BETTER = frozenset({"fid", "kid", "garbled_rate"})
+DEFAULT_MARGINS: dict[str, float] = {"iou50_rate": 0.02, "clip_score": 0.005,
+                                     "garbled_rate": 0.02}
+OTHER_MARGIN = 0.02
+MIN_BOOT = 1000
+_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One (checkpoint pair, gate scale, metric) comparison; ``diff`` = candidate - baseline."""
+
+    checkpoint_index: int
+    baseline_checkpoint: str
+    candidate_checkpoint: str
+    gate_scale: float
+    metric: str
+    direction: str                 # "higher" or "lower" is better
+    kind: str                      # "paired" (per-layout records) or "set" (point values)
+    baseline: float | None
+    candidate: float | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n_pairs: int
+    dropped: int                   # layouts present on one side only / NaN on either side
+    margin: float | None
+    gated: bool
+    status: str                    # regression | ok | improved | not gated | not compared
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Comparison:
+    baseline: dict[str, Any]
+    candidate: dict[str, Any]
+    rows: list[CompareRow]
+    settings: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[CompareRow]:
+        return [r for r in self.rows if r.status == "regression"]
+
+    @property
+    def verdict(self) -> str:
+        return "regression" if self.regressions else "pass"
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.regressions else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "comparable": True, "verdict": self.verdict,
+                "regressions": len(self.regressions), "baseline": self.baseline,
+                "candidate": self.candidate, "settings": self.settings,
+                "warnings": list(self.warnings), "rows": [r.to_dict() for r in self.rows]}
+
+
+def direction(metric: str) -> str:
+    return "lower" if metric in LOWER_IS_BETTER else "higher"
+
+
+def _identity(run: SavedRun) -> dict[str, Any]:
+    r = run.results
+    return {"results": str(run.path), "created": r.get("created"),
+            "protocol": r["protocol"].get("name"), "protocol_sha256": r.get("protocol_sha256"),
+            "seed": r["seed"], "n_layouts": r["n_layouts"],
+            "layout_ids_sha256": r.get("layout_ids_sha256"),
+            "checkpoints": [{"path": c["path"], "sha256": c.get("sha256")}
+                            for c in r.get("checkpoints", [])]}
+
+
+def _scales(results: dict[str, Any]) -> list[float]:
+    return sorted({round(float(row["gate_scale"]), 6) for row in results["results"]})
+
+
+def comparability_problems(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
+    """Every reason the two runs' per-sample records cannot be paired (empty: comparable)."""
+    problems = []
+    checks = [("protocol name", base["protocol"].get("name"), cand["protocol"].get("name")),
+              ("protocol file sha256", base.get("protocol_sha256"), cand.get("protocol_sha256")),
+              ("seed", base.get("seed"), cand.get("seed")),
+              ("N (layouts)", base.get("n_layouts"), cand.get("n_layouts")),
+              ("layout ids sha256", base.get("layout_ids_sha256"), cand.get("layout_ids_sha256"))]
+    for what, b, c in checks:
+        if b != c:
+            short = (lambda v: v[:12] + "..." if isinstance(v, str) and len(v) > 40 else v)
+            problems.append(f"{what} {short(b)!r} in the baseline vs {short(c)!r} in the candidate")
+    nb, nc = len(checkpoint_paths(base)), len(checkpoint_paths(cand))
+    if nb != 1 and nb != nc:
+        problems.append(f"{nb} checkpoints in the baseline vs {nc} in the candidate (pairing is "
+                        f"by order, or against a single baseline checkpoint)")
+    if not set(_scales(base)) & set(_scales(cand)):
+        problems.append(f"no common gate scale (baseline {_scales(base)}, candidate "
+                        f"{_scales(cand)})")
+    return problems
+
+
+def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> None:
+    problems = comparability_problems(base, cand)
+    if problems:
+        raise NotComparableError("expected two runs of the same protocol, seeds, layouts and N, "
+                                 "got different " + "; ".join(problems))
+
+
+def precheck_protocol(base: dict[str, Any], protocol: Any) -> None:
+    """Before an expensive `run --baseline`: what can be checked from the protocol alone."""
+    from gatebench.checkpoint import file_sha256  # noqa: PLC0415
+
+    source = Path(protocol.source) if protocol.source else None
+    sha = file_sha256(source) if source is not None and source.is_file() else None
+    problems = []
+    if base["protocol"].get("name") != protocol.name:
+        problems.append(f"protocol name {base['protocol'].get('name')!r} in the baseline vs "
+                        f"{protocol.name!r} now")
+    if base.get("protocol_sha256") != sha:
+        problems.append("protocol file sha256 differs from the baseline's")
+    if base.get("seed") != protocol.seed:
+        problems.append(f"seed {base.get('seed')!r} in the baseline vs {protocol.seed!r} now")
+    if problems:
+        raise NotComparableError("expected the baseline's protocol and seed, got different "
+                                 + "; ".join(problems), hint="rerun the baseline with this "
+                                 "protocol or pass the baseline's --protocol/--seed")
+
+
+def model_warnings(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
+    """Differences that do not block pairing but change what the numbers measure."""
+    out = []
+    bm, cm = base.get("models", {}) or {}, cand.get("models", {}) or {}
+    for name in sorted(set(bm) | set(cm)):
+        b, c = bm.get(name), cm.get(name)
+        key = lambda m: (m.get("sha256"), json.dumps(m.get("weights"), sort_keys=True)) \
+            if isinstance(m, dict) else m  # noqa: E731
+        if b is None or c is None:
+            out.append(f"model '{name}' only in the {'candidate' if b is None else 'baseline'}")
+        elif key(b) != key(c):
+            out.append(f"model '{name}' differs (hash): its metrics compare different models")
+    gen_keys = ("steps", "guidance_scale", "scheduler", "grounding_fraction", "uncond_boxes",
+                "height", "width", "dtype")
+    bg, cg = base["protocol"].get("generation", {}), cand["protocol"].get("generation", {})
+    for k in gen_keys:
+        if bg.get(k) != cg.get(k):
+            out.append(f"generation.{k} {bg.get(k)!r} in the baseline vs {cg.get(k)!r} in the "
+                       f"candidate: images differ for reasons other than the checkpoint")
+    return out
+
+
+def pair_checkpoints(base: Sequence[str], cand: Sequence[str]) -> list[tuple[int, str, str]]:
+    if len(base) == 1:
+        return [(i, base[0], c) for i, c in enumerate(cand)]
+    return [(i, b, c) for i, (b, c) in enumerate(zip(base, cand))]
+
+
+def _group(samples: pd.DataFrame, checkpoint: str, scale: float) -> pd.DataFrame:
+    """The records of one checkpoint (samples name it by file name) at one gate scale."""
+    df = samples
+    if "checkpoint" in df.columns:
+        df = df[df["checkpoint"].astype(str) == Path(checkpoint).name]
+    return df[np.isclose(pd.to_numeric(df["gate_scale"], errors="coerce").astype(float), scale)]
+
+
+def _check_samples(run: SavedRun) -> None:
+    names = [Path(p).name for p in checkpoint_paths(run.results)]
+    where = run.folder / "samples.jsonl"
+    if run.samples.empty or not {"layout_id", "gate_scale"} <= set(run.samples.columns):
+        raise NotComparableError("expected per-sample records with layout_id and gate_scale, "
+                                 "got none", path=where)
+    if len(set(names)) != len(names):
+        raise NotComparableError(f"expected distinct checkpoint file names (samples.jsonl names "
+                                 f"checkpoints by file name), got {names}", path=where)
+    if len(names) > 1 and "checkpoint" not in run.samples.columns:
+        raise NotComparableError(f"expected a checkpoint column for {len(names)} checkpoints, "
+                                 f"got none", path=where)
+
+
+def _num(frame: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_numeric(frame[column], errors="coerce") if column in frame.columns else \
+        pd.Series(np.nan, index=frame.index)
+
+
+def metric_units(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """Per-layout (numerator, denominator) of one per-image metric; None when not recorded."""
+    scorable = _num(df, "n_scorable")
+    if metric in ("iou50_rate", "miou"):
+        num = _num(df, "n_matched" if metric == "iou50_rate" else "iou_sum")
+        keep, den = num.notna() & (scorable > 0), scorable
+    elif metric == "all_matched_rate":
+        num = _num(df, "all_matched")
+        keep, den = num.notna() & (scorable > 0), pd.Series(1.0, index=df.index)
+    elif metric == "region_clip_score":
+        den = _num(df, "n_boxes")
+        num = _num(df, "region_clip_score") * den
+        keep = num.notna() & (den > 0)
+    else:
+        num = _num(df, "garbled" if metric == "garbled_rate" else metric)
+        keep, den = num.notna(), pd.Series(1.0, index=df.index)
+    if not keep.any():
+        return None
+    units = pd.DataFrame({"layout_id": df["layout_id"][keep].astype(str),
+                          "num": num[keep].astype(float), "den": den[keep].astype(float)})
+    return units.groupby("layout_id", sort=True)[["num", "den"]].sum()
+
+
+def paired_ratio_diff(cand: pd.DataFrame, base: pd.DataFrame, *, n_boot: int, level: float,
+                      seed: int) -> tuple[float, float, float, float | None, float | None]:
+    """(candidate, baseline, diff, ci_low, ci_high) of sum(num)/sum(den), layouts resampled as
+    pairs. With denominators 1 this equals ``stats.paired_bootstrap_diff`` replicate for replicate."""
+    cn, cd = cand["num"].to_numpy(), cand["den"].to_numpy()
+    bn, bd = base["num"].to_numpy(), base["den"].to_numpy()
+    c_value, b_value = float(cn.sum() / cd.sum()), float(bn.sum() / bd.sum())
+    diff = c_value - b_value
+    n = cn.size
+    if n < 2 or n_boot <= 0:
+        return c_value, b_value, diff, None, None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for start in range(0, n_boot, _CHUNK):
+        nb = min(_CHUNK, n_boot - start)
+        idx = rng.integers(0, n, size=(nb, n))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stats[start:start + nb] = (cn[idx].sum(axis=1) / cd[idx].sum(axis=1)
+                                       - bn[idx].sum(axis=1) / bd[idx].sum(axis=1))
+    stats = stats[np.isfinite(stats)]
+    if stats.size == 0:
+        return c_value, b_value, diff, None, None
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return c_value, b_value, diff, float(low), float(high)
+
+
+def _status(metric: str, diff: float | None, low: float | None, high: float | None,
+            margin: float | None) -> str:
+    """Regression: the whole CI (or, without one, the point) beyond the margin, bad side."""
+    if diff is None:
+        return "not compared"
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0        # + = better
+    good_low, good_high = (low, high) if sign > 0 else (
+        (None if high is None else -high), (None if low is None else -low))
+    best, worst = (good_high, good_low) if good_low is not None else (sign * diff, sign * diff)
+    if margin is None:
+        return "not gated"
+    if best < -margin:
+        return "regression"
+    if worst > margin:
+        return "improved"
+    return "ok"
+
+
+def _results_row(results: dict[str, Any], checkpoint: str, scale: float) -> dict[str, Any] | None:
+    for row in results["results"]:
+        if str(row["checkpoint"]) == checkpoint and np.isclose(float(row["gate_scale"]), scale):
+            return row
+    return None
+
+
+def compare_runs(baseline: SavedRun, candidate: SavedRun,
+                 metrics: dict[str, float | None] | None = None,
+                 n_boot: int | None = None) -> Comparison:
+    """The whole comparison. ``metrics``: ``parse_metric_options`` output (overrides defaults)."""
+    base, cand = baseline.results, candidate.results
+    check_comparable(base, cand)
+    _check_samples(baseline)
+    _check_samples(candidate)
+    chosen = dict(metrics or {})
+    scoring = cand["protocol"].get("scoring", {})
+    n_boot = n_boot or max(MIN_BOOT, int(scoring.get("bootstrap", MIN_BOOT)))
+    level, seed = float(scoring.get("ci_level", 0.95)), int(cand["seed"])
+    warnings = model_warnings(base, cand)
+    b_scales, c_scales = _scales(base), _scales(cand)
+    scales = sorted(set(b_scales) & set(c_scales))
+    if set(b_scales) != set(c_scales):
+        warnings.append(f"gate scales compared: {scales}; only in one run: "
+                        f"{sorted(set(b_scales) ^ set(c_scales))}")
+    b_ckpts, c_ckpts = checkpoint_paths(base), checkpoint_paths(cand)
+    seen: dict[str, set[str]] = {m: set() for m in chosen}
+    rows: list[CompareRow] = []
+    for index, b_ck, c_ck in pair_checkpoints(b_ckpts, c_ckpts):
+        for scale in scales:
+            if scale == 0.0 and index > 0:
+                continue   # scale 0 is the base model, shared by every checkpoint: once is enough
+            b_df = _group(baseline.samples, b_ck, scale)
+            c_df = _group(candidate.samples, c_ck, scale)
+            b_ids, c_ids = set(b_df["layout_id"].astype(str)), set(c_df["layout_id"].astype(str))
+            if not b_ids or not c_ids:
+                which = baseline if not b_ids else candidate
+                raise NotComparableError(
+                    f"expected per-sample records of {Path(b_ck if not b_ids else c_ck).name} at "
+                    f"gate scale {scale:g}, got none", path=which.folder / "samples.jsonl")
+            if b_ids != c_ids:
+                odd = sorted(b_ids ^ c_ids)
+                raise NotComparableError(
+                    f"expected the same layouts at gate scale {scale:g} in both samples.jsonl, "
+                    f"got {len(b_ids)} and {len(c_ids)} (only in one: {', '.join(odd[:3])})",
+                    path=candidate.folder / "samples.jsonl")
+            for metric in PAIRED_METRICS:
+                b_units, c_units = metric_units(b_df, metric), metric_units(c_df, metric)
+                margin = chosen.get(metric, DEFAULT_MARGINS.get(metric, OTHER_MARGIN))
+                common = (b_units is not None, c_units is not None)
+                if not any(common):
+                    continue
+                if metric in seen:
+                    seen[metric].update(s for s, ok in zip(("baseline", "candidate"), common) if ok)
+                rows.append(_paired_row(index, b_ck, c_ck, scale, metric, b_units, c_units,
+                                        margin, n_boot=n_boot, level=level, seed=seed))
+            for metric in SET_METRICS:
+                b_row, c_row = _results_row(base, b_ck, scale), _results_row(cand, c_ck, scale)
+                b_val = ((b_row or {}).get("metrics", {}).get(metric) or {}).get("value")
+                c_val = ((c_row or {}).get("metrics", {}).get(metric) or {}).get("value")
+                if b_val is None and c_val is None:
+                    continue
+                if metric in seen:
+                    seen[metric].update(s for s, v in (("baseline", b_val), ("candidate", c_val))
+                                        if v is not None)
+                margin = chosen.get(metric) if metric in chosen else None
+                diff = None if b_val is None or c_val is None else float(c_val) - float(b_val)
+                status = _status(metric, diff, None, None, margin)
+                note = "set-level: point values, no paired CI" + (
+                    "; gated on the point difference (--metric)" if margin is not None else "")
+                if diff is None:
+                    note = f"only in the {'baseline' if c_val is None else 'candidate'}"
+                rows.append(CompareRow(index, b_ck, c_ck, scale, metric, direction(metric), "set",
+                                       b_val, c_val, diff, None, None, 0, 0, margin,
+                                       margin is not None, status, note))
+    for metric, sides in seen.items():
+        if sides != {"baseline", "candidate"}:
+            got = "neither run" if not sides else f"only the {sides.pop()}"
+            raise NotComparableError(f"expected --metric {metric} in both runs, got it in {got}",
+                                     hint="drop that --metric or score both runs with it")
+    for row in rows:
+        if row.status == "not compared" and row.gated:
+            warnings.append(f"{row.metric} at gate scale {row.gate_scale:g}: {row.note}")
+    settings = {"n_boot": n_boot, "ci_level": level, "seed": seed, "resampling_unit": "layout",
+                "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m, OTHER_MARGIN))
+                            for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
+                "rule": "regression when the whole CI of candidate - baseline lies beyond the "
+                        "margin on the bad side (a rise for fid, kid, garbled_rate)"}
+    return Comparison(_identity(baseline), _identity(candidate), rows, settings, warnings)
+
+
+def _paired_row(index: int, b_ck: str, c_ck: str, scale: float, metric: str,
+                b_units: pd.DataFrame | None, c_units: pd.DataFrame | None,
+                margin: float | None, *, n_boot: int, level: float, seed: int) -> CompareRow:
+    if b_units is None or c_units is None:
+        side = "baseline" if c_units is None else "candidate"
+        return CompareRow(index, b_ck, c_ck, scale, metric, direction(metric), "paired",
+                          None, None, None, None, None, 0, 0, margin, margin is not None,
+                          "not compared", f"recorded only in the {side}")
+    joined = b_units.join(c_units, how="inner", lsuffix="_b", rsuffix="_c")
+    joined = joined[np.isfinite(joined.to_numpy()).all(axis=1)]
+    dropped = len(set(b_units.index) ^ set(c_units.index)) + (
+        len(set(b_units.index) & set(c_units.index)) - len(joined))
+    if joined.empty or joined["den_b"].sum() <= 0 or joined["den_c"].sum() <= 0:
+        return CompareRow(index, b_ck, c_ck, scale, metric, direction(metric), "paired",
+                          None, None, None, None, None, 0, dropped, margin, margin is not None,
+                          "not compared", "no layout recorded on both sides")
+    c_val, b_val, diff, low, high = paired_ratio_diff(
+        joined[["num_c", "den_c"]].set_axis(["num", "den"], axis=1),
+        joined[["num_b", "den_b"]].set_axis(["num", "den"], axis=1),
+        n_boot=n_boot, level=level, seed=seed)
+    note = "" if low is not None else "fewer than 2 layouts: point difference vs margin, no CI"
+    return CompareRow(index, b_ck, c_ck, scale, metric, direction(metric), "paired", b_val,
+                      c_val, diff, low, high, len(joined), dropped, margin, margin is not None,
+                      _status(metric, diff, low, high, margin), note)

@@ -1,0 +1,169 @@
+"""How a Comparison is shown: the `--metric` flag, a rich diff table, a Markdown report section.
+
+Kept apart from the statistics in ``compare.py`` so the rule that decides the exit code stays
+short enough to read in one sitting.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SCHEMA_VERSION,
+                               SET_METRICS, Comparison, CompareRow)
+from gatebench.errors import GatebenchError
+
+_STYLE = {"regression": "bold red", "improved": "green", "ok": "", "not gated": "dim",
+          "not compared": "yellow"}
+_MARK = {"regression": "✗ regression", "improved": "▲ improved", "ok": "✓ ok",
+         "not gated": "not gated", "not compared": "not compared"}
+
+
+def parse_metric_options(items: Sequence[str]) -> dict[str, float | None]:
+    """``NAME=MAX_DROP`` / ``NAME`` (default margin) / ``NAME=off`` (report, do not gate)."""
+    known = PAIRED_METRICS + SET_METRICS
+    out: dict[str, float | None] = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in known:
+            raise GatebenchError(f"expected --metric NAME=MAX_DROP with NAME one of "
+                                 f"{', '.join(known)}, got {item!r}")
+        if not value.strip():
+            out[name] = DEFAULT_MARGINS.get(name, OTHER_MARGIN)
+        elif value.strip().lower() in ("off", "none"):
+            out[name] = None
+        else:
+            try:
+                margin = float(value)
+            except ValueError:
+                margin = -1.0
+            if not margin >= 0:
+                raise GatebenchError(f"expected a margin >= 0 (or 'off') in --metric {item!r}, "
+                                     f"got {value!r}")
+            out[name] = margin
+    return out
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def _signed(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def diff_text(row: CompareRow) -> str:
+    text = _signed(row.diff)
+    if row.ci_low is not None:
+        text += f" [{_signed(row.ci_low)}, {_signed(row.ci_high)}]"
+    return text
+
+
+def margin_text(row: CompareRow) -> str:
+    if row.margin is None:
+        return "-"
+    bad = "rise" if row.direction == "lower" else "drop"
+    return f"{bad} ≤ {row.margin:g}"
+
+
+def _checkpoint(row: CompareRow) -> str:
+    if row.gate_scale == 0:
+        return "(base model)"
+    b, c = Path(row.baseline_checkpoint).name, Path(row.candidate_checkpoint).name
+    return c if b == c else f"{b} → {c}"
+
+
+def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool = True) -> None:
+    """The diff table (regressions red) and the verdict line."""
+    s = comparison.settings
+    table = Table(title=f"paired comparison: candidate - baseline ({s['ci_level']:.0%} CI, "
+                        f"{s['n_boot']} bootstrap replicates over layouts, seed {s['seed']})",
+                  title_justify="left")
+    for column in ("checkpoint", "scale", "metric", "baseline", "candidate", "Δ [CI]", "allowed",
+                   "status"):
+        table.add_column(column, justify="right" if column in ("scale", "baseline", "candidate")
+                         else "left")
+    for row in comparison.rows:
+        if not all_rows and row.status in ("ok", "not gated"):
+            continue
+        style = _STYLE.get(row.status, "")
+        table.add_row(_checkpoint(row), f"{row.gate_scale:g}", row.metric, _f(row.baseline),
+                      _f(row.candidate), diff_text(row), margin_text(row),
+                      f"[{style}]{_MARK[row.status]}[/]" if style else _MARK[row.status])
+    console.print(table)
+    if any(r.kind == "set" for r in comparison.rows):
+        console.print("[dim]ap50, ap, fid, kid are set-level: point differences without a "
+                      "paired CI, gated only when named with --metric[/dim]")
+    for note in sorted({r.note for r in comparison.rows if r.note and r.kind == "paired"}):
+        console.print(f"[dim]note: {note}[/dim]")
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    n = len(comparison.regressions)
+    style = "bold red" if n else "bold green"
+    console.print(f"regression check: [{style}]{'REGRESSION' if n else 'PASS'}[/] "
+                  f"({n} regression{'s' if n != 1 else ''} in {sum(r.gated for r in comparison.rows)}"
+                  f" gated comparisons)")
+
+
+def render_markdown(document: dict[str, Any]) -> str:
+    """The report section, from the verdict JSON (so `gatebench report` can re-render it)."""
+    rows = document.get("rows", [])
+    s = document.get("settings", {})
+    base = document.get("baseline", {})
+    n = document.get("regressions", 0)
+    lines = ["## Regression check against the baseline", "",
+             f"**{'REGRESSION' if n else 'PASS'}** — {n} regression{'s' if n != 1 else ''} in "
+             f"{sum(1 for r in rows if r['gated'])} gated comparisons. Baseline "
+             f"`{Path(str(base.get('results', ''))).parent.name or base.get('results')}/results.json`"
+             f" (created {base.get('created')}).", "",
+             f"Candidate - baseline on the same layouts and seeds, paired bootstrap over layouts "
+             f"({s.get('ci_level', 0.95):.0%} CI, {s.get('n_boot')} replicates, seed "
+             f"{s.get('seed')}). A regression is a change in the bad direction whose whole CI "
+             f"lies beyond the allowed margin; fid, kid and garbled_rate regress by rising. "
+             f"ap50/ap/fid/kid are set-level: point differences, no CI, gated only when "
+             f"named with `--metric`.", ""]
+    level = f"{s.get('ci_level', 0.95):.0%}"
+    header = [f"| checkpoint | gate scale | metric | baseline | candidate | Δ [{level} CI] | "
+              "allowed | status |", "|---|---:|---|---:|---:|---|---|---|"]
+
+    def table(selected: list[dict[str, Any]]) -> list[str]:
+        out = list(header)
+        for r in selected:
+            row = CompareRow(**r)
+            mark = f"**{_MARK[row.status]}**" if row.status == "regression" else _MARK[row.status]
+            out.append(f"| `{_checkpoint(row)}` | {row.gate_scale:g} | {row.metric} | "
+                       f"{_f(row.baseline)} | {_f(row.candidate)} | {diff_text(row)} | "
+                       f"{margin_text(row)} | {mark} |")
+        return out
+
+    notable = [r for r in rows if r["status"] in ("regression", "improved", "not compared")]
+    quiet = sum(1 for r in rows if r["status"] == "ok")
+    if notable:
+        lines += table(notable)
+        lines += ["", f"The other {quiet} gated comparisons are within their margins."]
+    else:
+        lines.append(f"All {quiet} gated comparisons are within their margins.")
+    lines += ["", '<details markdown="1"><summary>every comparison</summary>', ""] + table(rows) + [
+        "", "</details>"]
+    for warning in document.get("warnings", []):
+        lines.append(f"\n> warning: {warning}")
+    return "\n".join(lines) + "\n"
+
+
+def not_comparable_json(baseline: Path, candidate: Path, reasons: Sequence[str]) -> dict[str, Any]:
+    """The verdict document for exit code 2 (CI can still read why)."""
+    return {"schema_version": SCHEMA_VERSION, "comparable": False, "verdict": "not_comparable",
+            "baseline": {"results": str(baseline)}, "candidate": {"results": str(candidate)},
+            "reasons": list(reasons)}
+
+
+def write_verdict(document: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path

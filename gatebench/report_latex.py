@@ -1,0 +1,176 @@
+"""LaTeX (booktabs) tables of a saved run, ready to ``\\input`` into a paper.
+
+Values carry their bootstrap CI as ``\\pm`` half-width when the percentile interval is symmetric
+at the printed precision, else as ``^{+a}_{-b}`` (percentile intervals often are not symmetric,
+and a symmetric ``\\pm`` would misstate them). Needs ``\\usepackage{booktabs}`` and ``amssymb``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gatebench.report import Figures, checkpoint_order, fmt, fmt_against, gate_verdict
+
+PRETTY = {"iou50_rate": r"IoU$>$0.5 rate $\uparrow$", "miou": r"mIoU $\uparrow$",
+          "ap50": r"AP$_{50}$ $\uparrow$", "ap": r"AP $\uparrow$",
+          "all_matched_rate": r"All-matched rate $\uparrow$",
+          "clip_score": r"CLIP score $\uparrow$", "region_clip_score": r"Region CLIP $\uparrow$",
+          "fid": r"FID $\downarrow$", "kid": r"KID $\downarrow$",
+          "garbled_rate": r"Garbled rate $\downarrow$"}
+_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+            "^": r"\textasciicircum{}"}
+_OPS = {">": "$>$", ">=": r"$\geq$", "<": "$<$", "<=": r"$\leq$"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _digits(value: float) -> int:
+    return 1 if abs(value) >= 10 else 3
+
+
+def tex_value(metric: dict[str, Any] | None, digits: int | None = None) -> str:
+    """``$v \\pm h$`` / ``$v^{+a}_{-b}$`` / ``$v$`` / ``--`` (not computed)."""
+    if not metric or metric.get("value") is None:
+        return "--"
+    v = float(metric["value"])
+    d = digits or _digits(v)
+    if metric.get("ci_low") is None or metric.get("ci_high") is None:
+        return f"${v:.{d}f}$"
+    plus, minus = float(metric["ci_high"]) - v, v - float(metric["ci_low"])
+    if f"{plus:.{d}f}" == f"{minus:.{d}f}":
+        return f"${v:.{d}f} \\pm {plus:.{d}f}$"
+    return f"${v:.{d}f}^{{+{plus:.{d}f}}}_{{-{minus:.{d}f}}}$"
+
+
+def _ckpt(path: str) -> str:
+    return r"\texttt{" + tex_escape(Path(path).name) + "}"
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    level = results["protocol"].get("scoring", {}).get("ci_level", 0.95)
+    name = tex_escape(results["protocol"]["name"])
+    passed = sum(bool(t["passed"]) for t in results["targets"])
+    lines = [r"\begin{table}[t]", r"\centering",
+             rf"\caption{{Targets of protocol \texttt{{{name}}}: value with {level:.0%} bootstrap "
+             rf"CI over {results['n_layouts']} layouts (seed {results['seed']}); "
+             rf"{passed} of {len(results['targets'])} pass.}}".replace("%", r"\%"),
+             r"\label{tab:gatebench-targets}", r"\begin{tabular}{llllrlc}", r"\toprule",
+             r"Checkpoint & Scale & Metric & Value & $N$ & Target & Pass \\", r"\midrule"]
+    straddle = False
+    order = {ck: i for i, ck in enumerate(checkpoint_order(results))}
+    rows = sorted(enumerate(results["targets"]), key=lambda it: (
+        order.get(str(it[1]["checkpoint"]), len(order)),
+        -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
+    for _, t in rows:
+        value = r"\textit{not computed}"
+        if t["computed"]:   # enough decimals that the printed value agrees with pass/fail
+            shown = fmt_against(float(t["value"]), t["op"], float(t["threshold"]))
+            decimals = len(shown.partition(".")[2])
+            value = tex_value(t, None if shown == fmt(float(t["value"])) else decimals)
+        scale = "--" if t["gate_scale"] is None else f"{t['gate_scale']:g}"
+        who = "all" if t["checkpoint"] == "*" else _ckpt(str(t["checkpoint"]))
+        mark = r"\checkmark" if t["passed"] else r"$\times$"
+        if t["passed"] and t.get("ci_clear") is False:
+            mark, straddle = r"\checkmark$^*$", True
+        n = "--" if t.get("n") is None else str(t["n"])
+        lines.append(f"{who} & {scale} & {PRETTY.get(t['metric'], tex_escape(t['metric']))} & "
+                     f"{value} & {n} & {_OPS.get(t['op'], t['op'])} {t['threshold']:g} & "
+                     f"{mark} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    if straddle:
+        lines[2] = lines[2][:-1] + r" $^*$: passes on the value, but the CI crosses the threshold.}"
+    return lines
+
+
+def _columns(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(group, scale label, results row): scale 0 once as "Base" when all checkpoints share it."""
+    rows = results["results"]
+    zero = [r for r in rows if float(r["gate_scale"]) == 0.0]
+    shared = len(zero) > 1 and all(r["metrics"] == zero[0]["metrics"] for r in zero)
+    cols = [("Base", "$s{=}0$", zero[0])] if shared else []
+    for ck in checkpoint_order(results):
+        for r in sorted((r for r in rows if str(r["checkpoint"]) == ck),
+                        key=lambda r: float(r["gate_scale"])):
+            if shared and float(r["gate_scale"]) == 0.0:
+                continue
+            cols.append((ck, f"$s{{=}}{float(r['gate_scale']):g}$", r))
+    return cols
+
+
+def metrics_table(results: dict[str, Any]) -> list[str]:
+    from gatebench.report_plots import metric_names  # noqa: PLC0415
+
+    names = metric_names(results)
+    cols = _columns(results)
+    level = results["protocol"].get("scoring", {}).get("ci_level", 0.95)
+    groups: list[tuple[str, int]] = []
+    for group, _, _ in cols:
+        if groups and groups[-1][0] == group:
+            groups[-1] = (group, groups[-1][1] + 1)
+        else:
+            groups.append((group, 1))
+    head, rules, start = ["Metric"], [], 2
+    for group, span in groups:
+        label = group if group == "Base" else _ckpt(group)
+        head.append(rf"\multicolumn{{{span}}}{{c}}{{{label}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    lines = [r"\begin{table}[t]", r"\centering",
+             rf"\caption{{Metrics by checkpoint and gate scale $s$ ({level:.0%} bootstrap CI over "
+             rf"{results['n_layouts']} layouts; Base: the base model, $s{{=}}0$, shared by all "
+             rf"checkpoints). FID/KID and AP are set-level (no CI).}}".replace("%", r"\%"),
+             r"\label{tab:gatebench-metrics}", r"\begin{tabular}{l" + "c" * len(cols) + "}",
+             r"\toprule", " & ".join(head) + r" \\", "".join(rules),
+             " & ".join([""] + [scale for _, scale, _ in cols]) + r" \\", r"\midrule"]
+    for name in names:
+        cells = [tex_value(row["metrics"].get(name)) for _, _, row in cols]
+        lines.append(" & ".join([PRETTY.get(name, tex_escape(name))] + cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return lines
+
+
+def figure_block(file: str, caption: str, label: str) -> list[str]:
+    return [r"\begin{figure}[t]", r"\centering",
+            rf"\includegraphics[width=\linewidth]{{{file}}}", rf"\caption{{{caption}}}",
+            rf"\label{{{label}}}", r"\end{figure}"]
+
+
+def render_latex(results: dict[str, Any], *, figures: Figures | None = None,
+                 comparison: dict[str, Any] | None = None) -> str:
+    """A .tex fragment: targets table, metrics table, optional figures and regression table."""
+    versions = results.get("versions", {})
+    out = [f"% gatebench report: {results['protocol']['name']} (gatebench "
+           f"{versions.get('gatebench')}), re-rendered from results.json",
+           "% needs \\usepackage{booktabs}, \\usepackage{amssymb} (\\checkmark) and graphicx",
+           f"% verdict {results['verdict']}; gate health {gate_verdict(results)}; protocol "
+           f"sha256 {results.get('protocol_sha256')}; layout ids sha256 "
+           f"{results.get('layout_ids_sha256')}", ""]
+    out += targets_table(results) + [""] + metrics_table(results) + [""]
+    if comparison:
+        out += regression_table(comparison) + [""]
+    if figures and figures.metric_vs_scale:
+        out += figure_block(figures.metric_vs_scale, "Metrics vs gate scale (95\\% CI).",
+                            "fig:gatebench-scale") + [""]
+    if figures and figures.metric_vs_epoch:
+        out += figure_block(figures.metric_vs_epoch, "Metrics over training checkpoints.",
+                            "fig:gatebench-epoch") + [""]
+    return "\n".join(out)
+
+
+def regression_table(doc: dict[str, Any]) -> list[str]:
+    rows = [r for r in doc.get("rows", []) if r["gated"] and r["diff"] is not None]
+    lines = [r"\begin{table}[t]", r"\centering",
+             r"\caption{Candidate minus baseline, paired bootstrap over layouts. A regression is a "
+             r"change in the bad direction whose whole CI lies beyond the margin.}",
+             r"\label{tab:gatebench-regression}", r"\begin{tabular}{llllcl}", r"\toprule",
+             r"Checkpoint & Scale & Metric & $\Delta$ [CI] & Margin & Status \\", r"\midrule"]
+    for r in rows:
+        ci = "" if r["ci_low"] is None else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        lines.append(f"{_ckpt(r['candidate_checkpoint'])} & {r['gate_scale']:g} & "
+                     f"{PRETTY.get(r['metric'], tex_escape(r['metric']))} & ${r['diff']:+.3f}$"
+                     f"{ci} & {r['margin']:g} & {tex_escape(r['status'])} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return lines

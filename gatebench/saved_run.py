@@ -1,0 +1,134 @@
+"""A finished run read back from disk: results.json + the samples.jsonl beside it.
+
+`gatebench report` and `gatebench compare` work from saved runs only, never recomputing a metric:
+the numbers a reader sees are the numbers the run wrote. Image paths in samples.jsonl may be
+absolute (as written by `run`) or relative to the results folder (a run folder that was moved or
+committed); ``resolve_image`` finds either.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gatebench.errors import GatebenchError
+
+SUPPORTED_SCHEMA = (1,)
+REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",
+                 "checkpoints")
+_NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")
+
+
+@dataclass
+class SavedRun:
+    """One run's saved outputs; ``folder`` is where results.json lives."""
+
+    results: dict[str, Any]
+    samples: pd.DataFrame
+    path: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def checkpoint_paths(self) -> list[str]:
+        """Checkpoints in command-line order (the order of ``results`` rows)."""
+        return checkpoint_paths(self.results)
+
+
+def checkpoint_paths(results: dict[str, Any]) -> list[str]:
+    return list(dict.fromkeys(str(row["checkpoint"]) for row in results["results"]))
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """results.json with its schema checked (one clear error naming the file otherwise)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise GatebenchError(f"expected a results.json file, got a missing path '{path}'",
+                             path=path, hint="pass the results.json a `gatebench run` wrote")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GatebenchError(f"expected JSON, got {exc}", path=path) from None
+    if not isinstance(results, dict):
+        raise GatebenchError(f"expected a JSON object, got {type(results).__name__}", path=path)
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise GatebenchError(f"expected a gatebench results.json with {', '.join(missing)}, got "
+                             f"a file without them", path=path,
+                             hint="`gatebench score --out` writes score.json, not results.json")
+    if results["schema_version"] not in SUPPORTED_SCHEMA:
+        raise GatebenchError(f"expected results schema_version {SUPPORTED_SCHEMA[-1]}, got "
+                             f"{results['schema_version']!r}", path=path,
+                             hint="re-render with the gatebench version that wrote it")
+    return results
+
+
+def load_run(path: str | Path, *, need_samples: bool = True) -> SavedRun:
+    """results.json and (if present, or required) samples.jsonl from the same folder."""
+    from gatebench.score import read_samples_jsonl  # noqa: PLC0415
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    results = load_results(path)
+    samples_path = path.parent / "samples.jsonl"
+    if samples_path.is_file():
+        samples = read_samples_jsonl(samples_path)
+    elif need_samples:
+        raise GatebenchError("expected samples.jsonl beside results.json, got none",
+                             path=samples_path, hint="copy the run folder whole (results.json, "
+                             "samples.jsonl, images/)")
+    else:
+        samples = pd.DataFrame()
+    return SavedRun(results, samples, path)
+
+
+def resolve_image(value: Any, folder: Path) -> Path | None:
+    """An image of samples.jsonl: as written, else relative to the run folder, else by its
+    last two components (``images/<cache>/<file>``) under ``folder/images``; None if absent."""
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    candidates = [path] if path.is_absolute() else [folder / path]
+    if len(path.parts) >= 2:
+        candidates.append(folder / "images" / path.parts[-2] / path.parts[-1])
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def checkpoint_position(entry: dict[str, Any]) -> tuple[str, int | None]:
+    """(axis, x) of a results.json checkpoint: recorded step, else epoch, else the number in its
+    file name (the same rule as `gatebench gates` uses to order checkpoints)."""
+    if entry.get("step") is not None:
+        return "step", int(entry["step"])
+    if entry.get("epoch") is not None:
+        return "epoch", int(entry["epoch"])
+    stem = Path(str(entry.get("path", ""))).stem
+    found = _NUMBER_IN_NAME.search(stem)
+    if not found:
+        return "checkpoint", None
+    return ("epoch" if "epoch" in stem.lower() else "checkpoint number"), int(found.group(1))
+
+
+def checkpoint_axis(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """The x axis for metric-vs-epoch plots: {checkpoint path: x}, ordered like the run's rows.
+
+    Mixed or missing positions fall back to the command-line order (axis "checkpoint").
+    """
+    by_path = {str(c["path"]): c for c in results.get("checkpoints", [])}
+    paths = checkpoint_paths(results)
+    found = [checkpoint_position(by_path.get(p, {"path": p})) for p in paths]
+    axes = {axis for axis, _ in found}
+    if len(axes) == 1 and all(x is not None for _, x in found) and \
+            len({x for _, x in found}) == len(found):
+        return axes.pop(), {p: float(x) for p, (_, x) in zip(paths, found)}
+    return "checkpoint", {p: float(i + 1) for i, p in enumerate(paths)}
