@@ -524,7 +524,21 @@ cli.add_command(_LazyTrain("train", help="Train an adapter on a frozen base (the
                            "module; `python -m train` too).", add_help_option=False))
 
 
+def quiet_model_libraries() -> None:
+    """diffusers/transformers print progress bars and install hints on every load: a CLI user
+    wants gatebench's own output. Errors still surface as exceptions."""
+    import os
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+
+
 def main() -> None:
+    quiet_model_libraries()
     cli(prog_name="gatebench")
 
 

@@ -147,7 +147,7 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
         ax.set_xlabel("gate scale")
         ax.set_xticks(scales)
         ax.grid(alpha=0.3)
-    fig.suptitle("Metrics vs gate scale (error bars: 95% CI; scale 0 = base model)", fontsize=9)
+    fig.suptitle("Metrics vs gate scale\n(error bars: 95% CI; scale 0 = base model)", fontsize=9)
     return _save(fig, plt, out, _legend(fig, axes))
 
 

@@ -39,6 +39,11 @@ P = click.Path(path_type=Path)
               default="gligen", show_default=True,
               help="gligen: gate 0, to_out normal; zero-out: to_out 0, gate 0.1; legacy: gate 3.0 "
                    "(reproduces the collapse); deadlock: both 0 (reproduces the deadlock).")
+@click.option("--adapter-query", type=click.Choice(["stream", "attn2_output"]), default="stream",
+              show_default=True, help="What the adapter's queries read: the block's hidden states "
+              "after cross-attention (stream) or attn2's own output.")
+@click.option("--null-slot", is_flag=True, help="Add a zero key/value the image tokens may attend "
+              "to instead of a box (needed to localise single-box layouts; recorded).")
 @click.option("--gate-init-value", type=float, default=None)
 @click.option("--freeze-gate", is_flag=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -78,4 +83,6 @@ def train_command(**flags) -> None:
 
 
 def main() -> None:
+    from gatebench.cli import quiet_model_libraries
+    quiet_model_libraries()
     train_command(prog_name="python -m train")

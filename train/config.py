@@ -40,6 +40,8 @@ class TrainConfig:
     scale_min: float = 1.0
     scale_max: float = 1.0
     init: Literal["gligen", "zero-out", "legacy", "deadlock"] = "gligen"
+    adapter_query: Literal["stream", "attn2_output"] = "stream"
+    null_slot: bool = False
     gate_init_value: float | None = None
     freeze_gate: bool = False
     seed: int = 0

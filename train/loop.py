@@ -126,7 +126,8 @@ class Trainer:
         self.base.unet.requires_grad_(False)
         widths = sorted(set(attn2_widths(self.base.unet).values()))
         torch.manual_seed(config.seed)
-        self.adapters = AdapterSet(widths, self.base.phrase_dim)
+        self.adapters = AdapterSet(widths, self.base.phrase_dim, query=config.adapter_query,
+                                   null_slot=config.null_slot)
         apply_init(self.adapters, config.init, config.gate_init_value)
         self.gate_init = float(self.adapters[f"dim_{widths[0]}"].gated_attn.gate.detach())
         self.adapters.to(self.device)

@@ -52,11 +52,12 @@ class PositionNet(nn.Module):
 class GatedAttention(nn.Module):
     """Image tokens attend to box tokens; returns the gated residual tanh(gate) * to_out(attn)."""
 
-    def __init__(self, dim: int, heads: int = 8) -> None:
+    def __init__(self, dim: int, heads: int = 8, null_slot: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"expected width divisible by {heads} heads, got {dim}")
         self.heads = heads
+        self.null_slot = null_slot
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(dim, dim, bias=False)
         self.to_v = nn.Linear(dim, dim, bias=False)
@@ -68,6 +69,13 @@ class GatedAttention(nn.Module):
         split = lambda x: x.view(b, -1, self.heads, dim // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.to_q(h)), split(self.to_k(context)), split(self.to_v(context))
         valid = mask.bool()[:, None, None, :]                              # (B, 1, 1, N)
+        if self.null_slot:
+            # A constant zero key/value every token may attend to instead of a box. Without it a
+            # layout with ONE box cannot be localised: softmax over a single key is 1 everywhere,
+            # so every token receives the same value wherever the box is.
+            zeros = q.new_zeros(b, self.heads, 1, dim // self.heads)
+            k, v = torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)
+            valid = torch.cat([valid, valid.new_ones(b, 1, 1, 1)], dim=-1)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=valid)
         # A row with no valid box attends to nothing: its output is 0, not NaN.
         attn = torch.where(valid.any(-1, keepdim=True), attn, torch.zeros_like(attn))
@@ -76,13 +84,15 @@ class GatedAttention(nn.Module):
 
 
 class SpatialAdapter(nn.Module):
-    def __init__(self, dim: int, text_dim: int, heads: int = 8, num_freqs: int = 8) -> None:
+    def __init__(self, dim: int, text_dim: int, heads: int = 8, num_freqs: int = 8,
+                 null_slot: bool = False) -> None:
         super().__init__()
         self.position_net = PositionNet(dim, num_freqs)
         self.text_proj = nn.Linear(text_dim, dim)
-        self.gated_attn = GatedAttention(dim, heads)
+        self.gated_attn = GatedAttention(dim, heads, null_slot)
 
-    def forward(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
+    def delta(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
+        """s * tanh(gate) * to_out(attention(h -> boxes)): what the adapter adds to ``h``."""
         dtype = self.text_proj.weight.dtype
         mask = grounding.mask.to(dtype)
         context = self.position_net(grounding.boxes.to(dtype)) + self.text_proj(grounding.phrases.to(dtype))
@@ -91,23 +101,41 @@ class SpatialAdapter(nn.Module):
         scale = grounding.scale
         if isinstance(scale, torch.Tensor):
             scale = scale.to(h.dtype).view(-1, 1, 1)
-        return h + scale * delta
+        return scale * delta
+
+    def forward(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
+        return h + self.delta(h, grounding)
+
+
+QUERY_SOURCES = ("stream", "attn2_output")
 
 
 class AdapterSet(nn.ModuleDict):
-    """``dim_{D}`` -> SpatialAdapter, exactly the user's ModuleDict layout."""
+    """``dim_{D}`` -> SpatialAdapter, exactly the user's ModuleDict layout.
+
+    ``query`` says what ``h`` is (formats.md: "at each cross-attention (attn2) output h"):
+    ``"stream"`` (default) = the block's hidden states right after the cross-attention residual,
+    which carry each token's position; ``"attn2_output"`` = attn2's own output before the residual,
+    a mix of text values that carries little position. Both read the same keys; the choice is
+    recorded in gatebench checkpoints and results. ``null_slot`` (off for the user's own
+    checkpoints, which have no such thing) adds a parameter-free zero key/value, see GatedAttention.
+    """
 
     def __init__(self, widths: list[int] | tuple[int, ...], text_dim: int, heads: int = 8,
-                 num_freqs: int = 8) -> None:
-        super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs)
+                 num_freqs: int = 8, query: str = "stream", null_slot: bool = False) -> None:
+        if query not in QUERY_SOURCES:
+            raise ValueError(f"expected query in {QUERY_SOURCES}, got {query!r}")
+        super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs, null_slot)
                           for w in sorted(set(widths))})
         self.config = {"family": "user", "widths": sorted(set(widths)), "text_dim": text_dim,
-                       "heads": heads, "num_freqs": num_freqs, "fourier": "pi*2^(7f)"}
+                       "heads": heads, "num_freqs": num_freqs, "fourier": "pi*2^(7f)",
+                       "query": query, "null_slot": null_slot}
 
     @classmethod
     def from_config(cls, config: dict) -> "AdapterSet":
         return cls(config["widths"], config["text_dim"], config.get("heads", 8),
-                   config.get("num_freqs", 8))
+                   config.get("num_freqs", 8), config.get("query", "stream"),
+                   bool(config.get("null_slot", False)))
 
     @classmethod
     def config_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
@@ -122,7 +150,8 @@ class AdapterSet(nn.ModuleDict):
             raise CheckpointError("expected 'dim_{D}.text_proj.weight' keys to infer the adapter "
                                   f"shape, got {sorted(state)[:4]}")
         return {"family": "user", "widths": sorted(widths), "text_dim": text_dim, "heads": 8,
-                "num_freqs": int(freqs.numel()) if freqs is not None else 8, "fourier": "pi*2^(7f)"}
+                "num_freqs": int(freqs.numel()) if freqs is not None else 8, "fourier": "pi*2^(7f)",
+                "query": "stream", "null_slot": False}
 
     def gates(self) -> dict[str, torch.Tensor]:
         return {name: adapter.gated_attn.gate for name, adapter in self.items()}
@@ -173,16 +202,32 @@ class Injection:
                 hint="this checkpoint was trained for a different base model")
         self.grounding: Grounding | None = None
         self.handles = []
+        self.query = adapters.config.get("query", "stream")
         modules = dict(unet.named_modules())
         for name, width in sites.items():
             adapter = adapters[f"dim_{width}"]
-            self.handles.append(modules[name].register_forward_hook(self._hook(adapter)))
+            stream: dict[str, torch.Tensor] = {}
+            if self.query == "stream":
+                block = modules[name.rsplit(".", 1)[0]]
+                norm = getattr(block, "norm2", None)
+                if norm is None:
+                    raise CheckpointError(f"expected a transformer block with norm2 around {name} "
+                                          f"for query='stream', got {type(block).__name__}")
+                self.handles.append(norm.register_forward_pre_hook(self._capture(stream)))
+            self.handles.append(modules[name].register_forward_hook(self._hook(adapter, stream)))
 
-    def _hook(self, adapter: SpatialAdapter):
+    def _capture(self, stream: dict[str, torch.Tensor]):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            if self.grounding is not None:
+                stream["x"] = inputs[0]       # the residual stream entering the cross-attention
+        return hook
+
+    def _hook(self, adapter: SpatialAdapter, stream: dict[str, torch.Tensor]):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
             if self.grounding is None:
                 return None
-            return adapter(output, self.grounding)
+            h = stream.pop("x") + output if self.query == "stream" else output
+            return output + adapter.delta(h, self.grounding)
         return hook
 
     @contextmanager
