@@ -59,7 +59,7 @@ class DataSpec:
 class ModelSpec:
     base_model: str | None = None       # local diffusers-format folder
     detector: str | None = None         # ultralytics .pt
-    clip_backend: Literal["open_clip", "transformers"] = "transformers"
+    clip_backend: Literal["open_clip", "transformers", "gatebench-world"] = "transformers"
     clip_model: str | None = None       # local folder / weights file
     clip_arch: str | None = None        # open_clip architecture name
     fid_features: Literal["inception", "clip-image"] = "inception"

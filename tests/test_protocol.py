@@ -54,3 +54,13 @@ def test_cli_overrides_replace_sections() -> None:
 def test_missing_protocol_name_lists_the_known_ones() -> None:
     with pytest.raises(ProtocolError, match="oracle-coco2014"):
         load_protocol("no-such-protocol")
+
+
+def test_every_shipped_protocol_parses() -> None:
+    from gatebench.protocol import available_protocols
+
+    found = available_protocols()
+    assert {"oracle-coco2014", "shapes"} <= set(found)
+    for path in found.values():
+        proto = load_protocol(path)
+        assert proto.targets and proto.generation.gate_scales
