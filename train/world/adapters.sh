@@ -10,7 +10,7 @@ BASE=${BASE:-$OUT/base/model}
 DATA=${DATA:-$OUT/data}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 common=(--mixed-data "$DATA/train.jsonl" --image-dir "$DATA/images/train" --base-model "$BASE"
-        --batch-size 32 --min-area 0 --min-side 0 --scale-min 0.5 --scale-max 1.0
+        --batch-size "${BATCH:-32}" --min-area 0 --min-side 0 --scale-min 0.5 --scale-max 1.0
         --phrase-dropout 0.05 --caption-dropout 0.1 --log-gate-stats --log-tensorboard --seed 0)
 run() { $PY -m train "${common[@]}" "$@"; }
 

@@ -109,13 +109,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU trains the base in minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from diffusers import DDPMScheduler, DDIMScheduler
 
     tokenizer = world_tokenizer_fast(args.out / "tokenizer")
+    device = torch.device(args.device)
     unet, text = build_models(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,
                               tokenizer.bos_token_id)
+    unet.to(device), text.to(device)
     state_path = args.out / "state.pt"
     params = list(unet.parameters()) + list(text.parameters())
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -123,11 +126,11 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     step, elapsed = 0, 0.0
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
+        state = torch.load(state_path, weights_only=True, map_location=device)
         unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
         ema_unet.load_state_dict(state["ema_unet"]), ema_text.load_state_dict(state["ema_text"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
+        generator.set_state(state["generator"].cpu())
         step, elapsed = state["step"], state["elapsed"]
         print(f"resumed at step {step} ({elapsed / 60:.1f} min so far)", flush=True)
     images, captions = load_split(args.data, "train")
@@ -142,12 +145,13 @@ def main() -> None:
     log = open(args.out / "train_base.log", "a", encoding="utf-8")
     while step < args.max_steps and (time.perf_counter() - started) < args.minutes * 60:
         idx = torch.randint(0, len(images), (args.batch_size,), generator=generator)
-        x0 = images[idx].float() / 127.5 - 1
+        x0 = (images[idx].float() / 127.5 - 1).to(device)
         ids = tokens[idx].clone()
         drop = torch.rand(args.batch_size, generator=generator) < 0.1
         ids[drop] = empty
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, 1000, (args.batch_size,), generator=generator)
+        ids = ids.to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        t = torch.randint(0, 1000, (args.batch_size,), generator=generator).to(device)
         noisy = noise_scheduler.add_noise(x0, noise, t)
         hidden = text(ids).last_hidden_state
         from gatebench.models.base import coord_grid
@@ -168,7 +172,8 @@ def main() -> None:
                     e.lerp_(p, 1 - decay)
         if step % 50 == 0:
             wall = time.perf_counter() - started
-            log.write(json.dumps({"step": step, "loss": float(loss), "wall_s": round(wall, 1)}) + "\n")
+            log.write(json.dumps({"step": step, "loss": float(loss.detach()),
+                                  "wall_s": round(wall, 1)}) + "\n")
             log.flush()
         if step % args.save_every == 0:
             torch.save({"unet": unet.state_dict(), "text": text.state_dict(),
@@ -178,7 +183,8 @@ def main() -> None:
                        state_path.with_suffix(".tmp"))
             state_path.with_suffix(".tmp").replace(state_path)
             scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-            save_folder(args.out / "model", ema_unet, ema_text, args.out / "tokenizer", scheduler)
+            save_folder(args.out / "model", copy.deepcopy(ema_unet).cpu(),
+                        copy.deepcopy(ema_text).cpu(), args.out / "tokenizer", scheduler)
             print(f"step {step} loss {float(loss):.4f} {(time.perf_counter() - started) / 60:.1f} min",
                   flush=True)
     log.close()
