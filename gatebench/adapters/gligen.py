@@ -8,17 +8,16 @@ blends each fuser's residual, ``x + s * (fuser(x) - x)``, exactly like the user 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from gatebench.adapters.user import Grounding
+from gatebench.adapters.user import Grounded, Grounding
 from gatebench.checkpoint import CheckpointInfo
 from gatebench.errors import CheckpointError
 
 
-class GligenAdapterRuntime:
+class GligenAdapterRuntime(Grounded):
     family = "gligen"
     phrase_key = "gligen-pooler"
 
@@ -89,14 +88,6 @@ class GligenAdapterRuntime:
         x = args[0]
         scale = g.scale.to(x.dtype).view(-1, 1, 1) if isinstance(g.scale, torch.Tensor) else g.scale
         return x + scale * (output - x)
-
-    @contextmanager
-    def grounded(self, grounding: Grounding | None) -> Iterator[None]:
-        previous, self.grounding = self.grounding, grounding
-        try:
-            yield
-        finally:
-            self.grounding = previous
 
     def remove(self) -> None:
         for handle in self.handles:

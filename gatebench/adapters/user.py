@@ -189,7 +189,21 @@ def attn2_widths(unet: nn.Module) -> dict[str, int]:
     return out
 
 
-class Injection:
+class Grounded:
+    """Holds the grounding of the UNet call in progress; hooks read ``self.grounding``."""
+
+    grounding: Grounding | None = None
+
+    @contextmanager
+    def grounded(self, grounding: Grounding | None) -> Iterator[None]:
+        previous, self.grounding = self.grounding, grounding
+        try:
+            yield
+        finally:
+            self.grounding = previous
+
+
+class Injection(Grounded):
     """Forward hooks that apply the adapters at every attn2 while a grounding is set."""
 
     def __init__(self, unet: nn.Module, adapters: AdapterSet) -> None:
@@ -229,14 +243,6 @@ class Injection:
             h = stream.pop("x") + output if self.query == "stream" else output
             return output + adapter.delta(h, self.grounding)
         return hook
-
-    @contextmanager
-    def grounded(self, grounding: Grounding | None) -> Iterator[None]:
-        previous, self.grounding = self.grounding, grounding
-        try:
-            yield
-        finally:
-            self.grounding = previous
 
     def remove(self) -> None:
         for handle in self.handles:
