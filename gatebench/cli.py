@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gatebench import __version__
-from gatebench.errors import GatebenchError, NotAvailableError
+from gatebench.cli_support import RichProgress, protocol_with_overrides, quiet_model_libraries
+from gatebench.errors import GatebenchError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
@@ -198,55 +199,6 @@ def protocols_command() -> None:
     console.print(table)
 
 
-class _RichProgress:
-    """A rich progress bar with a time estimate from the images done so far."""
-
-    def __init__(self, total: int, description: str) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("images"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-        self.task = self.progress.add_task(description, total=total)
-        self.progress.start()
-
-    def advance(self, n: int) -> None:
-        self.progress.advance(self.task, n)
-        task = self.progress.tasks[0]
-        if task.completed and task.elapsed and task.total:
-            per_image = task.elapsed / task.completed
-            self.progress.update(self.task, description=(
-                f"generating ({per_image:.2f} s/image, est. {per_image * task.total / 60:.1f} min total)"))
-
-    def close(self) -> None:
-        self.progress.stop()
-
-
-def protocol_with_overrides(protocol: str, **flags: Any) -> Any:
-    """Protocol TOML < CLI flags: only flags the user gave override the protocol."""
-    from gatebench.protocol import load_protocol
-    proto = load_protocol(protocol)
-    sections: dict[str, dict[str, Any]] = {"generation": {}, "data": {}, "models": {}}
-    top: dict[str, Any] = {}
-    mapping = {"gate_scales": ("generation", "gate_scales"), "steps": ("generation", "steps"),
-               "dtype": ("generation", "dtype"), "device": ("generation", "device"),
-               "batch_size": ("generation", "batch_size"), "layouts": ("data", "layouts"),
-               "image_dir": ("data", "image_dir"), "base_model": ("models", "base_model"),
-               "detector": ("models", "detector")}
-    from gatebench.protocol import resolve_builtin
-    for key, value in flags.items():
-        if value is None:
-            continue
-        if isinstance(value, str):
-            value = resolve_builtin(value)
-        if key in ("seed", "num_samples"):
-            top[key] = value
-        else:
-            section, field_name = mapping[key]
-            sections[section][field_name] = value
-    return proto.replace(**{k: v for k, v in sections.items() if v}, **top)
-
-
 @cli.command()
 @click.option("--ckpt", "checkpoints", multiple=True, required=True,
               type=click.Path(path_type=Path), help="Adapter checkpoint (repeat for an epoch sweep).")
@@ -293,7 +245,7 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     options = RunOptions(out_dir=out, device=device or "auto", batch_size=batch_size,
                          command=" ".join(["gatebench", *sys.argv[1:]]))
     result = run_evaluation(list(checkpoints), proto, options,
-                            progress_factory=lambda total: _RichProgress(total, "generating"))
+                            progress_factory=lambda total: RichProgress(total, "generating"))
     code = result.exit_code
     if result.results:          # empty on torchrun ranks other than 0: rank 0 reports
         render_run(result, console)
@@ -485,19 +437,8 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
 
     console, _ = _consoles()
     code, _ = run_demo(out, num_samples=num_samples, steps=steps, device=device, console=console,
-                       progress_factory=lambda total: _RichProgress(total, "generating"))
+                       progress_factory=lambda total: RichProgress(total, "generating"))
     finish(code)
-
-
-def _not_yet(name: str, what: str) -> None:
-    @cli.command(name, help=f"{what} (not available yet in this version).",
-                 context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def command() -> None:
-        raise NotAvailableError(f"`gatebench {name}` is not available yet in gatebench "
-                                f"{__version__}", hint="see README.md for what works today")
-
-
-# (no placeholder commands left: `_not_yet` is kept for the next one)
 
 
 class _LazyTrain(click.Command):
@@ -522,19 +463,6 @@ class _LazyTrain(click.Command):
 
 cli.add_command(_LazyTrain("train", help="Train an adapter on a frozen base (the embedded training "
                            "module; `python -m train` too).", add_help_option=False))
-
-
-def quiet_model_libraries() -> None:
-    """diffusers/transformers print progress bars and install hints on every load: a CLI user
-    wants gatebench's own output. Errors still surface as exceptions."""
-    import os
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np

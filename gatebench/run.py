@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
