@@ -32,7 +32,10 @@ DEFINITIONS = """\
   (torchmetrics' CLIPScore is 100x this). **region_clip_score**: GT box crop vs its phrase.
 - **fid/kid**: against reference statistics of real images; N and the reference set are stated
   next to every value (FID at N=1k and at N=30k are different claims).
-- **garbled_rate**: share of images whose garbled score exceeds the protocol threshold.
+- **garbled_rate**: share of images whose garbled score exceeds the protocol threshold. At
+  scale > 0 the score measures what the adapter ADDED relative to the gate-0 twin (same seed);
+  at scale 0 there is no twin and an absolute statistic is used, so scale 0's rate is not on the
+  same footing as the others.
 - **N**: scorable ground-truth boxes for iou50_rate, miou, ap50 and ap; all ground-truth boxes
   for region_clip_score; generated images (one per layout and gate scale) for the others.
   ap50, ap, fid and kid are set-level numbers: no per-layout bootstrap, so no CI.
