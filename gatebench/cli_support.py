@@ -59,7 +59,10 @@ def quiet_model_libraries() -> None:
     """diffusers/transformers print progress bars and install hints on every load: a CLI user
     wants gatebench's own output. Errors still surface as exceptions."""
     import os
+    import warnings
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # gatebench's own warnings (small-N FID, ...) as one readable line each, not file:line dumps
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
     diffusers_logging.set_verbosity_error()

@@ -70,7 +70,6 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         message = (f"FID from N={n} images with feature dimension {d}: the covariance is rank "
                    f"deficient and FID is strongly biased upwards; compare only at equal N")
         warnings.warn(message, stacklevel=2)
-        _log.warning(message)
     return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
@@ -106,7 +105,7 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int
                           f"{real.shape[0]} and {fake.shape[0]}")
     size = min(subset_size, real.shape[0], fake.shape[0])
     if size < subset_size:
-        _log.warning("KID: subset_size %d reduced to %d (fewest images in a set)", subset_size,
+        _log.info("KID: subset_size %d reduced to %d (fewest images in a set)", subset_size,
                      size)
     rng = np.random.default_rng(seed)
     values = [mmd2_unbiased(real[rng.choice(real.shape[0], size, replace=False)],
