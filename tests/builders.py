@@ -78,3 +78,15 @@ def init_adapters(scheme: str, widths: Sequence[int] = (16, 32), text_dim: int =
     adapters = AdapterSet(list(widths), text_dim)
     apply_init(adapters, scheme)
     return adapters
+
+
+class TinyFeatures(torch.nn.Module):
+    """A small fixed conv feature extractor for FID/KID plumbing tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1)

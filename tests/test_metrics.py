@@ -16,6 +16,7 @@ from gatebench.metrics import (APImage, ModuleExtractor, TransformersClip, boots
                                mean_ci, paired_bootstrap_diff, reference_stats, region_clip_scores)
 from gatebench.metrics.fid import ReferenceStats
 from gatebench.protocol import ScoringSpec
+from tests.builders import TinyFeatures
 
 
 # --- FID / KID ----------------------------------------------------------------------------------
@@ -68,16 +69,6 @@ def test_kid_matches_direct_computation() -> None:
     assert a == b
     with pytest.raises(MetricError, match="at least 2"):
         kid(real[:1], fake)
-
-
-class TinyFeatures(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1)
 
 
 def test_reference_stats_cached_by_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

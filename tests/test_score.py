@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from gatebench.detect import Detection, write_detections_jsonl
@@ -16,6 +15,7 @@ from gatebench.metrics import ModuleExtractor, TransformersClip
 from gatebench.protocol import DataSpec, Protocol, ScoringSpec
 from gatebench.score import (ImageItem, read_samples_jsonl, score_folder, score_images,
                              write_samples_jsonl)
+from tests.builders import TinyFeatures
 
 PROTOCOL = Protocol(name="test", data=DataSpec(min_area=0.0, max_area=1.0, min_side=0.0),
                     scoring=ScoringSpec(bootstrap=200))
@@ -131,16 +131,6 @@ def test_pairing_errors(folder: dict[str, Path]) -> None:
     folder["detections"].write_text("\n".join(lines[:2]) + "\n", encoding="utf-8")
     with pytest.raises(LayoutError, match="detections line for every image.*garbled.png"):
         score_folder(folder["images"], folder["layouts"], PROTOCOL, folder["detections"])
-
-
-class TinyFeatures(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1)
 
 
 def test_gate_scales_references_and_fid(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from gatebench.errors import MetricError, ModelFileError
+from gatebench.metrics.images import to_pil_rgb
 
 
 class ClipBackend(Protocol):
@@ -141,17 +142,6 @@ class OpenClip:
                               .float())
 
 
-def _pil(image: Any) -> Any:
-    from PIL import Image  # noqa: PLC0415
-
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-
-
 def clip_scores(backend: ClipBackend, images: Sequence[Any], texts: Sequence[str],
                 batch_size: int = 32) -> np.ndarray:
     """Per-pair ``max(cos, 0)`` of image i and text i (paths, PIL images or HWC uint8 arrays)."""
@@ -160,7 +150,7 @@ def clip_scores(backend: ClipBackend, images: Sequence[Any], texts: Sequence[str
                           f"{len(images)} images")
     out = []
     for start in range(0, len(images), batch_size):
-        ims = [_pil(im) for im in images[start:start + batch_size]]
+        ims = [to_pil_rgb(im) for im in images[start:start + batch_size]]
         img = backend.encode_images(ims)
         txt = backend.encode_texts(list(texts[start:start + batch_size]))
         out.append((img * txt).sum(-1).clamp_min(0.0).cpu().numpy().astype(np.float64))
@@ -185,7 +175,7 @@ def region_clip_scores(backend: ClipBackend, images: Sequence[Any],
     for image, bxs, phs in zip(images, boxes, phrases, strict=True):
         if len(bxs) != len(phs):
             raise MetricError(f"expected one phrase per box, got {len(phs)} for {len(bxs)}")
-        pil = _pil(image) if bxs else None
+        pil = to_pil_rgb(image) if bxs else None
         crops.extend(crop_box(pil, b) for b in bxs)
         texts.extend(phs)
         counts.append(len(bxs))

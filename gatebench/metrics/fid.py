@@ -19,6 +19,7 @@ import numpy as np
 import scipy.linalg
 
 from gatebench.errors import MetricError, ModelFileError
+from gatebench.metrics.images import to_pil_rgb
 
 _log = logging.getLogger(__name__)
 ResizeMode = Literal["bilinear", "bicubic", "clean"]
@@ -188,13 +189,7 @@ def load_images_uint8(images: Sequence[Any], size: int | None, resize: ResizeMod
 
     tensors = []
     for item in images:
-        if isinstance(item, (str, Path)):
-            with Image.open(item) as im:
-                pil = im.convert("RGB")
-        elif isinstance(item, Image.Image):
-            pil = item.convert("RGB")
-        else:
-            pil = Image.fromarray(np.asarray(item, dtype=np.uint8)).convert("RGB")
+        pil = to_pil_rgb(item)
         if size is not None and resize == "clean" and pil.size != (size, size):
             pil = pil.resize((size, size), Image.BICUBIC)
         t = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)

@@ -25,13 +25,13 @@ Images are box-downscaled to at most 256 px first, so the score does not depend 
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import median_filter
 
 from gatebench.protocol import ScoringSpec
+from gatebench.metrics.images import to_pil_rgb
 
 MAX_SIDE = 256
 CHROMA_DEVIATION = 0.05
@@ -47,16 +47,7 @@ def _array(image: Any) -> np.ndarray:
     """Path / PIL / HWC uint8 array -> float64 HWC in [0, 1], at most MAX_SIDE px."""
     from PIL import Image  # noqa: PLC0415
 
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as im:
-            pil = im.convert("RGB")
-    elif isinstance(image, Image.Image):
-        pil = image.convert("RGB")
-    else:
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8:
-            arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
-        pil = Image.fromarray(arr).convert("RGB")
+    pil = to_pil_rgb(image)
     if max(pil.size) > MAX_SIDE:
         scale = MAX_SIDE / max(pil.size)
         pil = pil.resize((max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale))),
