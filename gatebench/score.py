@@ -24,6 +24,7 @@ from gatebench.metrics.coco_ap import APImage, coco_ap
 from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
                                    feature_stats, frechet_distance, kid, reference_stats)
 from gatebench.metrics.health import garbled_score
+from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import METRIC_NAMES, Protocol
@@ -92,11 +93,10 @@ def _items(images: Sequence[Any]) -> list[ImageItem]:
 
 
 def _load(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import UnidentifiedImageError  # noqa: PLC0415
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return to_pil_rgb(path)
     except (OSError, UnidentifiedImageError) as exc:
         raise MetricError(f"expected a readable image, got {exc}", path=path) from None
 

@@ -90,3 +90,12 @@ class TinyFeatures(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.adaptive_avg_pool2d(self.conv(x), 1).flatten(1)
+
+
+def free_port() -> int:
+    """A currently free TCP port on localhost for a torchrun rendezvous (fixed ports can clash)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -16,6 +16,7 @@ from gatebench.generate import ImageJob, Sampler, layout_seed
 from gatebench.models import load_base_model
 from gatebench.protocol import load_protocol
 from gatebench.run import RunOptions, run_evaluation, sampler_settings, select_layouts
+from tests.builders import free_port
 from tests.run_builders import tiny_world, write_checkpoint
 
 
@@ -141,7 +142,7 @@ def test_two_process_run_equals_one_process(world, tmp_path: Path) -> None:
     multi = tmp_path / "multi"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29531", "-m", "gatebench", "run", *args, "--out",
+                           "--master_port", str(free_port()), "-m", "gatebench", "run", *args, "--out",
                            str(multi)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-3000:]
     one = json.loads((single / "results.json").read_text())

@@ -17,6 +17,7 @@ from gatebench.cli import cli
 from gatebench.gates import analyse
 from gatebench.logs import read_logs
 from gatebench.protocol import GateThresholds
+from tests.builders import free_port
 from tests.run_builders import tiny_world
 from train.config import TrainConfig
 from train.loop import Trainer
@@ -120,7 +121,7 @@ def test_user_warnings_for_gate_init_and_freeze(world, tmp_path: Path) -> None:
 def test_two_process_gloo_run(world, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "train", "--mixed-data", str(world["layouts"]),
+           "--master_port", str(free_port()), "-m", "train", "--mixed-data", str(world["layouts"]),
            "--base-model", str(world["base"]), "--output-dir", str(tmp_path),
            "--image-dir", str(world["root"] / "real"), "--max-steps", "3", "--min-area", "0",
            "--min-side", "0", "--log-every", "1", "--log-gate-stats", "--batch-size", "1"]
