@@ -15,7 +15,7 @@ metrics (FID, KID, AP) have no per-image records: their point difference is repo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gatebench.errors import NotComparableError
-from gatebench.saved_run import SavedRun, checkpoint_paths
+from gatebench.saved_run import SavedRun, checkpoint_paths, label_map
 
 SCHEMA_VERSION = 1
 PAIRED_METRICS = ("iou50_rate", "miou", "all_matched_rate", "clip_score", "region_clip_score",
@@ -59,6 +59,8 @@ class CompareRow:
     gated: bool
     status: str                    # regression | ok | improved | not gated | not compared
     note: str = ""
+    baseline_label: str = ""       # checkpoints as the runs label them (saved_run.row_label)
+    candidate_label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,23 +188,21 @@ def pair_checkpoints(base: Sequence[str], cand: Sequence[str]) -> list[tuple[int
     return [(i, b, c) for i, (b, c) in enumerate(zip(base, cand))]
 
 
-def _group(samples: pd.DataFrame, checkpoint: str, scale: float) -> pd.DataFrame:
-    """The records of one checkpoint (samples name it by file name) at one gate scale."""
-    df = samples
-    if "checkpoint" in df.columns:
-        df = df[df["checkpoint"].astype(str) == Path(checkpoint).name]
+def _group(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
+    """The records of one checkpoint (samples name it by its label) at one gate scale."""
+    df = samples[samples["checkpoint"].astype(str) == label] if "checkpoint" in samples else samples
     return df[np.isclose(pd.to_numeric(df["gate_scale"], errors="coerce").astype(float), scale)]
 
 
 def _check_samples(run: SavedRun) -> None:
-    names = [Path(p).name for p in checkpoint_paths(run.results)]
+    names = list(label_map(run.results).values())
     where = run.folder / "samples.jsonl"
     if run.samples.empty or not {"layout_id", "gate_scale"} <= set(run.samples.columns):
         raise NotComparableError("expected per-sample records with layout_id and gate_scale, "
                                  "got none", path=where)
     if len(set(names)) != len(names):
-        raise NotComparableError(f"expected distinct checkpoint file names (samples.jsonl names "
-                                 f"checkpoints by file name), got {names}", path=where)
+        raise NotComparableError(f"expected distinct checkpoint labels, got {names} (an older "
+                                 f"run's samples.jsonl names checkpoints by file name)", path=where)
     if len(names) > 1 and "checkpoint" not in run.samples.columns:
         raise NotComparableError(f"expected a checkpoint column for {len(names)} checkpoints, "
                                  f"got none", path=where)
@@ -306,21 +306,20 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
     if set(b_scales) != set(c_scales):
         warnings.append(f"gate scales compared: {scales}; only in one run: "
                         f"{sorted(set(b_scales) ^ set(c_scales))}")
-    b_ckpts, c_ckpts = checkpoint_paths(base), checkpoint_paths(cand)
+    b_labels, c_labels = label_map(base), label_map(cand)    # {path: label}, in run order
     seen: dict[str, set[str]] = {m: set() for m in chosen}
     rows: list[CompareRow] = []
-    for index, b_ck, c_ck in pair_checkpoints(b_ckpts, c_ckpts):
+    for index, b_ck, c_ck in pair_checkpoints(list(b_labels), list(c_labels)):
         for scale in scales:
             if scale == 0.0 and index > 0:
                 continue   # scale 0 is the base model, shared by every checkpoint: once is enough
-            b_df = _group(baseline.samples, b_ck, scale)
-            c_df = _group(candidate.samples, c_ck, scale)
+            b_df = _group(baseline.samples, b_labels[b_ck], scale)
+            c_df = _group(candidate.samples, c_labels[c_ck], scale)
             b_ids, c_ids = set(b_df["layout_id"].astype(str)), set(c_df["layout_id"].astype(str))
             if not b_ids or not c_ids:
-                which = baseline if not b_ids else candidate
-                raise NotComparableError(
-                    f"expected per-sample records of {Path(b_ck if not b_ids else c_ck).name} at "
-                    f"gate scale {scale:g}, got none", path=which.folder / "samples.jsonl")
+                which, label = (baseline, b_labels[b_ck]) if not b_ids else (candidate, c_labels[c_ck])
+                raise NotComparableError(f"expected per-sample records of {label} at gate scale "
+                                         f"{scale:g}, got none", path=which.folder / "samples.jsonl")
             if b_ids != c_ids:
                 odd = sorted(b_ids ^ c_ids)
                 raise NotComparableError(
@@ -369,6 +368,8 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                             for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
                         "margin on the bad side (a rise for fid, kid, garbled_rate)"}
+    rows = [replace(r, baseline_label=b_labels[r.baseline_checkpoint],
+                    candidate_label=c_labels[r.candidate_checkpoint]) for r in rows]
     return Comparison(_identity(baseline), _identity(candidate), rows, settings, warnings)
 
 

@@ -75,7 +75,8 @@ def margin_text(row: CompareRow) -> str:
 def _checkpoint(row: CompareRow) -> str:
     if row.gate_scale == 0:
         return "(base model)"
-    b, c = Path(row.baseline_checkpoint).name, Path(row.candidate_checkpoint).name
+    b = row.baseline_label or Path(row.baseline_checkpoint).name      # compare.json before labels
+    c = row.candidate_label or Path(row.candidate_checkpoint).name
     return c if b == c else f"{b} → {c}"
 
 

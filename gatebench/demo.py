@@ -21,6 +21,7 @@ from gatebench.gates_render import plot_trajectory, render_findings, render_mark
 from gatebench.logs import read_logs
 from gatebench.protocol import ASSETS_DIR, load_protocol
 from gatebench.run import RunOptions, run_evaluation
+from gatebench.saved_run import label_map, label_of, row_label
 
 SERIES = ("good", "legacy", "deadlock")
 
@@ -48,8 +49,9 @@ def final_checkpoint(paths: list[Path]) -> Path:
 
 
 def metric(results: dict[str, Any], checkpoint: Path, scale: float, name: str) -> float | None:
+    label = label_of(label_map(results), checkpoint)
     for row in results["results"]:
-        if Path(row["checkpoint"]).name == checkpoint.name and row["gate_scale"] == scale:
+        if row_label(row) == label and row["gate_scale"] == scale:
             value = row["metrics"].get(name)
             return None if value is None else value["value"]
     return None

@@ -227,7 +227,8 @@ class Sampler:
             mask = torch.cat([mask if keep else torch.zeros_like(mask), mask])
             scale = torch.cat([scale if keep else torch.zeros_like(scale), scale])
         device = self.base.device
-        return Grounding(boxes.to(device), phrases.to(device), mask.to(device), scale.to(device))
+        return Grounding(boxes.to(device), phrases.to(device), mask.to(device), scale.to(device),
+                         aspect=self.settings.height / self.settings.width)
 
     @torch.no_grad()
     def sample(self, jobs: Sequence[ImageJob], adapter: Any | None, *,

@@ -9,6 +9,7 @@ reproducibility footer (command, versions, seed, hashes). Every number is read f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pandas as pd
 
 from gatebench.errors import GatebenchError
 from gatebench.report_sections import gate_verdict, gates_section, samples_section
+from gatebench.saved_run import label_map, label_of
 
 DEFINITIONS = """\
 ## Definitions
@@ -112,6 +114,7 @@ class Figures:
 def headline_table(results: dict[str, Any]) -> list[str]:
     """Targets per checkpoint and gate scale: value, 95% CI, N, target, ✓/✗."""
     order = {ck: i for i, ck in enumerate(checkpoint_order(results))}
+    labels = label_map(results)
     rows = sorted(enumerate(results["targets"]), key=lambda it: (
         order.get(str(it[1]["checkpoint"]), len(order)),
         -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
@@ -126,7 +129,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         mark = "✓" if t["passed"] else "✗"
         if t["computed"] and t.get("ci_clear") is False and t["passed"]:
             mark, straddle = "✓*", True
-        name = "all" if t["checkpoint"] == "*" else f"`{Path(str(t['checkpoint'])).name}`"
+        name = "all" if t["checkpoint"] == "*" else f"`{label_of(labels, t['checkpoint'])}`"
         n = "-" if t.get("n") is None else str(t["n"])
         lines.append(f"| {name} | {scale_label(t['gate_scale'])} | {t['metric']} | {value} | {ci} "
                      f"| {n} | {t['op']} {t['threshold']:g} | {mark} |")
@@ -143,12 +146,13 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
 
     names = metric_names(results)
     axis, xs = checkpoint_axis(results)
+    labels = label_map(results)
     lines: list[str] = []
     for ck in checkpoint_order(results):
         rows = sorted((r for r in results["results"] if str(r["checkpoint"]) == ck),
                       key=lambda r: float(r["gate_scale"]))
         where = f" ({axis} {xs[ck]:g})" if axis != "checkpoint" else ""
-        lines += [f"### `{Path(ck).name}`{where}", "",
+        lines += [f"### `{labels[ck]}`{where}", "",
                   "| metric | N | " + " | ".join(f"scale {scale_label(float(r['gate_scale']))}"
                                                   for r in rows) + " |",
                   "|---|---:|" + "---|" * len(rows)]
@@ -275,14 +279,17 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
     figures.gate_trajectory = path.name if path else None
     if not samples.empty and "layout_id" in samples.columns:
         stems: set[str] = set()
+        labels = label_map(results)
         for i, ck in enumerate(checkpoint_order(results)):
-            stem = Path(ck).stem if Path(ck).stem not in stems else f"{Path(ck).stem}_{i}"
+            label = labels[ck]     # runA/final.pt -> grid_runA_final.png
+            stem = re.sub(r"[^\w.-]+", "_", str(Path(label).with_suffix("")))
+            stem = stem if stem not in stems else f"{stem}_{i}"
             stems.add(stem)
             png, layouts, missing = rp.sample_grid(samples, ck, results_dir,
-                                                   out_dir / f"grid_{stem}.png")
+                                                   out_dir / f"grid_{stem}.png", label=label)
             if png is not None:
-                figures.grids.append({"checkpoint": ck, "file": png.name, "layouts": layouts,
-                                      "missing": missing})
+                figures.grids.append({"checkpoint": ck, "label": label, "file": png.name,
+                                      "layouts": layouts, "missing": missing})
     return figures
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gatebench.report import Figures, checkpoint_order, fmt, fmt_against, gate_verdict
+from gatebench.saved_run import label_map, label_of
 
 PRETTY = {"iou50_rate": r"IoU$>$0.5 rate $\uparrow$", "miou": r"mIoU $\uparrow$",
           "ap50": r"AP$_{50}$ $\uparrow$", "ap": r"AP $\uparrow$",
@@ -45,8 +46,8 @@ def tex_value(metric: dict[str, Any] | None, digits: int | None = None) -> str:
     return f"${v:.{d}f}^{{+{plus:.{d}f}}}_{{-{minus:.{d}f}}}$"
 
 
-def _ckpt(path: str) -> str:
-    return r"\texttt{" + tex_escape(Path(path).name) + "}"
+def _ckpt(label: str) -> str:
+    return r"\texttt{" + tex_escape(label) + "}"
 
 
 def targets_table(results: dict[str, Any]) -> list[str]:
@@ -60,7 +61,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
              r"\label{tab:gatebench-targets}", r"\begin{tabular}{llllrlc}", r"\toprule",
              r"Checkpoint & Scale & Metric & Value & $N$ & Target & Pass \\", r"\midrule"]
     straddle = False
-    order = {ck: i for i, ck in enumerate(checkpoint_order(results))}
+    order, labels = {ck: i for i, ck in enumerate(checkpoint_order(results))}, label_map(results)
     rows = sorted(enumerate(results["targets"]), key=lambda it: (
         order.get(str(it[1]["checkpoint"]), len(order)),
         -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
@@ -71,7 +72,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
             decimals = len(shown.partition(".")[2])
             value = tex_value(t, None if shown == fmt(float(t["value"])) else decimals)
         scale = "--" if t["gate_scale"] is None else f"{t['gate_scale']:g}"
-        who = "all" if t["checkpoint"] == "*" else _ckpt(str(t["checkpoint"]))
+        who = "all" if t["checkpoint"] == "*" else _ckpt(label_of(labels, t["checkpoint"]))
         mark = r"\checkmark" if t["passed"] else r"$\times$"
         if t["passed"] and t.get("ci_clear") is False:
             mark, straddle = r"\checkmark$^*$", True
@@ -104,7 +105,7 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
     from gatebench.report_plots import metric_names  # noqa: PLC0415
 
     names = metric_names(results)
-    cols = _columns(results)
+    cols, labels = _columns(results), label_map(results)
     level = results["protocol"].get("scoring", {}).get("ci_level", 0.95)
     groups: list[tuple[str, int]] = []
     for group, _, _ in cols:
@@ -114,7 +115,7 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
             groups.append((group, 1))
     head, rules, start = ["Metric"], [], 2
     for group, span in groups:
-        label = group if group == "Base" else _ckpt(group)
+        label = group if group == "Base" else _ckpt(label_of(labels, group))
         head.append(rf"\multicolumn{{{span}}}{{c}}{{{label}}}")
         rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
         start += span
@@ -169,7 +170,8 @@ def regression_table(doc: dict[str, Any]) -> list[str]:
              r"Checkpoint & Scale & Metric & $\Delta$ [CI] & Margin & Status \\", r"\midrule"]
     for r in rows:
         ci = "" if r["ci_low"] is None else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-        lines.append(f"{_ckpt(r['candidate_checkpoint'])} & {r['gate_scale']:g} & "
+        who = r.get("candidate_label") or Path(str(r["candidate_checkpoint"])).name
+        lines.append(f"{_ckpt(who)} & {r['gate_scale']:g} & "
                      f"{PRETTY.get(r['metric'], tex_escape(r['metric']))} & ${r['diff']:+.3f}$"
                      f"{ci} & {r['margin']:g} & {tex_escape(r['status'])} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]

@@ -18,7 +18,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.saved_run import checkpoint_axis, checkpoint_paths, resolve_image
+from gatebench.saved_run import (checkpoint_axis, checkpoint_paths, label_map, label_of,
+                                 resolve_image)
 
 CELL_PX = 192            # grid cells are enlarged to at least this many pixels
 MAX_CELL_PX = 256        # and large images shrunk to at most this
@@ -128,7 +129,7 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
         return None
     plt = _plt()
     fig, axes = _panels(plt, len(names))
-    ckpts = checkpoint_paths(results)
+    ckpts, labels = checkpoint_paths(results), label_map(results)
     spread = (max(scales) - min(scales)) * 0.015
     for ax, name in zip(axes, names):
         for i, ck in enumerate(ckpts):
@@ -141,7 +142,7 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
             v = np.array([p[1][0] for p in pts])
             err = np.array([[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]])
             ax.errorbar(x, v, yerr=np.clip(err, 0, None), marker="o", ms=3.5, capsize=2.5,
-                        label=Path(ck).name)
+                        label=label_of(labels, ck))
         _draw_targets(ax, results, name)
         ax.set_title(_title(name))
         ax.set_xlabel("gate scale")
@@ -198,10 +199,7 @@ def plot_gate_trajectory(results: dict[str, Any], out: Path) -> Path | None:
     ax.plot(x, [_float(p[1].get("raw_mean")) for p in pts], marker="o", label="mean raw gate")
     ax.plot(x, [_float(p[1].get("mean")) for p in pts], marker="s", label="mean tanh(gate)")
     ax.axhline(0.0, color="0.7", linewidth=0.8)
-    ax.set_xlabel(axis)
-    ax.set_xticks(x)
-    ax.set_ylabel("gate")
-    ax.set_title("Gate trajectory over checkpoints")
+    ax.set(xlabel=axis, xticks=x, ylabel="gate", title="Gate trajectory over checkpoints")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, plt, out)
@@ -218,16 +216,15 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def grid_layouts(samples: pd.DataFrame, checkpoint: str, k: int = GRID_LAYOUTS) -> list[str]:
-    """The first ``k`` layouts of a checkpoint, in samples order (stable across re-renders)."""
-    df = _of_checkpoint(samples, checkpoint)
+def grid_layouts(samples: pd.DataFrame, label: str, k: int = GRID_LAYOUTS) -> list[str]:
+    """The first ``k`` layouts of a checkpoint (by its samples.jsonl label), in samples order."""
+    df = _of_checkpoint(samples, label)
     return list(dict.fromkeys(df["layout_id"].astype(str)))[:k]
 
 
-def _of_checkpoint(samples: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
-    if "checkpoint" in samples.columns:
-        return samples[samples["checkpoint"].astype(str) == Path(checkpoint).name]
-    return samples
+def _of_checkpoint(samples: pd.DataFrame, label: str) -> pd.DataFrame:
+    return samples[samples["checkpoint"].astype(str) == label] if "checkpoint" in samples \
+        else samples
 
 
 def _cell(path: Path | None, side: int) -> Any:
@@ -320,17 +317,20 @@ def _rectangle(pen: Any, box: Sequence[float], side: int, ox: int, oy: int, kind
 
 
 def sample_grid(samples: pd.DataFrame, checkpoint: str, images_root: Path, out: Path,
-                layouts: Sequence[str] | None = None) -> tuple[Path | None, list[str], int]:
-    """(png, layout ids shown, images missing on disk) for one checkpoint; png None if empty.
+                layouts: Sequence[str] | None = None, label: str | None = None
+                ) -> tuple[Path | None, list[str], int]:
+    """(png, layout ids shown, images missing on disk) for one checkpoint, whose samples.jsonl
+    ``label`` defaults to its file name (as older runs wrote); png None if empty.
 
     Drawn with PIL, not matplotlib: exact pixels, and fast enough to run after every `run`.
     """
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
-    df = _of_checkpoint(samples, checkpoint)
+    label = label or Path(checkpoint).name
+    df = _of_checkpoint(samples, label)
     if df.empty or "layout_id" not in df.columns:
         return None, [], 0
-    layouts = list(layouts or grid_layouts(samples, checkpoint))
+    layouts = list(layouts or grid_layouts(samples, label))
     scales = sorted({float(s) for s in df["gate_scale"].dropna()}) or [None]
     ids = df["layout_id"].astype(str)
     cells: dict[tuple[int, int], tuple[pd.Series, Path | None]] = {}
@@ -349,7 +349,7 @@ def sample_grid(samples: pd.DataFrame, checkpoint: str, images_root: Path, out: 
     height = top + len(scales) * (side + under + gap) + legend_h
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     pen = ImageDraw.Draw(canvas)
-    pen.text((left, 8), f"{Path(checkpoint).name}: one row per gate scale, one column per layout",
+    pen.text((left, 8), f"{label}: one row per gate scale, one column per layout",
              fill=(0, 0, 0), font=font)
     used: set[str] = set()
     missing = 0

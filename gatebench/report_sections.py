@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from gatebench.saved_run import checkpoint_position
+from gatebench.saved_run import checkpoint_position, label_map, label_of
 
 if TYPE_CHECKING:
     from gatebench.report import Figures
@@ -23,13 +23,14 @@ def gates_section(results: dict[str, Any], plot: str | None = None) -> str:
              "saturated: |tanh| above it.", "",
              "| checkpoint | format | step/epoch | n | mean tanh | std | min | max | near-zero | "
              "saturated |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    labels = label_map(results)
     for c in results.get("checkpoints", []):
         s = c.get("stats") or {}
         axis, x = checkpoint_position(c)
         when = "-" if x is None else f"{axis} {x}" + (
             " (file name)" if c.get("step") is None and c.get("epoch") is None else "")
         g = lambda k: _g(s.get(k))  # noqa: E731
-        lines.append(f"| `{Path(str(c['path'])).name}` | {c.get('format', '-')} | {when} | "
+        lines.append(f"| `{label_of(labels, c['path'])}` | {c.get('format', '-')} | {when} | "
                      f"{s.get('n', '-')} | {g('mean')} | {g('std')} | {g('min')} | {g('max')} | "
                      f"{_pct(s.get('near_zero_share'))} | {_pct(s.get('saturated_share'))} |")
     lines.append("")
@@ -40,7 +41,7 @@ def gates_section(results: dict[str, Any], plot: str | None = None) -> str:
         lines += ["| severity | code | where | what |", "|---|---|---|---|"]
         for f in findings:
             subject = str(f.get("subject", ""))
-            where = Path(subject).name if ("/" in subject or "\\" in subject) else subject
+            where = label_of(labels, subject) if ("/" in subject or "\\" in subject) else subject
             lines.append(f"| {f['severity']} | `{f['code']}` | {where} | "
                          f"{str(f['message']).replace('|', '/')} |")
     else:
@@ -78,8 +79,8 @@ def samples_section(results: dict[str, Any], samples: pd.DataFrame,
              "nearest-neighbour.", ""]
     captions = _captions(samples)
     for grid in figures.grids:
-        lines += [f"### `{Path(grid['checkpoint']).name}`", "",
-                  f"![sample grid {Path(grid['checkpoint']).name}]({grid['file']})", ""]
+        label = grid.get("label") or Path(grid["checkpoint"]).name
+        lines += [f"### `{label}`", "", f"![sample grid {label}]({grid['file']})", ""]
         if grid.get("missing"):
             lines += [f"{grid['missing']} image(s) referenced in samples.jsonl were not found "
                       "on disk.", ""]

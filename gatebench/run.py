@@ -27,6 +27,7 @@ from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, 
                                 layout_seed, read_png_meta)
 from gatebench.layouts import Layout, load_layouts
 from gatebench.protocol import Protocol
+from gatebench.saved_run import checkpoint_labels
 from gatebench.score import ImageItem, score_images, write_samples_jsonl
 from gatebench.verdict import TargetRow, evaluate_targets
 
@@ -288,6 +289,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     t0 = time.perf_counter()
     frames, rows = [], []
     scored_zero: dict[str, Any] = {}
+    labels = checkpoint_labels(info.path for info in infos)   # runA/final.pt vs runB/final.pt
     for info in infos:
         for s in scales:
             group = items[(info.sha256, s)]
@@ -299,9 +301,10 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                 if s == 0.0:
                     scored_zero["zero"] = result
             frame = result.samples.copy()
-            frame.insert(0, "checkpoint", info.path.name)
+            frame.insert(0, "checkpoint", labels[str(info.path)])
             frames.append(frame)
-            rows.append({"checkpoint": str(info.path), "checkpoint_sha256": info.sha256,
+            rows.append({"checkpoint": str(info.path), "label": labels[str(info.path)],
+                         "checkpoint_sha256": info.sha256,
                          "gate_scale": s, "n_images": len(group),
                          "nonfinite_images": nonfinite_count(group),
                          "metrics": {k: v.to_dict() for k, v in result.metrics.items()},

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Iterable
 
 import pandas as pd
 
@@ -42,6 +42,41 @@ class SavedRun:
 
 def checkpoint_paths(results: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(str(row["checkpoint"]) for row in results["results"]))
+
+
+def checkpoint_labels(paths: Iterable[str | Path]) -> dict[str, str]:
+    """{path as str: the shortest trailing part of it that no other given path ends with}.
+
+    Every training run writes final.pt / epoch_10.pt into its own folder, so a file name alone
+    mixes up ``runA/final.pt`` and ``runB/final.pt``: the label is the file name when that is
+    unique, else as many parent folders as needed. Identical paths get the same label.
+    """
+    keys = list(dict.fromkeys(str(p) for p in paths))
+    parts = {k: PurePath(k).parts for k in keys}
+    labels: dict[str, str] = {}
+    for key in keys:
+        n = 1
+        while n < len(parts[key]) and any(parts[other][-n:] == parts[key][-n:]
+                                          for other in keys if other != key):
+            n += 1
+        labels[key] = PurePath(*parts[key][-n:]).as_posix()
+    return labels
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A results row's checkpoint label; results.json files written before labels existed hold
+    none, and their samples.jsonl named checkpoints by file name: the same fallback."""
+    return str(row.get("label") or PurePath(str(row["checkpoint"])).name)
+
+
+def label_map(results: dict[str, Any]) -> dict[str, str]:
+    """{checkpoint path: label} of a results.json (samples.jsonl's "checkpoint" column)."""
+    return {str(row["checkpoint"]): row_label(row) for row in results["results"]}
+
+
+def label_of(labels: dict[str, str], checkpoint: Any) -> str:
+    """The label of a checkpoint path (its file name when the run did not evaluate it)."""
+    return labels.get(str(checkpoint)) or PurePath(str(checkpoint)).name
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

@@ -88,3 +88,35 @@ def test_null_slot_lets_a_single_box_be_localised() -> None:
         empty = null(h, context, torch.zeros(1, 1))
     assert (out - out[:, :1]).abs().max() > 1e-3
     assert not empty.any() or torch.allclose(empty, null.to_out.bias * torch.tanh(null.gate))
+
+
+def test_token_box_mask_marks_cells_inside_each_box() -> None:
+    from gatebench.adapters.user import token_box_mask
+
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.6, 0.6, 0.62, 0.62]]])
+    region = token_box_mask(boxes, 64)
+    assert region.shape == (1, 64, 2)
+    assert region[0, :, 0].view(8, 8)[:4, :4].all() and region[0, :, 0].sum() == 16
+    # a box smaller than a cell still owns the cell holding its centre (row 4, col 4)
+    assert region[0, :, 1].nonzero().flatten().tolist() == [4 * 8 + 4]
+    tall = token_box_mask(torch.tensor([[[0.0, 0.0, 0.5, 1.0]]]), 32, aspect=2.0)  # 8 rows x 4 cols
+    assert tall[0, :, 0].view(8, 4)[:, :2].all() and tall[0, :, 0].sum() == 16
+    with pytest.raises(ValueError, match="grid"):
+        token_box_mask(boxes, 60, aspect=1.0)
+
+
+def test_box_mask_leaves_tokens_outside_every_box_untouched() -> None:
+    """Region attention: tokens outside all boxes attend only to the null slot, so get 0."""
+    torch.manual_seed(0)
+    adapters = AdapterSet([32], 16, heads=4, null_slot=True, box_mask=True)
+    apply_init(adapters, "gligen", gate_value=1.0)
+    with torch.no_grad():
+        adapters["dim_32"].gated_attn.to_out.bias.zero_()
+    grounding = Grounding(torch.tensor([[[0.0, 0.0, 0.5, 0.5]]]), torch.randn(1, 1, 16), torch.ones(1, 1))
+    h = torch.randn(1, 64, 32)
+    delta = adapters["dim_32"].delta(h, grounding).view(8, 8, 32)
+    assert delta[:4, :4].abs().amax() > 1e-3
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[:4, :4] = False
+    assert delta[outside].abs().max() == 0
+    assert AdapterSet.from_config(adapters.config).config["box_mask"] is True

@@ -94,6 +94,35 @@ def test_run_writes_everything_and_resumes(world, tmp_path: Path) -> None:
     assert same == [r["metrics"]["garbled_rate"]["value"] for r in res["results"]]
 
 
+def test_same_file_name_in_two_folders_keeps_the_checkpoints_apart(world, tmp_path: Path) -> None:
+    """Every training run writes final.pt: runA/final.pt and runB/final.pt must not mix."""
+    from gatebench.compare import compare_runs
+    from gatebench.saved_run import load_run
+
+    protocol = load_protocol(world["protocol"]).replace(num_samples=2,
+                                                        generation={"gate_scales": (0.0, 1.0)})
+    first = write_checkpoint(tmp_path / "runA" / "final.pt", gate=0.5)
+    second = write_checkpoint(tmp_path / "runB" / "final.pt", gate=-0.4)
+    out = tmp_path / "run"
+    run_evaluation([first, second], protocol, RunOptions(out_dir=out))
+    run = load_run(out)
+    labels = {row["checkpoint"]: row["label"] for row in run.results["results"]}
+    assert labels == {str(first): "runA/final.pt", str(second): "runB/final.pt"}
+    counts = run.samples.groupby(["checkpoint", "gate_scale"]).size().to_dict()
+    assert counts == {(label, scale): 2 for label in labels.values() for scale in (0.0, 1.0)}
+    folders = {c["adapter"]: c["folder"] for c in run.results["generation"]["caches"]}
+    for path, label in labels.items():     # each label's scale-1 records are its own images
+        mine = run.samples[(run.samples["checkpoint"] == label) & (run.samples["gate_scale"] == 1)]
+        assert all(Path(p).parent == Path(folders[path]) for p in mine["image_path"])
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "### `runA/final.pt`" in report and "### `runB/final.pt`" in report
+    assert "| `runA/final.pt` | 1 | garbled_rate |" in report
+    assert (out / "grid_runA_final.png").is_file() and (out / "grid_runB_final.png").is_file()
+    same = compare_runs(run, run, n_boot=50)      # pairs records by label: nothing changed
+    assert {(r.candidate_label, r.diff) for r in same.rows if r.gate_scale == 1.0 and
+            r.kind == "paired"} == {("runA/final.pt", 0.0), ("runB/final.pt", 0.0)}
+
+
 def test_recipe_change_never_mixes_images(world, tmp_path: Path) -> None:
     out = tmp_path / "run"
     protocol = load_protocol(world["protocol"])

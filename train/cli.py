@@ -44,6 +44,8 @@ P = click.Path(path_type=Path)
               "after cross-attention (stream) or attn2's own output.")
 @click.option("--null-slot", is_flag=True, help="Add a zero key/value the image tokens may attend "
               "to instead of a box (needed to localise single-box layouts; recorded).")
+@click.option("--box-mask", is_flag=True, help="Region attention: each image token attends only "
+              "to the boxes containing it (learns what to draw, not where; recorded).")
 @click.option("--gate-init-value", type=float, default=None)
 @click.option("--freeze-gate", is_flag=True)
 @click.option("--seed", type=int, default=0, show_default=True)

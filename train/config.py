@@ -42,6 +42,7 @@ class TrainConfig:
     init: Literal["gligen", "zero-out", "legacy", "deadlock"] = "gligen"
     adapter_query: Literal["stream", "attn2_output"] = "stream"
     null_slot: bool = False
+    box_mask: bool = False
     gate_init_value: float | None = None
     freeze_gate: bool = False
     seed: int = 0

@@ -127,7 +127,7 @@ class Trainer:
         widths = sorted(set(attn2_widths(self.base.unet).values()))
         torch.manual_seed(config.seed)
         self.adapters = AdapterSet(widths, self.base.phrase_dim, query=config.adapter_query,
-                                   null_slot=config.null_slot)
+                                   null_slot=config.null_slot, box_mask=config.box_mask)
         apply_init(self.adapters, config.init, config.gate_init_value)
         self.gate_init = float(self.adapters[f"dim_{widths[0]}"].gated_attn.gate.detach())
         self.adapters.to(self.device)

@@ -10,6 +10,12 @@ cross-attention output ``h`` of width D::
 formats.md gives the Fourier buffer (``freqs = linspace(0, 1, 8)``) but not the formula; we use
 NeRF-style frequencies ``pi * 2**(7 * freqs)`` (1..128 cycles over the unit box), recorded in the
 adapter config as ``fourier = "pi*2^(7f)"`` so a future variant can be told apart.
+
+Two opt-in, parameter-free variants (recorded in the adapter config, off for the user's own
+checkpoints): ``null_slot`` (a zero key/value any token may pick instead of a box) and
+``box_mask`` (region attention: a token may attend only to the boxes that contain it, as in
+masked-attention layout methods; the adapter then learns *what* to draw in a box, not *where*
+the box is, which plain box attention does not learn in a CPU budget, see train/world/README.md).
 """
 from __future__ import annotations
 
@@ -64,18 +70,22 @@ class GatedAttention(nn.Module):
         self.to_out = nn.Linear(dim, dim)
         self.gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, h: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
+                region: torch.Tensor | None = None) -> torch.Tensor:
+        """``region`` (B, L, N), optional: which boxes each token may attend to (box_mask)."""
         b, length, dim = h.shape
         split = lambda x: x.view(b, -1, self.heads, dim // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.to_q(h)), split(self.to_k(context)), split(self.to_v(context))
         valid = mask.bool()[:, None, None, :]                              # (B, 1, 1, N)
+        if region is not None:
+            valid = valid & region.bool()[:, None, :, :]                   # (B, 1, L, N)
         if self.null_slot:
             # A constant zero key/value every token may attend to instead of a box. Without it a
             # layout with ONE box cannot be localised: softmax over a single key is 1 everywhere,
             # so every token receives the same value wherever the box is.
             zeros = q.new_zeros(b, self.heads, 1, dim // self.heads)
             k, v = torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)
-            valid = torch.cat([valid, valid.new_ones(b, 1, 1, 1)], dim=-1)
+            valid = torch.cat([valid, valid.new_ones(*valid.shape[:-1], 1)], dim=-1)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=valid)
         # A row with no valid box attends to nothing: its output is 0, not NaN.
         attn = torch.where(valid.any(-1, keepdim=True), attn, torch.zeros_like(attn))
@@ -83,10 +93,33 @@ class GatedAttention(nn.Module):
         return torch.tanh(self.gate) * self.to_out(attn)
 
 
+def token_box_mask(boxes: torch.Tensor, length: int, aspect: float = 1.0) -> torch.Tensor:
+    """(B, N, 4) normalised xyxy boxes -> (B, L, N): token cell centre inside the box.
+
+    The token grid is recovered from L and the image's height/width ``aspect``. A box too small
+    to contain any cell centre at this resolution still owns the cell holding its own centre.
+    """
+    rows = max(1, round(math.sqrt(length * aspect)))
+    cols = length // rows
+    if rows * cols != length:
+        raise ValueError(f"expected {length} tokens to form a grid of aspect {aspect:.3g}, "
+                         f"got {rows}x{cols}")
+    ys = (torch.arange(rows, device=boxes.device, dtype=boxes.dtype) + 0.5) / rows
+    xs = (torch.arange(cols, device=boxes.device, dtype=boxes.dtype) + 0.5) / cols
+    cy, cx = (c.reshape(1, -1, 1) for c in torch.meshgrid(ys, xs, indexing="ij"))
+    x0, y0, x1, y1 = (boxes[..., i].unsqueeze(1) for i in range(4))   # (B, 1, N)
+    inside = (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
+    row = ((y0 + y1) / 2 * rows).long().clamp(0, rows - 1)
+    col = ((x0 + x1) / 2 * cols).long().clamp(0, cols - 1)
+    token = torch.arange(length, device=boxes.device).view(1, -1, 1)
+    return inside | (token == row * cols + col)
+
+
 class SpatialAdapter(nn.Module):
     def __init__(self, dim: int, text_dim: int, heads: int = 8, num_freqs: int = 8,
-                 null_slot: bool = False) -> None:
+                 null_slot: bool = False, box_mask: bool = False) -> None:
         super().__init__()
+        self.box_mask = box_mask
         self.position_net = PositionNet(dim, num_freqs)
         self.text_proj = nn.Linear(text_dim, dim)
         self.gated_attn = GatedAttention(dim, heads, null_slot)
@@ -97,7 +130,9 @@ class SpatialAdapter(nn.Module):
         mask = grounding.mask.to(dtype)
         context = self.position_net(grounding.boxes.to(dtype)) + self.text_proj(grounding.phrases.to(dtype))
         context = context * mask.unsqueeze(-1)
-        delta = self.gated_attn(h.to(dtype), context, mask).to(h.dtype)
+        region = (token_box_mask(grounding.boxes, h.shape[1], grounding.aspect)
+                  if self.box_mask else None)
+        delta = self.gated_attn(h.to(dtype), context, mask, region).to(h.dtype)
         scale = grounding.scale
         if isinstance(scale, torch.Tensor):
             scale = scale.to(h.dtype).view(-1, 1, 1)
@@ -118,24 +153,27 @@ class AdapterSet(nn.ModuleDict):
     which carry each token's position; ``"attn2_output"`` = attn2's own output before the residual,
     a mix of text values that carries little position. Both read the same keys; the choice is
     recorded in gatebench checkpoints and results. ``null_slot`` (off for the user's own
-    checkpoints, which have no such thing) adds a parameter-free zero key/value, see GatedAttention.
+    checkpoints, which have no such thing) adds a parameter-free zero key/value, see GatedAttention;
+    ``box_mask`` (also off for them) restricts each token to the boxes containing it.
     """
 
     def __init__(self, widths: list[int] | tuple[int, ...], text_dim: int, heads: int = 8,
-                 num_freqs: int = 8, query: str = "stream", null_slot: bool = False) -> None:
+                 num_freqs: int = 8, query: str = "stream", null_slot: bool = False,
+                 box_mask: bool = False) -> None:
         if query not in QUERY_SOURCES:
             raise ValueError(f"expected query in {QUERY_SOURCES}, got {query!r}")
-        super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs, null_slot)
+        super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs, null_slot,
+                                                     box_mask)
                           for w in sorted(set(widths))})
         self.config = {"family": "user", "widths": sorted(set(widths)), "text_dim": text_dim,
                        "heads": heads, "num_freqs": num_freqs, "fourier": "pi*2^(7f)",
-                       "query": query, "null_slot": null_slot}
+                       "query": query, "null_slot": null_slot, "box_mask": box_mask}
 
     @classmethod
     def from_config(cls, config: dict) -> "AdapterSet":
         return cls(config["widths"], config["text_dim"], config.get("heads", 8),
                    config.get("num_freqs", 8), config.get("query", "stream"),
-                   bool(config.get("null_slot", False)))
+                   bool(config.get("null_slot", False)), bool(config.get("box_mask", False)))
 
     @classmethod
     def config_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
@@ -151,7 +189,7 @@ class AdapterSet(nn.ModuleDict):
                                   f"shape, got {sorted(state)[:4]}")
         return {"family": "user", "widths": sorted(widths), "text_dim": text_dim, "heads": 8,
                 "num_freqs": int(freqs.numel()) if freqs is not None else 8, "fourier": "pi*2^(7f)",
-                "query": "stream", "null_slot": False}
+                "query": "stream", "null_slot": False, "box_mask": False}
 
     def gates(self) -> dict[str, torch.Tensor]:
         return {name: adapter.gated_attn.gate for name, adapter in self.items()}
@@ -178,6 +216,7 @@ class Grounding:
     phrases: torch.Tensor               # (B, N, text_dim)
     mask: torch.Tensor                  # (B, N) 1 = real box
     scale: float | torch.Tensor = 1.0   # gate scale, scalar or per sample (B,)
+    aspect: float = 1.0                 # image height / width: the token grid's shape (box_mask)
 
 
 def attn2_widths(unet: nn.Module) -> dict[str, int]:

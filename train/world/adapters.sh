@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Train the shapes world's adapter checkpoints with `gatebench train` on the FROZEN world base.
 #   bash train/world/adapters.sh          (after build_assets.sh and python -m train.world.base)
-# Series: good (gligen init, the shipped evaluation series), zero-out (same recipe, for the
+# Series: good (zero-out init, the shipped evaluation series), gligen (same recipe, for the
 # init comparison), legacy (gate 3.0 + random to_out: the user's collapse) and deadlock (both 0).
+# Every series uses region attention (--box-mask) and a null slot: plain box attention did not
+# learn placement in 5500 CPU steps (train/world/README.md), region attention does in ~750.
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-assets-build}
@@ -11,15 +13,15 @@ DATA=${DATA:-$OUT/data}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 common=(--mixed-data "$DATA/train.jsonl" --image-dir "$DATA/images/train" --base-model "$BASE"
         --batch-size "${BATCH:-32}" --min-area 0 --min-side 0 --scale-min 0.5 --scale-max 1.0
-        --phrase-dropout 0.05 --caption-dropout 0.1 --log-gate-stats --log-tensorboard --seed 0 --null-slot)
+        --phrase-dropout 0.05 --caption-dropout 0.1 --log-gate-stats --log-tensorboard --seed 0 --null-slot --box-mask)
 run() { $PY -m train "${common[@]}" "$@"; }
 
-# good: up to 4000 steps (625 per epoch), a checkpoint every 250 steps (the metrics-vs-step series)
-run --output-dir "$OUT/adapters/good" --init gligen --lr 2e-3 --warmup-steps 50 \
-    --epochs 10 --max-steps "${GOOD_STEPS:-4000}" --save-every 250 --log-every 25 &
-# zero-out: the user's current init, same recipe, shorter (gate trajectory comparison)
-run --output-dir "$OUT/adapters/zero-out" --init zero-out --lr 2e-3 --warmup-steps 50 \
-    --max-steps "${ZERO_STEPS:-500}" --save-every 250 --log-every 25 &
+# good: the user's current init; a checkpoint every 250 steps (the metrics-vs-step series)
+run --output-dir "$OUT/adapters/good" --init zero-out --lr 2e-3 --warmup-steps 50 \
+    --epochs 20 --max-steps "${GOOD_STEPS:-4000}" --save-every 250 --log-every 25 &
+# gligen: GLIGEN's own init, same recipe (the init comparison; its gate goes negative)
+run --output-dir "$OUT/adapters/gligen" --init gligen --lr 2e-3 --warmup-steps 50 \
+    --epochs 20 --max-steps "${GLIGEN_STEPS:-4000}" --save-every 250 --log-every 25 &
 wait
 # legacy: gate 3.0 with a random to_out; a larger lr shows in minutes what took the user epochs
 run --output-dir "$OUT/adapters/legacy" --init legacy --lr 5e-3 --warmup-steps 10 \

@@ -12,11 +12,11 @@ $PY -m train.world.data --out "$OUT/data" --yolo "$OUT/yolo"
 $PY -m train.world.base --data "$OUT/data" --out "$OUT/base" --device cuda --batch-size 128 \
     --lr 2e-3 --threads 8 --minutes "$BASE_MIN" --save-every 500
 OUT="$OUT" BASE="$OUT/base/model" DATA="$OUT/data" GOOD_STEPS=${GOOD_STEPS:-3000} \
-    ZERO_STEPS=${ZERO_STEPS:-1000} LEGACY_STEPS=${LEGACY_STEPS:-600} \
+    GLIGEN_STEPS=${GLIGEN_STEPS:-3000} LEGACY_STEPS=${LEGACY_STEPS:-600} \
     BATCH=${BATCH:-128} PY="$PY" bash train/world/adapters.sh
 rm -rf "$ASSETS/base" "$ASSETS/adapters"
 cp -r "$OUT/base/model" "$ASSETS/base"
-for series in good legacy deadlock zero-out; do
+for series in good legacy deadlock; do
   mkdir -p "$ASSETS/adapters/$series"
   cp "$OUT/adapters/$series"/*.pt "$OUT/adapters/$series/train.log" "$ASSETS/adapters/$series/"
 done
