@@ -23,7 +23,8 @@ from gatebench.protocol import ASSETS_DIR, load_protocol
 from gatebench.run import RunOptions, run_evaluation
 from gatebench.saved_run import label_map, label_of, row_label
 
-SERIES = ("good", "legacy", "deadlock")
+SERIES = ("good", "legacy", "deadlock")           # gates AND generation
+GATES_ONLY_SERIES = ("gligen",)                   # the init comparison: gate trajectory only
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,18 @@ def _fmt(value: float | None) -> str:
     return "not computed" if value is None else f"{value:.3f}"
 
 
+def gate_path(report: Any) -> str:
+    """'0.1 -> 0.52 (step 3000)': where a series' mean raw gate started and ended."""
+    points = report.trajectory
+    if not points:
+        return "no trajectory"
+    return f"{points[0].gate_mean:.3g} -> {points[-1].gate_mean:.3g} ({report.trajectory_axis} " \
+           f"{points[-1].x})"
+
+
 def expectations(results: dict[str, Any], gate_codes: dict[str, set[str]],
-                 finals: dict[str, Path]) -> list[Expectation]:
+                 finals: dict[str, Path], gate_paths: dict[str, str] | None = None
+                 ) -> list[Expectation]:
     good, dead = finals["good"], finals["deadlock"]
     iou1, iou0 = metric(results, good, 1.0, "iou50_rate"), metric(results, good, 0.0, "iou50_rate")
     clip1, clip0 = metric(results, good, 1.0, "clip_score"), metric(results, good, 0.0, "clip_score")
@@ -93,6 +104,10 @@ def expectations(results: dict[str, Any], gate_codes: dict[str, set[str]],
     out.append(Expectation("legacy garbled rate at scales 0 / 1 / 2 (reported, not required)",
                            "rises with scale, if this world shows it",
                            " / ".join(_fmt(v) for v in garbled), True, required=False))
+    if gate_paths and {"good", "gligen"} <= set(gate_paths):
+        out.append(Expectation("gate trajectories of the two inits (reported, not required)",
+                               "both open", f"zero-out (good) {gate_paths['good']}; "
+                               f"gligen {gate_paths['gligen']}", True, required=False))
     return out
 
 
@@ -107,23 +122,27 @@ def run_demo(out: Path, *, num_samples: int | None = None, steps: int | None = N
     protocol = protocol.replace(**overrides, **({"num_samples": num_samples} if num_samples else {}))
     out.mkdir(parents=True, exist_ok=True)
     series = {name: series_checkpoints(name) for name in SERIES}
+    series |= {name: series_checkpoints(name) for name in GATES_ONLY_SERIES
+               if (ASSETS_DIR / "adapters" / name).is_dir()}
     gate_codes: dict[str, set[str]] = {}
+    gate_paths: dict[str, str] = {}
     sections = []
     for name, paths in series.items():
         logs = read_logs(paths[0].parent / "train.log") if (paths[0].parent / "train.log").is_file() else []
         report = analyse([inspect_checkpoint(p) for p in paths], logs, protocol.gates)
         gate_codes[name] = {f.code for f in report.findings}
+        gate_paths[name] = gate_path(report)
         plot = plot_trajectory(report, out / f"gates_{name}.png")
         sections.append(render_markdown(report, plot.name if plot else None)
                         .replace("## Gates", f"## Gates: {name} series", 1))
         console.print(f"[bold]{name} series[/bold]: {len(paths)} checkpoints, gate verdict "
-                      f"{report.verdict}")
+                      f"{report.verdict}, mean raw gate {gate_paths[name]}")
         render_findings(report.findings, console)
-    finals = {name: final_checkpoint(paths) for name, paths in series.items()}
+    finals = {name: final_checkpoint(series[name]) for name in SERIES}
     result = run_evaluation([finals[n] for n in SERIES], protocol,
                             RunOptions(out_dir=out, device=device, command="gatebench demo"),
                             progress_factory=progress_factory)
-    checks = expectations(result.results, gate_codes, finals)
+    checks = expectations(result.results, gate_codes, finals, gate_paths)
     table = Table(title="demo expectations (the shapes world's acceptance bar)", title_justify="left")
     for column in ("check", "expected", "observed", "ok"):
         table.add_column(column)

@@ -62,7 +62,8 @@ def render_run(result, console: Console) -> None:
         f"{len(shown)} of {len(names)} metrics (narrow terminal); the full table with 95% CIs is"
     console.print(f"[dim]{what} in {report}[/dim]", soft_wrap=True)
     targets = Table(title="targets", title_justify="left")
-    for column in ("checkpoint", "scale", "metric", "value [95% CI]", "target", "pass"):
+    targets.add_column("checkpoint", no_wrap=True)    # labels stay whole; the CI wraps instead
+    for column in ("scale", "metric", "value [95% CI]", "target", "pass"):
         targets.add_column(column, overflow="fold")
     for t in result.targets:
         value = value_ci({"value": t.value, "ci_low": t.ci_low, "ci_high": t.ci_high}) \

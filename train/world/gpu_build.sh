@@ -16,8 +16,6 @@ OUT="$OUT" BASE="$OUT/base/model" DATA="$OUT/data" GOOD_STEPS=${GOOD_STEPS:-3000
     BATCH=${BATCH:-128} PY="$PY" bash train/world/adapters.sh
 rm -rf "$ASSETS/base" "$ASSETS/adapters"
 cp -r "$OUT/base/model" "$ASSETS/base"
-for series in good legacy deadlock; do
-  mkdir -p "$ASSETS/adapters/$series"
-  cp "$OUT/adapters/$series"/*.pt "$OUT/adapters/$series/train.log" "$ASSETS/adapters/$series/"
-done
+OUT="$OUT" ASSETS="$ASSETS" SERIES="good:500,1000,2000,3000 gligen:1000,3000 legacy:200,400,600 deadlock:50" \
+    bash train/world/ship_adapters.sh
 $PY -m gatebench demo --out "$OUT/demo"
