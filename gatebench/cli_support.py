@@ -63,9 +63,24 @@ def quiet_model_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     # gatebench's own warnings (small-N FID, ...) as one readable line each, not file:line dumps
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    warnings.showwarning = _once_per_message(warnings.showwarning)
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
     diffusers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+
+
+def _once_per_message(show: Any) -> Any:
+    """Show each distinct warning text once per process. The "once" filter cannot do it:
+    every ``catch_warnings`` block (scipy calls in FID, library loads) resets the registries,
+    and the small-N FID warning then printed once per image set (20 times in a demo)."""
+    seen: set[tuple[str, type]] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None) -> None:
+        key = (str(message), category)
+        if key not in seen:
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+    return show_once

@@ -63,12 +63,14 @@ def _fmt(value: float | None) -> str:
 
 
 def gate_path(report: Any) -> str:
-    """'0.1 -> 0.52 (step 3000)': where a series' mean raw gate started and ended."""
+    """'0.1 (init) -> 0.822 (step 4000)': where a series' mean raw gate started and ended."""
     points = report.trajectory
     if not points:
         return "no trajectory"
-    return f"{points[0].gate_mean:.3g} -> {points[-1].gate_mean:.3g} ({report.trajectory_axis} " \
-           f"{points[-1].x})"
+    init = report.checkpoints[0].info.training.gate_init if report.checkpoints else None
+    start = f"{init:.3g} (init)" if init is not None else \
+        f"{points[0].gate_mean:.3g} ({report.trajectory_axis} {points[0].x})"
+    return f"{start} -> {points[-1].gate_mean:.3g} ({report.trajectory_axis} {points[-1].x})"
 
 
 def expectations(results: dict[str, Any], gate_codes: dict[str, set[str]],
@@ -100,8 +102,8 @@ def expectations(results: dict[str, Any], gate_codes: dict[str, set[str]],
                     f"= {_fmt(dead0)}", _fmt(dead1), dead1 is not None and dead1 == dead0),
     ]
     legacy = finals["legacy"]
-    garbled = [metric(results, legacy, s, "garbled_rate") for s in (0.0, 1.0, 2.0)]
-    out.append(Expectation("legacy garbled rate at scales 0 / 1 / 2 (reported, not required)",
+    garbled = [metric(results, legacy, s, "garbled_rate") for s in (0.0, 0.5, 1.0, 2.0)]
+    out.append(Expectation("legacy garbled rate at scales 0 / 0.5 / 1 / 2 (reported, not required)",
                            "rises with scale, if this world shows it",
                            " / ".join(_fmt(v) for v in garbled), True, required=False))
     if gate_paths and {"good", "gligen"} <= set(gate_paths):

@@ -87,3 +87,21 @@ def test_check_init_on_a_checkpoint(tmp_path: Path) -> None:
     result = invoke("check-init", "--ckpt", str(path), "--json")
     assert result.exit_code == 1
     assert json.loads(result.output)[0]["gradient_ok"] is False
+
+
+def test_each_warning_text_is_shown_once_even_across_catch_warnings() -> None:
+    import warnings
+
+    from gatebench.cli_support import _once_per_message
+
+    shown: list[str] = []
+    show = _once_per_message(lambda message, *args, **kwargs: shown.append(str(message)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        for _ in range(3):
+            with warnings.catch_warnings():      # what resets the built-in "once" registries
+                warnings.simplefilter("ignore")
+            warnings.warn("small-N FID", UserWarning)
+        warnings.warn("another one", UserWarning)
+    assert shown == ["small-N FID", "another one"]

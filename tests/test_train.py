@@ -95,7 +95,10 @@ def test_ten_plus_resume_plus_ten_equals_twenty(world, tmp_path: Path) -> None:
 
 
 def test_trained_checkpoint_runs_through_gatebench_run(world, tmp_path: Path) -> None:
-    train(world, tmp_path / "t", max_steps=5, scale_min=0.5, scale_max=1.0)
+    train(world, tmp_path / "t", max_steps=5, scale_min=0.5, scale_max=1.0, null_slot=True,
+          box_mask=True)
+    saved = inspect_checkpoint(tmp_path / "t" / "final.pt").adapter_config
+    assert saved["box_mask"] is True and saved["null_slot"] is True   # run rebuilds the same adapter
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["run", "--ckpt", str(tmp_path / "t" / "final.pt"),
                                       "--protocol", str(world["protocol"]), "--num-samples", "2",
