@@ -32,6 +32,10 @@ HINTS = {
                 "--min-side 0.005",
     "falling": "poor phrase embeddings or over-aggressive data cleaning; try --phrase-dropout "
                "0.05 and looser cleaning --min-area 5e-5 --min-side 0.005",
+    # a gate falling from a large start is the early part of the user's 3.0 -> 0.29 collapse
+    "falling_from_large": "the gate started large (>= 1, e.g. 3.0 with a random to_out) and is "
+                          "being pulled down: the start of a collapse; retrain with `--init "
+                          "gligen` or `zero-out` (then check phrase embeddings and cleaning)",
     "not_learning": "the learning rate may be too small (try --lr 5e-4) or the gate frozen "
                     "(drop --freeze-gate)",
     "near_zero": "the adapter barely acts; expected early in training, a problem late "
@@ -197,7 +201,9 @@ def trajectory_findings(points: Sequence[TrajectoryPoint], t: GateThresholds, su
                 and (start - last) > t.falling_fraction * start):
             out.append(Finding("falling", "warn", f"gate mean has fallen for the last {run} points "
                                f"({start:.3g} -> {last:.3g}, -{(start - last) / start:.0%}); "
-                               f"trajectory {path}; {HINTS['falling']}", subject))
+                               f"trajectory {path}; "
+                               f"{HINTS['falling_from_large' if mags[0] >= 1.0 else 'falling']}",
+                               subject))
     span = points[-1].x - points[0].x
     if axis == "step" and span >= t.not_learning_steps and max(
             abs(v - values[0]) for v in values) < t.not_learning_tol:

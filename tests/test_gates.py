@@ -72,6 +72,15 @@ def test_falling_is_a_warning_below_collapse(tmp_path: Path) -> None:
     report = analyse([inspect_checkpoint(p) for p in paths], [], T)
     assert "falling" in codes(report) and "collapse" not in codes(report)
     assert report.verdict == "warn"
+    assert "phrase-dropout" in report.findings[0].message
+
+
+def test_falling_from_a_large_gate_points_at_the_init(tmp_path: Path) -> None:
+    """The user's 3.0 start: a fall is the beginning of the collapse, so the hint is the init."""
+    paths = write_series(tmp_path, [3.0, 2.6, 2.2, 1.8])
+    falling = [f for f in analyse([inspect_checkpoint(p) for p in paths], [], T).findings
+               if f.code == "falling"]
+    assert falling and "--init gligen" in falling[0].message
 
 
 def _ours(path: Path, gate: float, step: int, **training) -> Path:

@@ -24,7 +24,7 @@ run --output-dir "$OUT/adapters/good" --box-mask --init zero-out --lr 2e-3 --war
     --epochs 20 --max-steps "${GOOD_STEPS:-4000}" --save-every 250 --log-every 25 &
 # gligen: GLIGEN's own init, same recipe (the init comparison; its gate goes negative)
 run --output-dir "$OUT/adapters/gligen" --box-mask --init gligen --lr 2e-3 --warmup-steps 50 \
-    --epochs 20 --max-steps "${GLIGEN_STEPS:-4000}" --save-every 250 --log-every 25 &
+    --epochs 20 --max-steps "${GLIGEN_STEPS:-3000}" --save-every 250 --log-every 25 &
 wait
 # legacy: gate 3.0 with a random to_out; a larger lr shows in minutes what took the user epochs
 run --output-dir "$OUT/adapters/legacy" --init legacy --lr 5e-3 --warmup-steps 10 \

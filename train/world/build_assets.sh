@@ -38,4 +38,22 @@ $NICE $PY -m train.world.clip train --dataset "$OUT/data" --run-dir "$OUT/clip" 
   --batch 128 --lr 1e-3 --seed 0 --threads 1 \
   --weights "$ASSETS/world_clip.safetensors" --config "$ASSETS/world_clip.json"
 
+# 4. base diffusion model: 3000 steps at batch 32, lr 1e-3, seed 0 (53 min on one thread); the
+#    EMA weights ship in fp16. Resumable with --resume.
+if [ ! -f "$ASSETS/base/model_index.json" ] || [ -n "${REBUILD_BASE:-}" ]; then
+  $NICE $PY -m train.world.base --data "$OUT/data" --out "$OUT/base" --max-steps 3000 \
+    --minutes 600 --threads 1 --seed 0
+  rm -rf "$ASSETS/base" && cp -r "$OUT/base/model" "$ASSETS/base"
+fi
+
+# 5. the test split the demo evaluates (layouts + ground-truth images: ceiling and FID reference)
+mkdir -p "$ASSETS/data/images"
+cp "$OUT/data/test.jsonl" "$ASSETS/data/test.jsonl"
+rm -rf "$ASSETS/data/images/test" && cp -r "$OUT/data/images/test" "$ASSETS/data/images/test"
+
+# 6. adapter series on the FROZEN shipped base (good + gligen in parallel ~40 min, legacy 3.4 min,
+#    deadlock 25 s), then copied in as {series}_step_N.pt
+OUT="$OUT" BASE="$ASSETS/base" DATA="$OUT/data" PY="$PY" bash train/world/adapters.sh
+OUT="$OUT" ASSETS="$ASSETS" bash train/world/ship_adapters.sh
+
 ls -l "$ASSETS"
