@@ -1,11 +1,32 @@
-"""Small pieces of the CLI that are not commands: progress bar, flag overrides, quiet loads."""
+"""Small pieces of the CLI that are not commands: consoles, exit codes, flag parsing and
+overrides, progress bar, quiet loads. Shared by cli.py and cli_eval.py (which must not import cli)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
+import click
 from rich.console import Console
 
 from gatebench.protocol import Protocol, load_protocol, resolve_builtin
+
+
+def consoles() -> tuple[Console, Console]:
+    """(stdout, stderr) consoles; no highlighting, so paths and numbers print as plain text."""
+    return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+def finish(code: int) -> NoReturn:
+    """End a command with the contract's exit code (0 pass, 1 check failed, 2 bad input)."""
+    raise click.exceptions.Exit(code)
+
+
+def parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    """A comma-separated number list from a flag; a bad one is a click usage error (exit 2)."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}",
+                                 param_hint=flag) from None
 
 
 class RichProgress:
@@ -57,19 +78,19 @@ def protocol_with_overrides(protocol: str, **flags: Any) -> Protocol:
 
 def quiet_model_libraries() -> None:
     """diffusers/transformers print progress bars and install hints on every load: a CLI user
-    wants gatebench's own output. Errors still surface as exceptions."""
+    wants gatebench's own output. Errors still surface as exceptions. Set through the libraries'
+    own environment variables (a user's explicit setting wins), not by importing them: that
+    import cost 2.7 s on every command, `--help` included."""
     import os
     import warnings
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name, value in (("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("DIFFUSERS_NO_ADVISORY_WARNINGS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error"),
+                        ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):   # transformers' load bars
+        os.environ.setdefault(name, value)
     # gatebench's own warnings (small-N FID, ...) as one readable line each, not file:line dumps
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     warnings.showwarning = _once_per_message(warnings.showwarning)
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
 
 
 def _once_per_message(show: Any) -> Any:

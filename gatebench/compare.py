@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from gatebench.errors import NotComparableError
+from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.saved_run import SavedRun, checkpoint_paths, label_map
 
 SCHEMA_VERSION = 1
@@ -34,7 +35,6 @@ DEFAULT_MARGINS: dict[str, float] = {"iou50_rate": 0.02, "clip_score": 0.005,
                                      "garbled_rate": 0.02}
 OTHER_MARGIN = 0.02
 MIN_BOOT = 1000
-_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -239,28 +239,12 @@ def metric_units(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
 def paired_ratio_diff(cand: pd.DataFrame, base: pd.DataFrame, *, n_boot: int, level: float,
                       seed: int) -> tuple[float, float, float, float | None, float | None]:
     """(candidate, baseline, diff, ci_low, ci_high) of sum(num)/sum(den), layouts resampled as
-    pairs. With denominators 1 this equals ``stats.paired_bootstrap_diff`` replicate for replicate."""
-    cn, cd = cand["num"].to_numpy(), cand["den"].to_numpy()
-    bn, bd = base["num"].to_numpy(), base["den"].to_numpy()
-    c_value, b_value = float(cn.sum() / cd.sum()), float(bn.sum() / bd.sum())
-    diff = c_value - b_value
-    n = cn.size
-    if n < 2 or n_boot <= 0:
-        return c_value, b_value, diff, None, None
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for start in range(0, n_boot, _CHUNK):
-        nb = min(_CHUNK, n_boot - start)
-        idx = rng.integers(0, n, size=(nb, n))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            stats[start:start + nb] = (cn[idx].sum(axis=1) / cd[idx].sum(axis=1)
-                                       - bn[idx].sum(axis=1) / bd[idx].sum(axis=1))
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return c_value, b_value, diff, None, None
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return c_value, b_value, diff, float(low), float(high)
+    pairs: ``stats.paired_ratio_bootstrap`` over per-layout unit frames (``metric_units``)."""
+    r = paired_ratio_bootstrap(cand["num"].to_numpy(), base["num"].to_numpy(),
+                               cand["den"].to_numpy(), base["den"].to_numpy(),
+                               n_boot=n_boot, level=level, seed=seed)
+    assert r.a_value is not None and r.b_value is not None
+    return r.a_value, r.b_value, r.diff, r.ci_low, r.ci_high
 
 
 def _status(metric: str, diff: float | None, low: float | None, high: float | None,

@@ -78,6 +78,7 @@ class TrajectoryPoint:
     gate_mean: float     # mean raw gate, like the user's train.log
     effective_mean: float | None = None
     label: str = ""
+    series: str = ""     # the training run (checkpoint folder) when several are analysed together
 
 
 @dataclass(frozen=True)
@@ -257,26 +258,46 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
         findings = checkpoint_findings(info, stats, thresholds) + scale_findings(info, scales)
         reports.append(CheckpointReport(info, stats, tuple(findings)))
     ordered = sorted(reports, key=lambda r: order_key(r.info)[1])
+    # One training run writes its checkpoints into one folder: checkpoints from different
+    # folders (runA/final.pt, runB/final.pt; the demo's good/legacy/deadlock) are separate
+    # series, and a "trajectory" across them would report collapses that never happened.
+    runs: dict[str, list[CheckpointReport]] = {}
+    for r in ordered:
+        runs.setdefault(str(r.info.path.parent), []).append(r)
+    names = _series_names(list(runs))
     axes = {order_key(r.info)[0] for r in ordered}
     axis = axes.pop() if len(axes) == 1 else "checkpoint"
-    points = tuple(TrajectoryPoint(order_key(r.info)[1] if axis != "checkpoint" else i,
-                                   r.stats.raw_mean, r.stats.mean, r.info.path.name)
-                   for i, r in enumerate(ordered))
-    traj = trajectory_findings(points, thresholds, "checkpoint series", axis) if len(points) > 1 \
-        else []
-    # A single checkpoint of ours carries its own history: analyse it as a trajectory too.
-    if len(ordered) == 1 and ordered[0].info.training.gate_history:
-        history = [TrajectoryPoint(int(row[0]), row[1]) for row in ordered[0].info.training.gate_history]
-        traj = trajectory_findings(history, thresholds, f"{ordered[0].info.path.name} history")
-        points = tuple(history)
-        axis = "step"
+    points: list[TrajectoryPoint] = []
+    traj: list[Finding] = []
+    for folder, members in runs.items():
+        name = names[folder] if len(runs) > 1 else ""
+        subject = f"checkpoint series {name}".strip()
+        run_points = [TrajectoryPoint(order_key(r.info)[1] if axis != "checkpoint" else i,
+                                      r.stats.raw_mean, r.stats.mean, r.info.path.name, name)
+                      for i, r in enumerate(members)]
+        # A single checkpoint of ours carries its own history: analyse it as a trajectory too.
+        if len(members) == 1 and members[0].info.training.gate_history and axis == "step":
+            run_points = [TrajectoryPoint(int(row[0]), row[1], series=name)
+                          for row in members[0].info.training.gate_history]
+            subject = f"{members[0].info.path.name} history"
+        if len(run_points) > 1:
+            traj += trajectory_findings(run_points, thresholds, subject, axis)
+        points += run_points
     log_reports = []
     for series in logs:
         frame = series.gate_points
         pts = [TrajectoryPoint(int(s), float(m)) for s, m in zip(frame["step"], frame["gate_mean"])]
         log_reports.append((series, tuple(trajectory_findings(pts, thresholds, str(series.source)))))
-    return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports), trajectory=points,
-                      trajectory_axis=axis, trajectory_findings=tuple(traj))
+    return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports),
+                      trajectory=tuple(points), trajectory_axis=axis,
+                      trajectory_findings=tuple(traj))
+
+
+def _series_names(folders: list[str]) -> dict[str, str]:
+    """Folder -> a short name for its series: the folder's own name, with parents on a clash."""
+    from gatebench.saved_run import checkpoint_labels  # noqa: PLC0415
+
+    return {folder: label + "/" for folder, label in checkpoint_labels(folders).items()}
 
 
 def to_json(report: GateReport) -> dict[str, Any]:
@@ -301,7 +322,8 @@ def to_json(report: GateReport) -> dict[str, Any]:
     return {"schema_version": SCHEMA_VERSION, "checkpoints": checkpoints, "logs": logs,
             "trajectory": {"axis": report.trajectory_axis,
                            "points": [{"x": p.x, "gate_mean": _num(p.gate_mean),
-                                       "effective_mean": _num(p.effective_mean), "label": p.label}
+                                       "effective_mean": _num(p.effective_mean), "label": p.label,
+                                       "series": p.series}
                                       for p in report.trajectory]},
             "findings": [f.to_dict() for f in report.findings], "verdict": report.verdict}
 

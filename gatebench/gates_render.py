@@ -6,7 +6,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from gatebench.gates import Finding, GateReport
+from gatebench.gates import Finding, GateReport, to_json
+from gatebench.report_sections import LIVE_STYLE, gates_markdown
 
 _STYLE = {"fail": "bold red", "warn": "yellow", "pass": "bold green"}
 
@@ -50,7 +51,7 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
         table.add_column("source")
         for p in report.trajectory:
             eff = "-" if p.effective_mean is None else _fmt(p.effective_mean, 3)
-            table.add_row(str(p.x), _fmt(p.gate_mean, 3), eff, p.label)
+            table.add_row(str(p.x), _fmt(p.gate_mean, 3), eff, f"{p.series}{p.label}")
         console.print(table)
     for series, _ in report.logs:
         last = series.gate_points.iloc[-1]
@@ -71,37 +72,22 @@ def render_findings(findings: list[Finding], console: Console) -> None:
 
 
 def render_markdown(report: GateReport, plot: str | None = None) -> str:
-    """A Markdown section the run report embeds."""
-    lines = ["## Gates", "",
-             "Effective gate = tanh(raw gate); near-zero: |raw| below the protocol's threshold; "
-             "saturated: |tanh| above it.", "",
-             "| checkpoint | format | step/epoch | n | mean tanh | std | min | max | near-zero | "
-             "saturated |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in report.checkpoints:
-        s, t = c.stats, c.info.training
-        when = f"step {t.step}" if t.step is not None else (f"epoch {t.epoch}" if t.epoch is not None else "-")
-        lines.append(f"| `{c.info.path.name}` | {c.info.format} | {when} | {s.n} | {_fmt(s.mean, 3)} "
-                     f"| {_fmt(s.std, 3)} | {_fmt(s.min, 3)} | {_fmt(s.max, 3)} | "
-                     f"{s.near_zero_share:.0%} | {s.saturated_share:.0%} |")
-    lines.append("")
-    if plot:
-        lines += [f"![gate trajectory]({plot})", ""]
-    findings = report.findings
-    if findings:
-        lines += ["| severity | code | where | what |", "|---|---|---|---|"]
-        lines += [f"| {f.severity} | `{f.code}` | {f.subject} | {f.message} |" for f in findings]
-    else:
-        lines.append("No gate findings.")
-    lines += ["", f"Gate verdict: **{report.verdict.upper()}**", ""]
-    return "\n".join(lines)
+    """A Markdown section (gates.md, the demo report): the shared renderer over ``to_json``."""
+    document = to_json(report)
+    return gates_markdown(document["checkpoints"], document["findings"], plot=plot,
+                          style=LIVE_STYLE)
 
 
 def plot_trajectory(report: GateReport, out: Path) -> Path | None:
     """PNG of gate mean against step/epoch, for checkpoints and every log; None if < 2 points."""
     series = []
-    if len(report.trajectory) > 1:
-        series.append(("checkpoints", report.trajectory_axis,
-                       [p.x for p in report.trajectory], [p.gate_mean for p in report.trajectory]))
+    runs: dict[str, list] = {}
+    for p in report.trajectory:               # one line per training run, never across runs
+        runs.setdefault(p.series, []).append(p)
+    for name, points in runs.items():
+        if len(points) > 1:
+            series.append((name or "checkpoints", report.trajectory_axis,
+                           [p.x for p in points], [p.gate_mean for p in points]))
     for log, _ in report.logs:
         pts = log.gate_points
         if len(pts) > 1:

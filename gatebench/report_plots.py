@@ -18,8 +18,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.saved_run import (checkpoint_axis, checkpoint_paths, label_map, label_of,
-                                 resolve_image)
+from gatebench.saved_run import (checkpoint_axis, checkpoint_paths, has_checkpoint_series,
+                                 label_map, label_of, resolve_image)
 
 CELL_PX = 192            # grid cells are enlarged to at least this many pixels
 MAX_CELL_PX = 256        # and large images shrunk to at most this
@@ -153,9 +153,8 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
 
 
 def plot_metric_vs_epoch(results: dict[str, Any], out: Path) -> Path | None:
-    ckpts = checkpoint_paths(results)
     names = metric_names(results)
-    if len(ckpts) < 2 or not names:
+    if not has_checkpoint_series(results) or not names:
         return None
     axis, xs = checkpoint_axis(results)
     scales = sorted({float(r["gate_scale"]) for r in results["results"]})
@@ -189,7 +188,7 @@ def plot_metric_vs_epoch(results: dict[str, Any], out: Path) -> Path | None:
 def plot_gate_trajectory(results: dict[str, Any], out: Path) -> Path | None:
     """Gate mean over the run's checkpoints (from results.json stats; >= 2 checkpoints)."""
     entries = [c for c in results.get("checkpoints", []) if c.get("stats")]
-    if len(entries) < 2:
+    if len(entries) < 2 or not has_checkpoint_series(results):
         return None
     axis, xs = checkpoint_axis(results)
     pts = sorted((xs.get(str(c["path"]), float(i + 1)), c["stats"]) for i, c in enumerate(entries))

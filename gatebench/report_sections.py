@@ -1,11 +1,14 @@
 """Report sections read straight from results.json / samples.jsonl: gate health, samples.
 
 Split from report.py so each file stays readable; report.py re-exports what it used to define.
+``gates_markdown`` is also what `gatebench gates --out` and the demo render (from a live
+GateReport's ``to_json``): one renderer of the gates table, kept torch-free for `report`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import pandas as pd
 
@@ -15,43 +18,87 @@ if TYPE_CHECKING:
     from gatebench.report import Figures
 
 
-def gates_section(results: dict[str, Any], plot: str | None = None) -> str:
-    """Gate health from results.json (checkpoints' stats and findings, gate_findings)."""
-    lines = ["## Gates", "",
-             "Statistics of tanh(raw gate) per checkpoint (at inference the effective gate is "
-             "gate scale x tanh(raw gate)); near-zero: |raw| below the protocol's threshold; "
-             "saturated: |tanh| above it.", "",
+@dataclass(frozen=True)
+class GatesStyle:
+    """What differs between the two gates sections; each caller keeps its own (golden files)."""
+
+    intro: str
+    position_from_file_name: bool   # no step/epoch recorded: "epoch 3 (file name)", not "-"
+    label_subjects: bool            # a finding about a checkpoint path names its label instead
+    escape_pipes: bool              # "|" in a message becomes "/" so it cannot split the row
+
+
+_RULES = "near-zero: |raw| below the protocol's threshold; saturated: |tanh| above it."
+# `gatebench report` (from results.json)
+REPORT_STYLE = GatesStyle(
+    "Statistics of tanh(raw gate) per checkpoint (at inference the effective gate is gate scale "
+    "x tanh(raw gate)); " + _RULES, position_from_file_name=True, label_subjects=True,
+    escape_pipes=True)
+# `gatebench gates --out` and the demo (from a live GateReport's to_json)
+LIVE_STYLE = GatesStyle("Effective gate = tanh(raw gate); " + _RULES,
+                        position_from_file_name=False, label_subjects=False, escape_pipes=False)
+
+
+def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]], *,
+                   plot: str | None = None, labels: dict[str, str] | None = None,
+                   style: GatesStyle = REPORT_STYLE) -> str:
+    """The one "## Gates" section renderer, over plain dicts so a saved run needs no torch.
+
+    ``checkpoints``/``findings``: the entries of ``gates.to_json`` (results.json's
+    "checkpoints" and "gate_findings"); ``labels``: {path: label}, else file names.
+    """
+    labels = labels or {}
+    lines = ["## Gates", "", style.intro, "",
              "| checkpoint | format | step/epoch | n | mean tanh | std | min | max | near-zero | "
              "saturated |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    labels = label_map(results)
-    for c in results.get("checkpoints", []):
+    for c in checkpoints:
         s = c.get("stats") or {}
-        axis, x = checkpoint_position(c)
-        when = "-" if x is None else f"{axis} {x}" + (
-            " (file name)" if c.get("step") is None and c.get("epoch") is None else "")
         g = lambda k: _g(s.get(k))  # noqa: E731
-        lines.append(f"| `{label_of(labels, c['path'])}` | {c.get('format', '-')} | {when} | "
+        lines.append(f"| `{label_of(labels, c['path'])}` | {c.get('format', '-')} | "
+                     f"{_when(c, style.position_from_file_name)} | "
                      f"{s.get('n', '-')} | {g('mean')} | {g('std')} | {g('min')} | {g('max')} | "
                      f"{_pct(s.get('near_zero_share'))} | {_pct(s.get('saturated_share'))} |")
     lines.append("")
     if plot:
         lines += [f"![gate trajectory]({plot})", ""]
-    findings = results.get("gate_findings") or []
     if findings:
         lines += ["| severity | code | where | what |", "|---|---|---|---|"]
         for f in findings:
-            subject = str(f.get("subject", ""))
-            where = label_of(labels, subject) if ("/" in subject or "\\" in subject) else subject
-            lines.append(f"| {f['severity']} | `{f['code']}` | {where} | "
-                         f"{str(f['message']).replace('|', '/')} |")
+            where = str(f.get("subject", ""))
+            if style.label_subjects and ("/" in where or "\\" in where):
+                where = label_of(labels, where)
+            message = str(f["message"])
+            message = message.replace("|", "/") if style.escape_pipes else message
+            lines.append(f"| {f['severity']} | `{f['code']}` | {where} | {message} |")
     else:
         lines.append("No gate findings.")
-    lines += ["", f"Gate verdict: **{gate_verdict(results).upper()}**", ""]
+    lines += ["", f"Gate verdict: **{findings_verdict(findings).upper()}**", ""]
     return "\n".join(lines)
 
 
+def _when(c: dict[str, Any], from_file_name: bool) -> str:
+    if not from_file_name:          # as recorded, nothing else
+        step, epoch = c.get("step"), c.get("epoch")
+        return f"step {step}" if step is not None else (
+            f"epoch {epoch}" if epoch is not None else "-")
+    axis, x = checkpoint_position(c)
+    return "-" if x is None else f"{axis} {x}" + (
+        " (file name)" if c.get("step") is None and c.get("epoch") is None else "")
+
+
+def gates_section(results: dict[str, Any], plot: str | None = None) -> str:
+    """Gate health from results.json (checkpoints' stats and findings, gate_findings)."""
+    return gates_markdown(results.get("checkpoints", []), results.get("gate_findings") or [],
+                          plot=plot, labels=label_map(results), style=REPORT_STYLE)
+
+
 def gate_verdict(results: dict[str, Any]) -> str:
-    severities = {f.get("severity") for f in results.get("gate_findings") or []}
+    return findings_verdict(results.get("gate_findings") or [])
+
+
+def findings_verdict(findings: Iterable[dict[str, Any]]) -> str:
+    """The same rule as ``GateReport.verdict``, over finding dicts."""
+    severities = {f.get("severity") for f in findings}
     return "fail" if "fail" in severities else "warn" if "warn" in severities else "pass"
 
 

@@ -154,6 +154,14 @@ def checkpoint_position(entry: dict[str, Any]) -> tuple[str, int | None]:
     return ("epoch" if "epoch" in stem.lower() else "checkpoint number"), int(found.group(1))
 
 
+def has_checkpoint_series(results: dict[str, Any]) -> bool:
+    """Whether some training run (one folder) contributes >= 2 checkpoints. Checkpoints from
+    different folders are different runs (the demo's good/legacy/deadlock, runA vs runB): a
+    metric-vs-epoch line or a gate trajectory across them would connect unrelated models."""
+    folders = [str(PurePath(p).parent) for p in checkpoint_paths(results)]
+    return any(folders.count(f) > 1 for f in set(folders))
+
+
 def checkpoint_axis(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
     """The x axis for metric-vs-epoch plots: {checkpoint path: x}, ordered like the run's rows.
 

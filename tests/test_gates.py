@@ -139,3 +139,39 @@ def test_jsonl_log(tmp_path: Path) -> None:
                     '{"step": 20, "gate_mean": 0.02, "loss": 0.1}\n')
     series = read_logs(path)[0]
     assert series.kind == "jsonl" and list(series.frame["loss"]) == [0.2, 0.1]
+
+
+def test_checkpoints_from_different_runs_are_separate_series(tmp_path: Path) -> None:
+    """runA's healthy rise next to runB's collapse: no trajectory across the two folders."""
+    rising = write_series(tmp_path / "runA", RISING)
+    collapsing = write_series(tmp_path / "runB", COLLAPSE)
+    final_a, final_b = rising[-1], collapsing[-1]
+    # one checkpoint per run (0.8 then 0.29 by epoch number): not a collapse
+    pair = analyse([inspect_checkpoint(p) for p in (final_a, final_b)], [], T)
+    assert "collapse" not in codes(pair) and not pair.trajectory_findings
+    both = analyse([inspect_checkpoint(p) for p in rising + collapsing], [], T)
+    collapses = [f for f in both.findings if f.code == "collapse"]
+    assert [f.subject for f in collapses] == ["checkpoint series runB/"]
+    assert {p.series for p in both.trajectory} == {"runA/", "runB/"}
+    single = analyse([inspect_checkpoint(p) for p in collapsing], [], T)
+    assert {p.series for p in single.trajectory} == {""}
+    assert [f.subject for f in single.findings if f.code == "collapse"] == ["checkpoint series"]
+
+
+def test_trajectory_plot_draws_one_line_per_run(tmp_path: Path) -> None:
+    from gatebench.gates_render import plot_trajectory
+
+    paths = write_series(tmp_path / "runA", RISING) + write_series(tmp_path / "runB", COLLAPSE)
+    report = analyse([inspect_checkpoint(p) for p in paths], [], T)
+    import matplotlib.pyplot as plt
+
+    created: list = []
+    original = plt.subplots
+    plt.subplots = lambda *a, **k: created.append(original(*a, **k)) or created[-1]
+    try:
+        assert plot_trajectory(report, tmp_path / "t.png") is not None
+    finally:
+        plt.subplots = original
+    lines = created[0][1].get_lines()
+    labels = sorted(line.get_label() for line in lines if not line.get_label().startswith("_"))
+    assert labels == ["runA/ (by epoch)", "runB/ (by epoch)"]

@@ -40,6 +40,8 @@ class PairedDiff:
     p_value: float | None
     n: int
     dropped: int = 0   # pairs with a NaN on either side
+    a_value: float | None = None   # the two sides' own values (ratio of sums; mean by default)
+    b_value: float | None = None
 
 
 def _group_sums(numer: np.ndarray, denom: np.ndarray,
@@ -106,25 +108,58 @@ def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], *, n_boot: int
 
     Pairs are resampled together, so layout difficulty cancels. p-value: twice the share of
     replicates on the other side of 0 (capped at 1); pairs with NaN on either side are dropped
-    and counted.
+    and counted. The unit-denominator case of ``paired_ratio_bootstrap``.
     """
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise MetricError(f"expected paired arrays of one length, got {x.size} and {y.size}")
-    keep = np.isfinite(x) & np.isfinite(y)
-    d = x[keep] - y[keep]
-    if d.size == 0:
+    return paired_ratio_bootstrap(a, b, n_boot=n_boot, level=level, seed=seed)
+
+
+def paired_ratio_bootstrap(num_a: Sequence[float], num_b: Sequence[float],
+                           den_a: Sequence[float] | None = None,
+                           den_b: Sequence[float] | None = None, *, n_boot: int = 1000,
+                           level: float = 0.95, seed: int = 0) -> PairedDiff:
+    """sum(num_a)/sum(den_a) - sum(num_b)/sum(den_b), units (layouts) resampled as pairs.
+
+    Why one function: pooled rates (IoU>0.5 rate, region CLIP) are ratios of per-layout sums, and
+    `compare` must resample them exactly like the plain means. Denominators None (both): the
+    mean of the per-pair differences, so ``paired_bootstrap_diff`` keeps its numbers; either
+    side's replicates then use the same resampled indices. Units with a non-finite value are
+    dropped and counted; replicates with a zero resampled denominator are left out of the CI.
+    """
+    x = np.asarray(num_a, dtype=np.float64).ravel()
+    y = np.asarray(num_b, dtype=np.float64).ravel()
+    means = den_a is None and den_b is None
+    dx = np.ones_like(x) if den_a is None else np.asarray(den_a, dtype=np.float64).ravel()
+    dy = np.ones_like(y) if den_b is None else np.asarray(den_b, dtype=np.float64).ravel()
+    if not x.shape == y.shape == dx.shape == dy.shape:
+        raise MetricError(f"expected paired arrays of one length, got {x.size} and {y.size}"
+                          + ("" if means else f" (denominators {dx.size} and {dy.size})"))
+    keep = np.isfinite(x) & np.isfinite(y) & np.isfinite(dx) & np.isfinite(dy)
+    dropped = int((~keep).sum())
+    x, y, dx, dy = x[keep], y[keep], dx[keep], dy[keep]
+    if x.size == 0:
         raise MetricError("expected at least one complete pair, got none")
-    diff = float(d.mean())
-    if d.size < 2 or n_boot <= 0:
-        return PairedDiff(diff, None, None, None, int(d.size), int((~keep).sum()))
+    if not means and (dx.sum() <= 0 or dy.sum() <= 0):
+        raise MetricError("expected a positive denominator on both sides, got a sum of 0")
+    d = x - y
+    if means:
+        a_value, b_value, diff = float(x.mean()), float(y.mean()), float(d.mean())
+    else:
+        a_value, b_value = float(x.sum() / dx.sum()), float(y.sum() / dy.sum())
+        diff = a_value - b_value
+    if x.size < 2 or n_boot <= 0:
+        return PairedDiff(diff, None, None, None, int(x.size), dropped, a_value, b_value)
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):
         nb = min(_CHUNK, n_boot - start)
-        stats[start:start + nb] = d[rng.integers(0, d.size, size=(nb, d.size))].mean(axis=1)
+        idx = rng.integers(0, x.size, size=(nb, x.size))
+        if means:
+            stats[start:start + nb] = d[idx].mean(axis=1)
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                stats[start:start + nb] = (x[idx].sum(axis=1) / dx[idx].sum(axis=1)
+                                           - y[idx].sum(axis=1) / dy[idx].sum(axis=1))
     low, high = _percentiles(stats, level)
     other_side = np.mean(stats <= 0) if diff > 0 else np.mean(stats >= 0)
     p_value = float(min(1.0, 2.0 * other_side)) if diff != 0 else 1.0
-    return PairedDiff(diff, low, high, p_value, int(d.size), int((~keep).sum()))
+    return PairedDiff(diff, low, high, p_value, int(x.size), dropped, a_value, b_value)

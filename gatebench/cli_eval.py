@@ -1,0 +1,240 @@
+"""The evaluation commands: `run`, `compare`, `report` and `score`.
+
+They produce or read back run folders (results.json + samples.jsonl); cli.py registers them on the
+`gatebench` group, so errors and exit codes follow its contract. Heavy imports stay inside each
+command so `gatebench --help` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
+                                   protocol_with_overrides)
+
+
+@click.command()
+@click.option("--ckpt", "checkpoints", multiple=True, required=True,
+              type=click.Path(path_type=Path), help="Adapter checkpoint (repeat for an epoch sweep).")
+@click.option("--protocol", default="oracle-coco2014", show_default=True,
+              help="Protocol name or TOML file.")
+@click.option("--gate-scales", default=None, help="Comma-separated, e.g. 0,0.5,1,2 (0 is always added).")
+@click.option("--num-samples", type=int, default=None, help="Number of layouts (first N).")
+@click.option("--seed", type=int, default=None)
+@click.option("--steps", type=int, default=None, help="Sampler steps.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "fp32"]), default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--base-model", default=None, help="Local diffusers model folder.")
+@click.option("--layouts", default=None, help="Layout JSONL / COCO instances file.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("gatebench-out"),
+              show_default=True, help="Run folder: images/, results.json, samples.jsonl, report.md.")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None,
+              help="A baseline results.json to compare against (paired regression gate).")
+def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
+        num_samples: int | None, seed: int | None, steps: int | None, device: str | None,
+        dtype: str | None, batch_size: int | None, base_model: str | None, layouts: str | None,
+        out: Path, baseline: Path | None) -> None:
+    """Generate from ground-truth boxes at every gate scale and judge each checkpoint.
+
+    Gate pre-flight -> batched generation (cached, resumable) -> detection, CLIP, FID/KID, image
+    health -> pass/fail against the protocol's targets. Exit 0 all targets pass, 1 a target or
+    gate check failed, 2 bad input.
+    """
+    from gatebench.run import RunOptions, run_evaluation
+    from gatebench.run_render import render_run
+
+    base_run = None
+    if baseline is not None:   # read it before hours of generation, not after
+        from gatebench.saved_run import load_run
+        base_run = load_run(baseline)
+    scales = parse_floats(gate_scales, "--gate-scales") if gate_scales else None
+    proto = protocol_with_overrides(protocol, gate_scales=scales, num_samples=num_samples,
+                                    seed=seed, steps=steps, dtype=dtype, device=device,
+                                    batch_size=batch_size, base_model=base_model, layouts=layouts)
+    if base_run is not None:
+        from gatebench.compare import precheck_protocol
+        precheck_protocol(base_run.results, proto)
+    console, _ = consoles()
+    options = RunOptions(out_dir=out, device=device or "auto", batch_size=batch_size,
+                         command=" ".join(["gatebench", *sys.argv[1:]]))
+    result = run_evaluation(list(checkpoints), proto, options,
+                            progress_factory=lambda total: RichProgress(total, "generating"))
+    code = result.exit_code
+    if result.results:          # empty on torchrun ranks other than 0: rank 0 reports
+        render_run(result, console)
+        if base_run is not None:
+            code = max(code, _baseline_check(base_run, result, console))
+    finish(code)
+
+
+def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
+    """`run --baseline`: the paired regression gate on the run just written (compare.json and a
+    report section); its exit code combines with the targets' (1 if either fails)."""
+    from gatebench.compare import comparability_problems, compare_runs
+    from gatebench.compare_render import not_comparable_json, render_terminal, write_verdict
+    from gatebench.errors import NotComparableError
+    from gatebench.report import write_report
+    from gatebench.saved_run import load_run
+
+    candidate = load_run(result.paths["results"])
+    verdict_path = result.out_dir / "compare.json"
+    try:
+        comparison = compare_runs(base_run, candidate)
+    except NotComparableError as exc:
+        reasons = comparability_problems(base_run.results, candidate.results) or [exc.message]
+        write_verdict(not_comparable_json(base_run.path, candidate.path, reasons), verdict_path)
+        raise
+    document = comparison.to_json()
+    write_verdict(document, verdict_path)
+    write_report(result.results, result.samples, result.gate_report, result.out_dir,
+                 comparison=document)
+    render_terminal(comparison, console, all_rows=False)
+    console.print(f"regression verdict: {verdict_path}")
+    return comparison.exit_code
+
+
+@click.command()
+@click.argument("baseline", type=click.Path(path_type=Path))
+@click.argument("candidate", type=click.Path(path_type=Path))
+@click.option("--metric", "metric_options", multiple=True, metavar="NAME=MAX_DROP",
+              help="Allowed drop (a rise for fid/kid/garbled_rate) before a change counts as a "
+              "regression, e.g. iou50_rate=0.03; NAME=off reports without gating; set-level "
+              "ap50/ap/fid/kid gate (on point values) only when named. Repeatable.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the JSON verdict here (also when the runs are not comparable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON verdict on stdout.")
+def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], out: Path | None,
+            as_json: bool) -> None:
+    """Paired regression gate: CANDIDATE results.json against BASELINE results.json.
+
+    Pairs per-sample records (samples.jsonl beside each results.json) of the same layouts and
+    seeds and bootstraps the difference over layouts. Exit 0 no regression, 1 a regression (a
+    change whose whole CI lies beyond the allowed margin on the bad side), 2 not comparable
+    (different protocol, seed, layouts or N; the reason is printed).
+    """
+    from gatebench.compare import comparability_problems, compare_runs
+    from gatebench.compare_render import (not_comparable_json, parse_metric_options,
+                                          render_terminal, write_verdict)
+    from gatebench.errors import NotComparableError
+    from gatebench.saved_run import load_run
+
+    margins = parse_metric_options(metric_options)
+    base_run, cand_run = load_run(baseline), load_run(candidate)
+    try:
+        comparison = compare_runs(base_run, cand_run, margins)
+    except NotComparableError as exc:
+        if out is not None:
+            reasons = comparability_problems(base_run.results, cand_run.results) or [exc.message]
+            write_verdict(not_comparable_json(base_run.path, cand_run.path, reasons), out)
+        raise
+    document = comparison.to_json()
+    if out is not None:
+        write_verdict(document, out)
+    if as_json:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        console, _ = consoles()
+        render_terminal(comparison, console)
+        if out is not None:
+            console.print(f"wrote {out}")
+    finish(comparison.exit_code)
+
+
+@click.command()
+@click.argument("results", type=click.Path(path_type=Path))
+@click.option("--format", "fmt_name", type=click.Choice(["md", "latex", "html"]), default="md",
+              show_default=True, help="md: report.md + PNGs; latex: booktabs tables (.tex); "
+              "html: one self-contained file.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output file (default: report.md/.tex/.html beside RESULTS); figures are "
+              "written beside it.")
+def report(results: Path, fmt_name: str, out: Path | None) -> None:
+    """Re-render a run's report from results.json + samples.jsonl, recomputing nothing.
+
+    Exit 0 when written (the run's verdict is in the report), 2 on unreadable input.
+    """
+    from gatebench.report import rerender
+
+    path = rerender(results, fmt_name, out)
+    console, _ = consoles()
+    console.print(f"wrote {path}")
+    finish(0)
+
+
+@click.command()
+@click.option("--images", type=click.Path(path_type=Path), required=True,
+              help="Folder of images; each pairs with a layout by file name (image_path stem).")
+@click.option("--layouts", type=click.Path(path_type=Path), required=True,
+              help="Layout JSONL, results.jsonl or COCO instances json.")
+@click.option("--detections", type=click.Path(path_type=Path), default=None,
+              help="Detections JSONL from any detector (see README); replaces the protocol's detector.")
+@click.option("--protocol", default=None, help="Protocol name or TOML (models, thresholds, targets).")
+@click.option("--skip-bad", is_flag=True, help="Skip invalid layout rows (counted and reported).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the machine-readable result on stdout.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write samples.jsonl and score.json here.")
+def score(images: Path, layouts: Path, detections: Path | None, protocol: str | None,
+          skip_bad: bool, device: str, as_json: bool, out: Path | None) -> None:
+    """Score images made elsewhere against their layouts (no generation).
+
+    Metrics whose model is not configured are reported as not computed, never as a number:
+    with only --detections, the grounding metrics alone. Exit 1 when a protocol target fails.
+    """
+    import dataclasses
+
+    from gatebench.evalmodels import load_eval_models
+    from gatebench.protocol import Protocol, load_protocol
+    from gatebench.run import resolve_device, write_json
+    from gatebench.score import score_folder, write_samples_jsonl
+    from gatebench.verdict import evaluate_targets
+
+    proto = load_protocol(protocol) if protocol else Protocol(name="score")
+    # Targets of a generation protocol name gate scales; here every image counts once.
+    proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
+                                                     for t in proto.targets))
+    if detections is not None:
+        proto = proto.replace(models={"detector": None})
+    dev = resolve_device(device)
+    models = load_eval_models(proto, device=dev) if protocol else None
+    kwargs = models.score_kwargs() if models else {}
+    result = score_folder(images, layouts, proto, detections, skip_bad=skip_bad, **kwargs)
+    row = {"checkpoint": str(images), "gate_scale": None, "n_images": len(result.samples),
+           "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
+           "not_computed": dict(result.not_computed)}
+    targets = evaluate_targets(proto.targets, [row])
+    document = {"schema_version": 1, "images": str(images), "layouts": str(layouts),
+                "protocol": proto.name, **result.to_dict(),
+                "models": models.identity() if models else {},
+                "targets": [t.to_dict() for t in targets],
+                "verdict": "fail" if any(not t.passed for t in targets) else "pass"}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_samples_jsonl(result.samples, out / "samples.jsonl")
+        write_json(out / "score.json", document)
+    if as_json:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+    else:
+        from gatebench.report import value_ci
+        console, _ = consoles()
+        table = Table(title=f"{len(result.samples)} images in {images}", title_justify="left")
+        for column in ("metric", "value [95% CI]", "n"):
+            table.add_column(column)
+        for name, value in result.metrics.items():
+            table.add_row(name, value_ci(value.to_dict()), str(value.n))
+        for name, reason in result.not_computed.items():
+            table.add_row(name, f"[yellow]not computed[/yellow] ({reason})", "-")
+        console.print(table)
+        for t in targets:
+            mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
+            console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {t.note}")
+        if out is not None:
+            console.print(f"wrote {out / 'samples.jsonl'} and {out / 'score.json'}")
+    finish(1 if document["verdict"] == "fail" else 0)
