@@ -25,18 +25,16 @@ class GatesStyle:
     intro: str
     position_from_file_name: bool   # no step/epoch recorded: "epoch 3 (file name)", not "-"
     label_subjects: bool            # a finding about a checkpoint path names its label instead
-    escape_pipes: bool              # "|" in a message becomes "/" so it cannot split the row
 
 
 _RULES = "near-zero: |raw| below the protocol's threshold; saturated: |tanh| above it."
 # `gatebench report` (from results.json)
 REPORT_STYLE = GatesStyle(
     "Statistics of tanh(raw gate) per checkpoint (at inference the effective gate is gate scale "
-    "x tanh(raw gate)); " + _RULES, position_from_file_name=True, label_subjects=True,
-    escape_pipes=True)
+    "x tanh(raw gate)); " + _RULES, position_from_file_name=True, label_subjects=True)
 # `gatebench gates --out` and the demo (from a live GateReport's to_json)
 LIVE_STYLE = GatesStyle("Effective gate = tanh(raw gate); " + _RULES,
-                        position_from_file_name=False, label_subjects=False, escape_pipes=False)
+                        position_from_file_name=False, label_subjects=False)
 
 
 def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dict[str, Any]], *,
@@ -67,8 +65,7 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
             where = str(f.get("subject", ""))
             if style.label_subjects and ("/" in where or "\\" in where):
                 where = label_of(labels, where)
-            message = str(f["message"])
-            message = message.replace("|", "/") if style.escape_pipes else message
+            message = str(f["message"]).replace("|", "/")   # "|tanh|" must not split the row
             lines.append(f"| {f['severity']} | `{f['code']}` | {where} | {message} |")
     else:
         lines.append("No gate findings.")

@@ -175,3 +175,14 @@ def test_trajectory_plot_draws_one_line_per_run(tmp_path: Path) -> None:
     lines = created[0][1].get_lines()
     labels = sorted(line.get_label() for line in lines if not line.get_label().startswith("_"))
     assert labels == ["runA/ (by epoch)", "runB/ (by epoch)"]
+
+
+def test_gates_markdown_rows_keep_their_columns(tmp_path: Path) -> None:
+    """The saturated finding's "|tanh(gate)|" must not add table cells."""
+    from gatebench.gates_render import render_markdown
+
+    path = tmp_path / "sat.pt"
+    torch.save(user_state(3.0), path)
+    text = render_markdown(analyse([inspect_checkpoint(path)], [], T))
+    findings = [line for line in text.splitlines() if line.startswith("| warn")]
+    assert findings and all(line.count("|") == 5 for line in findings)
