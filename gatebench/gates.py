@@ -310,6 +310,9 @@ def to_json(report: GateReport) -> dict[str, Any]:
             "family": info.family, "size_bytes": info.size_bytes,
             "step": info.training.step, "epoch": info.training.epoch,
             "init_scheme": info.training.init_scheme,
+            # what the adapter computes (query source, null slot, region attention): results
+            # from differently built adapters are different claims
+            "adapter_config": dict(info.adapter_config),
             "scale_range": [info.training.scale_min, info.training.scale_max],
             "gates": [{"key": g.key, "layer": g.layer, "kind": g.kind, "width": g.width,
                        "raw": _num(g.raw), "effective": _num(g.effective),

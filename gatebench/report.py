@@ -240,7 +240,10 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
            f"- phrase encoding: {gen.get('phrase_encoding')}; CFG unconditional half: boxes "
            f"`{gen.get('uncond_boxes')}`"]
     for c in results["checkpoints"]:
-        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`")
+        built = {k: c.get("adapter_config", {}).get(k) for k in ("query", "null_slot", "box_mask")
+                 if k in c.get("adapter_config", {})}
+        extra = ("; adapter " + ", ".join(f"{k} {v}" for k, v in built.items())) if built else ""
+        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`{extra}")
     for name, model in results["models"].items():
         if not isinstance(model, dict):
             continue

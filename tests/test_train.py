@@ -106,6 +106,8 @@ def test_trained_checkpoint_runs_through_gatebench_run(world, tmp_path: Path) ->
     assert result.exit_code in (0, 1), result.output
     doc = json.loads((out / "results.json").read_text())
     assert doc["checkpoints"][0]["init_scheme"] == "gligen"
+    assert doc["checkpoints"][0]["adapter_config"]["box_mask"] is True
+    assert "adapter query stream, null_slot True, box_mask True" in (out / "report.md").read_text()
     assert any(f["code"] == "extrapolated_scale" for f in doc["gate_findings"])
 
 
