@@ -16,6 +16,7 @@ import numpy as np
 from gatebench.checkpoint import CheckpointInfo
 from gatebench.logs import LogSeries
 from gatebench.protocol import GateThresholds
+from gatebench.saved_run import checkpoint_labels, training_run
 
 SCHEMA_VERSION = 1
 Severity = Literal["fail", "warn"]
@@ -258,13 +259,11 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
         findings = checkpoint_findings(info, stats, thresholds) + scale_findings(info, scales)
         reports.append(CheckpointReport(info, stats, tuple(findings)))
     ordered = sorted(reports, key=lambda r: order_key(r.info)[1])
-    # One training run writes its checkpoints into one folder: checkpoints from different
-    # folders (runA/final.pt, runB/final.pt; the demo's good/legacy/deadlock) are separate
-    # series, and a "trajectory" across them would report collapses that never happened.
+    # Checkpoints of different training runs are separate series (saved_run.training_run).
     runs: dict[str, list[CheckpointReport]] = {}
     for r in ordered:
-        runs.setdefault(str(r.info.path.parent), []).append(r)
-    names = _series_names(list(runs))
+        runs.setdefault(training_run(r.info.path), []).append(r)
+    names = {folder: label + "/" for folder, label in checkpoint_labels(list(runs)).items()}
     axes = {order_key(r.info)[0] for r in ordered}
     axis = axes.pop() if len(axes) == 1 else "checkpoint"
     points: list[TrajectoryPoint] = []
@@ -291,13 +290,6 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
     return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports),
                       trajectory=tuple(points), trajectory_axis=axis,
                       trajectory_findings=tuple(traj))
-
-
-def _series_names(folders: list[str]) -> dict[str, str]:
-    """Folder -> a short name for its series: the folder's own name, with parents on a clash."""
-    from gatebench.saved_run import checkpoint_labels  # noqa: PLC0415
-
-    return {folder: label + "/" for folder, label in checkpoint_labels(folders).items()}
 
 
 def to_json(report: GateReport) -> dict[str, Any]:

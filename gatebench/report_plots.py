@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.saved_run import (checkpoint_axis, checkpoint_paths, has_checkpoint_series,
+from gatebench.saved_run import (checkpoint_axis, checkpoint_paths, is_one_training_run,
                                  label_map, label_of, resolve_image)
 
 CELL_PX = 192            # grid cells are enlarged to at least this many pixels
@@ -154,7 +154,7 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
 
 def plot_metric_vs_epoch(results: dict[str, Any], out: Path) -> Path | None:
     names = metric_names(results)
-    if not has_checkpoint_series(results) or not names:
+    if not is_one_training_run(results) or not names:
         return None
     axis, xs = checkpoint_axis(results)
     scales = sorted({float(r["gate_scale"]) for r in results["results"]})
@@ -188,7 +188,7 @@ def plot_metric_vs_epoch(results: dict[str, Any], out: Path) -> Path | None:
 def plot_gate_trajectory(results: dict[str, Any], out: Path) -> Path | None:
     """Gate mean over the run's checkpoints (from results.json stats; >= 2 checkpoints)."""
     entries = [c for c in results.get("checkpoints", []) if c.get("stats")]
-    if len(entries) < 2 or not has_checkpoint_series(results):
+    if len(entries) < 2 or not is_one_training_run(results):
         return None
     axis, xs = checkpoint_axis(results)
     pts = sorted((xs.get(str(c["path"]), float(i + 1)), c["stats"]) for i, c in enumerate(entries))

@@ -154,12 +154,17 @@ def checkpoint_position(entry: dict[str, Any]) -> tuple[str, int | None]:
     return ("epoch" if "epoch" in stem.lower() else "checkpoint number"), int(found.group(1))
 
 
-def has_checkpoint_series(results: dict[str, Any]) -> bool:
-    """Whether some training run (one folder) contributes >= 2 checkpoints. Checkpoints from
-    different folders are different runs (the demo's good/legacy/deadlock, runA vs runB): a
-    metric-vs-epoch line or a gate trajectory across them would connect unrelated models."""
-    folders = [str(PurePath(p).parent) for p in checkpoint_paths(results)]
-    return any(folders.count(f) > 1 for f in set(folders))
+def training_run(path: str | Path) -> str:
+    """The training run a checkpoint belongs to: its folder (one run writes into one folder).
+    Checkpoints of different runs (the demo's good/legacy/deadlock, runA vs runB) must never be
+    joined into one trajectory: that would report collapses and trends that never happened."""
+    return str(PurePath(str(path)).parent)
+
+
+def is_one_training_run(results: dict[str, Any]) -> bool:
+    """>= 2 checkpoints, all from one run: only then is a metric-vs-epoch line meaningful."""
+    paths = checkpoint_paths(results)
+    return len(paths) > 1 and len({training_run(p) for p in paths}) == 1
 
 
 def checkpoint_axis(results: dict[str, Any]) -> tuple[str, dict[str, float]]:

@@ -75,3 +75,21 @@ def test_narrow_terminal_shows_headline_metrics_without_truncation() -> None:
     text = wide.export_text()
     assert "…" not in text and "region clip score" in text and "all matched rate" in text
     assert "narrow" not in text and "95% CIs are in" in text
+
+
+def test_no_metric_or_gate_line_joins_different_training_runs(tmp_path: Path) -> None:
+    """runA/final.pt and runB/final.pt are two runs: no metric-vs-epoch or gate trajectory
+    line may connect them; the golden run's two epochs of one folder keep theirs."""
+    from gatebench.report_plots import plot_gate_trajectory, plot_metric_vs_epoch
+    from gatebench.saved_run import is_one_training_run
+
+    golden = json.loads((GOLDEN / "results.json").read_text(encoding="utf-8"))
+    assert is_one_training_run(golden)
+    assert plot_metric_vs_epoch(golden, tmp_path / "one.png") is not None
+    two_runs = _same_named_golden()
+    for c in two_runs["checkpoints"]:
+        c["path"] = {"ckpt/epoch_1.pt": "runs/runA/final.pt",
+                     "ckpt/epoch_2.pt": "runs/runB/final.pt"}[c["path"]]
+    assert not is_one_training_run(two_runs)
+    assert plot_metric_vs_epoch(two_runs, tmp_path / "two.png") is None
+    assert plot_gate_trajectory(two_runs, tmp_path / "gates.png") is None
