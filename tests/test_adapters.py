@@ -101,7 +101,9 @@ def test_token_box_mask_marks_cells_inside_each_box() -> None:
     assert region[0, :, 1].nonzero().flatten().tolist() == [4 * 8 + 4]
     tall = token_box_mask(torch.tensor([[[0.0, 0.0, 0.5, 1.0]]]), 32, aspect=2.0)  # 8 rows x 4 cols
     assert tall[0, :, 0].view(8, 4)[:, :2].all() and tall[0, :, 0].sum() == 16
-    with pytest.raises(ValueError, match="grid"):
+    from gatebench.errors import ProtocolError
+
+    with pytest.raises(ProtocolError, match="grid"):
         token_box_mask(boxes, 60, aspect=1.0)
 
 

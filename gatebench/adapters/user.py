@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gatebench.errors import CheckpointError
+from gatebench.errors import CheckpointError, ProtocolError
 
 INIT_SCHEMES = {
     # name: (gate value, zero to_out?)  -- the user's history, see formats.md
@@ -102,8 +102,10 @@ def token_box_mask(boxes: torch.Tensor, length: int, aspect: float = 1.0) -> tor
     rows = max(1, round(math.sqrt(length * aspect)))
     cols = length // rows
     if rows * cols != length:
-        raise ValueError(f"expected {length} tokens to form a grid of aspect {aspect:.3g}, "
-                         f"got {rows}x{cols}")
+        raise ProtocolError(f"expected {length} image tokens to form a grid of aspect "
+                            f"{aspect:.3g} for box_mask, got {rows}x{cols}",
+                            hint="use a [generation] height and width divisible by the UNet's "
+                                 "total downsampling")
     ys = (torch.arange(rows, device=boxes.device, dtype=boxes.dtype) + 0.5) / rows
     xs = (torch.arange(cols, device=boxes.device, dtype=boxes.dtype) + 0.5) / cols
     cy, cx = (c.reshape(1, -1, 1) for c in torch.meshgrid(ys, xs, indexing="ij"))
