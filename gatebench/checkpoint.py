@@ -296,8 +296,24 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
     return CheckpointInfo(path=path, sha256=sha256 or file_sha256(path),
                           size_bytes=path.stat().st_size, format=fmt, family=family, gates=gates,
                           training=TrainingMeta.from_dict(header.get("training")),
-                          adapter_config=dict(header.get("adapter_config") or {}),
+                          adapter_config=_forward_config(family, header, state),
                           base_model=dict(header.get("base_model") or {}))
+
+
+def _forward_config(family: str, header: Mapping[str, Any], state: Mapping[str, Any]) -> dict:
+    """How this checkpoint's adapter will be run: every forward choice and the reference it
+    follows. Bare files follow their family's reference; gatebench files say what they are."""
+    from gatebench.adapters.gligen import GLIGEN_CONFIG
+    from gatebench.adapters.user import AdapterSet, resolve_config
+
+    recorded = dict(header.get("adapter_config") or {})
+    if family == "gligen":
+        return {**GLIGEN_CONFIG, **recorded}
+    try:
+        return resolve_config(recorded) if recorded.get("widths") else \
+            AdapterSet.config_from_state(state)
+    except CheckpointError:
+        return recorded     # gates-only files: `gates` works, loading the adapter says why not
 
 
 def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:

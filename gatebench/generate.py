@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import time
@@ -38,6 +37,28 @@ DETERMINISTIC_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolve
                             "LMSDiscreteScheduler", "DEISMultistepScheduler")
 
 
+# What the unconditional half of classifier-free guidance gets (each family's reference first):
+#   grounded  the same boxes, phrases and gate scale as the conditional half (the user's inference)
+#   null      the same boxes with mask 0 (null objects), adapter active (diffusers' GLIGEN pipeline)
+#   off       no adapter at all (gatebench's trainer drops the boxes with the caption)
+#   reference each adapter family's own reference (REFERENCE_UNCOND)
+UNCOND_TREATMENTS = ("reference", "grounded", "null", "off")
+UNCOND_ALIASES = {"drop": "off", "keep": "grounded"}     # the names before gatebench 0.2
+REFERENCE_UNCOND = {"user": "grounded", "gligen": "null"}
+
+
+def resolve_uncond(setting: str, family: str) -> str:
+    """The CFG treatment one adapter family gets: ``reference`` resolves to its reference's."""
+    setting = UNCOND_ALIASES.get(setting, setting)
+    return REFERENCE_UNCOND[family] if setting == "reference" else setting
+
+
+def grounded_steps(fraction: float, steps: int) -> int:
+    """Scheduled sampling: the adapter runs for the first int(fraction * steps) steps, as
+    diffusers' GLIGEN pipeline counts ``num_grounding_steps``."""
+    return int(fraction * steps)
+
+
 @dataclass(frozen=True)
 class SamplerSettings:
     steps: int
@@ -51,6 +72,11 @@ class SamplerSettings:
     phrase_max_length: int = 32
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "uncond_boxes", UNCOND_ALIASES.get(self.uncond_boxes,
+                                                                    self.uncond_boxes))
+        if self.uncond_boxes not in UNCOND_TREATMENTS:
+            raise ProtocolError(f"expected uncond_boxes in {', '.join(UNCOND_TREATMENTS)}, got "
+                                f"{self.uncond_boxes!r}", hint="set [generation] uncond_boxes")
         if self.scheduler not in DETERMINISTIC_SCHEDULERS:
             raise ProtocolError(f"expected a deterministic scheduler ({', '.join(DETERMINISTIC_SCHEDULERS)}),"
                                 f" got {self.scheduler!r}", hint="set [generation] scheduler")
@@ -207,25 +233,30 @@ class Sampler:
                 torch.zeros(0, 1)
         return key
 
-    def _grounding(self, jobs: Sequence[ImageJob], cfg: bool, key: str = "base") -> Grounding:
-        n = max(1, max(min(len(j.layout.objects), self.settings.max_boxes) for j in jobs))
+    def _grounding(self, jobs: Sequence[ImageJob], cfg: bool, key: str = "base",
+                   uncond: str = "grounded", slots: int | None = None) -> Grounding:
+        """Boxes padded with mask 0: to the batch's maximum, or to ``slots`` for families whose
+        null slots take part in the attention (GLIGEN: always 30, else an image would depend on
+        the other layouts in its batch)."""
+        counts = [min(len(j.layout.objects), self.settings.max_boxes, slots or 1 << 30)
+                  for j in jobs]
+        n = slots or max(1, max(counts))
         b = len(jobs)
         boxes = torch.zeros(b, n, 4)
         dim = max(self._phrases[(key, j.layout.layout_id)].shape[-1] for j in jobs)
         phrases = torch.zeros(b, n, dim if dim > 1 else self.base.phrase_dim)
         mask = torch.zeros(b, n)
-        for row, job in enumerate(jobs):
-            objects = job.layout.objects[: self.settings.max_boxes]
-            if objects:
-                boxes[row, :len(objects)] = torch.tensor([o.bbox for o in objects])
-                phrases[row, :len(objects)] = self._phrases[(key, job.layout.layout_id)].float()
-                mask[row, :len(objects)] = 1.0
+        for row, (job, count) in enumerate(zip(jobs, counts)):
+            if count:
+                objects = job.layout.objects[:count]
+                boxes[row, :count] = torch.tensor([o.bbox for o in objects])
+                phrases[row, :count] = self._phrases[(key, job.layout.layout_id)][:count].float()
+                mask[row, :count] = 1.0
         scale = torch.tensor([j.gate_scale for j in jobs])
         if cfg:
-            keep = self.settings.uncond_boxes == "keep"
             boxes, phrases = torch.cat([boxes, boxes]), torch.cat([phrases, phrases])
-            mask = torch.cat([mask if keep else torch.zeros_like(mask), mask])
-            scale = torch.cat([scale if keep else torch.zeros_like(scale), scale])
+            mask = torch.cat([mask if uncond == "grounded" else torch.zeros_like(mask), mask])
+            scale = torch.cat([torch.zeros_like(scale) if uncond == "off" else scale, scale])
         device = self.base.device
         return Grounding(boxes.to(device), phrases.to(device), mask.to(device), scale.to(device),
                          aspect=self.settings.height / self.settings.width)
@@ -263,12 +294,15 @@ class Sampler:
         scheduler.set_timesteps(s.steps, device=base.device)
         x = noise.to(base.device, base.dtype) * scheduler.init_noise_sigma
         kwargs = base.unet_kwargs(emb, s.height, s.width)
-        grounding = self._grounding(jobs, cfg, self._phrase_key([j.layout for j in jobs], adapter)) \
-            if adapter is not None else None
-        grounded_steps = int(math.ceil(s.grounding_fraction * s.steps))
+        grounding = None
+        if adapter is not None:
+            key = self._phrase_key([j.layout for j in jobs], adapter)
+            grounding = self._grounding(jobs, cfg, key, resolve_uncond(s.uncond_boxes, adapter.family),
+                                        getattr(adapter, "fixed_slots", None))
+        active_steps = grounded_steps(s.grounding_fraction, s.steps)
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)
-            active = grounding if i < grounded_steps else None
+            active = grounding if i < active_steps else None
             with adapter.grounded(active) if adapter is not None else nullcontext():
                 pred = base.unet(model_in, t, encoder_hidden_states=emb.hidden, **kwargs).sample
             if cfg:

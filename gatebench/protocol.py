@@ -73,7 +73,9 @@ class GenerationSpec:
     guidance_scale: float = 5.0
     scheduler: str = "DDIMScheduler"
     grounding_fraction: float = 1.0     # GLIGEN scheduled sampling: boxes for the first beta of steps
-    uncond_boxes: Literal["drop", "keep"] = "drop"
+    # CFG's unconditional half (generate.UNCOND_TREATMENTS): "reference" = each family's own
+    # reference (user: grounded, gligen: null); "drop"/"keep" are the pre-0.2 names of off/grounded
+    uncond_boxes: Literal["reference", "grounded", "null", "off", "drop", "keep"] = "reference"
     height: int | None = None
     width: int | None = None
     batch_size: int = 8

@@ -24,7 +24,7 @@ from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
 from gatebench.errors import GatebenchError, ModelFileError
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
-                                layout_seed, read_png_meta)
+                                grounded_steps, layout_seed, read_png_meta, resolve_uncond)
 from gatebench.layouts import Layout, load_layouts
 from gatebench.protocol import Protocol
 from gatebench.saved_run import checkpoint_labels
@@ -148,8 +148,9 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     stats = GenerationStats()
     identity = base.identity()
+    # recipe 2: the adapter families follow their references (user forward, GLIGEN pipeline)
     common = {"base": identity, "sampler": sampler.settings.to_dict(), "seed": protocol.seed,
-              "gatebench_recipe": 1}
+              "gatebench_recipe": 2}
     root = options.out_dir / "images"
     batch = options.batch_size or protocol.generation.batch_size
     base_cache = ImageCache(root, "base", {**common, "adapter": None})
@@ -162,10 +163,13 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     for info in infos:
         items[(info.sha256, 0.0)] = [ImageItem(zero_path[lay.layout_id], lay, 0.0, None)
                                      for lay in layouts]
+        uncond = resolve_uncond(sampler.settings.uncond_boxes, info.family)
         cache = ImageCache(root, info.path.stem, {**common, "adapter": {
-            "sha256": info.sha256, "family": info.family}})
+            "sha256": info.sha256, "family": info.family, "forward": dict(info.adapter_config),
+            "uncond": uncond}})
         caches.append({"adapter": str(info.path), "folder": str(cache.folder),
-                       "recipe_sha256": cache.hash})
+                       "recipe_sha256": cache.hash, "uncond_boxes": uncond,
+                       "reference": info.adapter_config.get("reference")})
         jobs = [ImageJob(lay, s, layout_seed(protocol.seed, lay.layout_id),
                          cache.path_for(lay.layout_id, s)) for s in scales if s != 0.0
                 for lay in layouts]
@@ -325,6 +329,8 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                                         if gen_stats.generated else None)
     generation = {**gen_stats.to_dict(), "world_size": world, "phrase_encoding": base.phrase_encoding,
                   "uncond_boxes": protocol.generation.uncond_boxes, "caches": caches,
+                  "grounded_steps": grounded_steps(protocol.generation.grounding_fraction,
+                                                   protocol.generation.steps),
                   "images_total": n_images}
     models = {"base": base.identity(), **eval_models.identity()}
     results = build_results(protocol=protocol, infos=infos, gate_report=gate_report, rows=rows,

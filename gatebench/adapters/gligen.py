@@ -2,26 +2,45 @@
 
 The checkpoint holds the fusers (``...fuser.alpha_attn`` etc.) and ``position_net``. We build a
 gated copy of the base UNet, load the base weights plus the adapter's, and swap it in while the
-adapter is attached. Phrases are encoded as diffusers' GLIGEN pipeline does: the CLIP text
-encoder's ``pooler_output`` per phrase (not the user family's mean-pooling). The gate scale s
-blends each fuser's residual, ``x + s * (fuser(x) - x)``, exactly like the user family.
+adapter is attached. The reference is diffusers' ``StableDiffusionGLIGENPipeline`` (tested image
+for image in tests/test_parity_gligen.py), so we do what it does:
+
+* objects padded to a fixed 30 slots: masked slots become the position net's learned null
+  features and still take part in every fuser's self-attention;
+* the unconditional CFG half gets null objects (mask 0) with the fusers ON
+  (generate.REFERENCE_UNCOND);
+* phrases: a layout's phrases tokenized together (padding to the longest, the attention mask
+  passed) -> the CLIP text encoder's ``pooler_output``;
+* scheduled sampling: fusers on for the first int(beta * steps) steps (generate.grounded_steps).
+
+The gate scale s blends each fuser's residual, ``x + s * (fuser(x) - x)``: s = 1 is the pipeline.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from gatebench.adapters.user import Grounded, Grounding
-from gatebench.checkpoint import CheckpointInfo
 from gatebench.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from gatebench.checkpoint import CheckpointInfo
+
+
+GLIGEN_SLOTS = 30           # the pipeline's max_objs
+GLIGEN_CONFIG = {"family": "gligen", "reference": "diffusers StableDiffusionGLIGENPipeline",
+                 "slots": GLIGEN_SLOTS, "phrases": "pooler_output, padding longest + mask",
+                 "uncond": "null objects, fusers on"}
 
 
 class GligenAdapterRuntime(Grounded):
     family = "gligen"
     phrase_key = "gligen-pooler"
+    fixed_slots = GLIGEN_SLOTS
+    config = GLIGEN_CONFIG
 
-    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
+    def __init__(self, info: "CheckpointInfo", state: dict[str, torch.Tensor], base: Any) -> None:
         from diffusers import UNet2DConditionModel
 
         if base.kind not in ("sd", "pixel"):
@@ -56,21 +75,21 @@ class GligenAdapterRuntime(Grounded):
                         if name.endswith(".fuser")]
         self.handles.append(gated.register_forward_pre_hook(self._kwargs, with_kwargs=True))
         base.unet = gated
-        self.phrase_encoding = ("gligen: each phrase -> tokenizer (max_length of the tokenizer) -> "
-                                "text_encoder pooler_output (as diffusers' GLIGEN pipeline)")
+        self.phrase_encoding = ("gligen: a layout's phrases tokenized together (padding to the "
+                                "longest, truncation at the tokenizer's max length) -> text_encoder "
+                                "with the attention mask -> pooler_output (as diffusers' GLIGEN "
+                                "pipeline)")
 
     @torch.no_grad()
     def encode_phrases(self, phrases: list[str]) -> torch.Tensor:
+        """One layout's phrases, as the pipeline encodes ``gligen_phrases`` (all of them, in one
+        call; the pipeline has no rule for empty phrases, so neither do we)."""
         base = self.base
-        out = torch.zeros(len(phrases), base.text_encoder.config.hidden_size)
-        keep = [i for i, p in enumerate(phrases) if p]
-        if keep:
-            tokens = base.tokenizer([phrases[i] for i in keep], padding="max_length",
-                                    max_length=base.tokenizer.model_max_length, truncation=True,
-                                    return_tensors="pt")
-            pooled = base.text_encoder(tokens.input_ids.to(base.device)).pooler_output
-            out[keep] = pooled.float().cpu()
-        return out
+        tokens = base.tokenizer(list(phrases), padding=True, truncation=True,
+                                max_length=base.tokenizer.model_max_length, return_tensors="pt")
+        out = base.text_encoder(input_ids=tokens.input_ids.to(base.device),
+                                attention_mask=tokens.attention_mask.to(base.device))
+        return out.pooler_output.float().cpu()
 
     def _kwargs(self, _module, args: tuple, kwargs: dict):
         g = self.grounding

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch
 
-from gatebench.adapters.user import AdapterSet, Grounding, inject
+from gatebench.adapters.user import AdapterSet, Grounding, inject, resolve_config
 from gatebench.checkpoint import CheckpointInfo, inspect_checkpoint, read_raw, strip_module_prefix
 from gatebench.errors import CheckpointError
 
@@ -29,10 +29,12 @@ class UserAdapterRuntime:
     """The user's per-width adapters, applied by forward hooks after every attn2."""
 
     family = "user"
+    fixed_slots: int | None = None  # boxes padded to the batch's maximum: masks make it exact
 
     def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
         config = dict(info.adapter_config) if info.adapter_config.get("widths") else \
             AdapterSet.config_from_state(state)
+        self.config = resolve_config(config)
         if int(config["text_dim"]) != int(base.phrase_dim):
             raise CheckpointError(
                 f"expected the adapter's phrase width to equal the base model's phrase encoder "
@@ -40,13 +42,14 @@ class UserAdapterRuntime:
                 f"{config['text_dim']}", path=info.path,
                 hint="this checkpoint was trained on a different base model")
         self.info = info
-        self.adapters = AdapterSet.from_config(config)
+        self.adapters = AdapterSet.from_config(self.config)
         missing, unexpected = self.adapters.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"expected the user adapter layout, got missing keys "
                                   f"{missing[:3]} and unexpected keys {unexpected[:3]}",
                                   path=info.path)
-        self.adapters.to(device=base.device, dtype=base.dtype).eval().requires_grad_(False)
+        # float32 whatever the UNet's dtype, as the user's inference casts its adapter
+        self.adapters.to(device=base.device, dtype=torch.float32).eval().requires_grad_(False)
         self.injection = inject(base.unet, self.adapters)
 
     def grounded(self, grounding: Grounding | None) -> AbstractContextManager[None]:

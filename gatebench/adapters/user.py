@@ -1,28 +1,34 @@
-"""The user's adapter family: one gated box-attention adapter per UNet width, after each attn2.
+"""The user's adapter family: one gated box-attention adapter per UNet width, at every attn2.
 
-Key for key compatible with the user's checkpoints (shared/seed/formats.md). At every
-cross-attention output ``h`` of width D::
+By default this IS the user's own module (shared/seed/formats.md, "The reference forward of the
+user family"; tested against an independent restatement in tests/test_parity_user.py). At each
+cross-attention (attn2) of width D, with ``h`` = attn2's OUTPUT (before the block's residual)::
 
-    context = position_net(boxes) + text_proj(phrases)        (masked by the valid-box mask)
-    out     = h + tanh(gate) * to_out(attention(q=h, k=v=context))
-    result  = h + s * (out - h)                                (s: the inference gate scale)
+    fourier = [sin(2 pi f c), cos(2 pi f c)] for c in x1, y1, x2, y2, f = the ``freqs`` buffer
+    context = (position_net(fourier) + text_proj(phrases)) * mask   (text_proj skipped if width D)
+    attn    = softmax(q k^T / sqrt(d), masked boxes' logits -1e4) v   8 heads, float32
+    out     = h + tanh(gate) * to_out(attn)
+    result  = h + s * (out - h)                                        (s: the inference gate scale)
 
-formats.md gives the Fourier buffer (``freqs = linspace(0, 1, 8)``) but not the formula; we use
-NeRF-style frequencies ``pi * 2**(7 * freqs)`` (1..128 cycles over the unit box), recorded in the
-adapter config as ``fourier = "pi*2^(7f)"`` so a future variant can be told apart.
+A layout with no valid box attends uniformly to zero values, so the adapter adds
+``s * tanh(gate) * to_out.bias``; a layout with ONE box gives every image token the same value
+(softmax over one key), which the gates finding ``single_box_unlocalisable`` reports.
 
-Two opt-in, parameter-free variants (recorded in the adapter config, off for the user's own
-checkpoints): ``null_slot`` (a zero key/value any token may pick instead of a box) and
-``box_mask`` (region attention: a token may attend only to the boxes that contain it, as in
-masked-attention layout methods; the adapter then learns *what* to draw in a box, not *where*
-the box is, which plain box attention does not learn in a CPU budget, see train/world/README.md).
+Opt-in variants, each recorded in the adapter config (gatebench checkpoints carry theirs, so the
+shipped world's series keep meaning what they meant when trained):
+
+* ``fourier = "nerf"``: octave frequencies ``pi * 2**(7 f)`` (gatebench's earlier guess);
+* ``query = "stream"``: queries from the residual stream after attn2 (carries position);
+* ``text_proj = "always"``: text_proj applied even when the phrase width equals D;
+* ``null_slot``: a zero key/value any token may pick instead of a box;
+* ``box_mask``: region attention, a token attends only to the boxes containing it.
 """
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -39,18 +45,36 @@ INIT_SCHEMES = {
 }
 
 
+# Variant names (recorded in every adapter config); the first of each is the user's reference.
+FOURIER_KINDS = ("user", "nerf")
+QUERY_SOURCES = ("attn2_output", "stream")
+TEXT_PROJ_RULES = ("user", "always")
+_FOURIER_ALIASES = {"pi*2^(7f)": "nerf"}    # how gatebench checkpoints before 0.2 name "nerf"
+
+
+def fourier_frequencies(freqs: torch.Tensor, kind: str) -> torch.Tensor:
+    """Angular frequencies per ``freqs`` entry: 2*pi*f (the user's) or pi*2^(7f) (NeRF octaves)."""
+    if kind == "user":
+        return 2 * math.pi * freqs
+    if kind == "nerf":
+        return math.pi * torch.pow(2.0, (freqs.numel() - 1) * freqs)
+    raise ValueError(f"expected fourier in {FOURIER_KINDS}, got {kind!r}")
+
+
 class PositionNet(nn.Module):
     """Normalised xyxy boxes -> Fourier features -> an MLP to the adapter width."""
 
-    def __init__(self, dim: int, num_freqs: int = 8) -> None:
+    def __init__(self, dim: int, num_freqs: int = 8, fourier: str = "user") -> None:
         super().__init__()
+        self.fourier = fourier
         self.register_buffer("freqs", torch.linspace(0, 1, num_freqs))
         self.fourier_embedder = nn.Sequential(nn.Linear(4 * num_freqs * 2, dim // 2), nn.SiLU(),
                                               nn.Linear(dim // 2, dim))
 
     def forward(self, boxes: torch.Tensor) -> torch.Tensor:
-        scales = math.pi * torch.pow(2.0, (self.freqs.numel() - 1) * self.freqs)
-        angles = boxes.unsqueeze(-1) * scales.to(boxes.dtype)           # (B, N, 4, F)
+        omega = fourier_frequencies(self.freqs.float(), self.fourier)
+        angles = boxes.float().unsqueeze(-1) * omega                    # (B, N, 4, F)
+        # per coordinate: F sines then F cosines; the 4 coordinates' groups concatenated
         features = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
         return self.fourier_embedder(features.to(self.fourier_embedder[0].weight.dtype))
 
@@ -119,79 +143,121 @@ def token_box_mask(boxes: torch.Tensor, length: int, aspect: float = 1.0) -> tor
 
 class SpatialAdapter(nn.Module):
     def __init__(self, dim: int, text_dim: int, heads: int = 8, num_freqs: int = 8,
-                 null_slot: bool = False, box_mask: bool = False) -> None:
+                 null_slot: bool = False, box_mask: bool = False, fourier: str = "user",
+                 text_proj: str = "user") -> None:
         super().__init__()
         self.box_mask = box_mask
-        self.position_net = PositionNet(dim, num_freqs)
+        self.text_proj_rule = text_proj
+        self.position_net = PositionNet(dim, num_freqs, fourier)
         self.text_proj = nn.Linear(text_dim, dim)
         self.gated_attn = GatedAttention(dim, heads, null_slot)
 
-    def delta(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
-        """s * tanh(gate) * to_out(attention(h -> boxes)): what the adapter adds to ``h``."""
+    def context(self, grounding: "Grounding") -> torch.Tensor:
+        """Box tokens: position features + projected phrases, zeroed where the mask is 0."""
         dtype = self.text_proj.weight.dtype
-        mask = grounding.mask.to(dtype)
-        context = self.position_net(grounding.boxes.to(dtype)) + self.text_proj(grounding.phrases.to(dtype))
-        context = context * mask.unsqueeze(-1)
+        phrases = grounding.phrases.to(dtype)
+        dim = self.text_proj.out_features
+        # the user's code: "text_proj is skipped when the phrase width already equals D"
+        skip = self.text_proj_rule == "user" and phrases.shape[-1] == dim
+        context = self.position_net(grounding.boxes) + (phrases if skip else self.text_proj(phrases))
+        return context * grounding.mask.to(dtype).unsqueeze(-1)
+
+    def delta(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
+        """s * tanh(gate) * to_out(attention(h -> boxes)), computed in the adapter's dtype
+        (float32, as the user's inference casts its adapter) and cast back to ``h``'s."""
+        dtype = self.text_proj.weight.dtype
         region = (token_box_mask(grounding.boxes, h.shape[1], grounding.aspect)
                   if self.box_mask else None)
-        delta = self.gated_attn(h.to(dtype), context, mask, region).to(h.dtype)
+        delta = self.gated_attn(h.to(dtype), self.context(grounding), grounding.mask, region)
         scale = grounding.scale
         if isinstance(scale, torch.Tensor):
-            scale = scale.to(h.dtype).view(-1, 1, 1)
-        return scale * delta
+            scale = scale.to(dtype).view(-1, 1, 1)
+        return (scale * delta).to(h.dtype)
 
     def forward(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
         return h + self.delta(h, grounding)
 
 
-QUERY_SOURCES = ("stream", "attn2_output")
+USER_REFERENCE = {"fourier": "user", "query": "attn2_output", "text_proj": "user",
+                  "null_slot": False, "box_mask": False}
+# What a gatebench checkpoint written before these keys existed meant by leaving them out.
+_LEGACY_GATEBENCH = {"fourier": "nerf", "query": "stream", "text_proj": "always",
+                     "null_slot": False, "box_mask": False}
+
+
+def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    if value not in choices:
+        raise CheckpointError(f"expected adapter_config {name} in {choices}, got {value!r}")
+    return value
+
+
+def adapter_config(widths: Sequence[int], text_dim: int, heads: int = 8, num_freqs: int = 8, *,
+                   query: str, null_slot: bool, box_mask: bool, fourier: str,
+                   text_proj: str) -> dict[str, Any]:
+    """The recorded description of an adapter: shapes, every forward choice, its reference."""
+    fourier = _FOURIER_ALIASES.get(fourier, fourier)
+    _choice(query, QUERY_SOURCES, "query")
+    _choice(fourier, FOURIER_KINDS, "fourier")
+    _choice(text_proj, TEXT_PROJ_RULES, "text_proj")
+    config = {"family": "user", "widths": sorted({int(w) for w in widths}),
+              "text_dim": int(text_dim), "heads": int(heads), "num_freqs": int(num_freqs),
+              "fourier": fourier, "query": query, "text_proj": text_proj,
+              "null_slot": bool(null_slot), "box_mask": bool(box_mask), "compute_dtype": "float32"}
+    variants = [k for k, v in USER_REFERENCE.items() if config[k] != v]
+    config["reference"] = "user adapter module (formats.md)" + (
+        f", variants: {', '.join(variants)}" if variants else "")
+    return config
+
+
+def resolve_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A config recorded in a gatebench checkpoint, completed: keys it lacks keep the meaning
+    they had when gatebench wrote it (before they existed: ``_LEGACY_GATEBENCH``)."""
+    get = lambda key: recorded.get(key, _LEGACY_GATEBENCH[key])  # noqa: E731
+    return adapter_config(recorded["widths"], recorded["text_dim"], recorded.get("heads", 8),
+                          recorded.get("num_freqs", 8), query=get("query"),
+                          null_slot=bool(get("null_slot")), box_mask=bool(get("box_mask")),
+                          fourier=get("fourier"), text_proj=get("text_proj"))
 
 
 class AdapterSet(nn.ModuleDict):
-    """``dim_{D}`` -> SpatialAdapter, exactly the user's ModuleDict layout.
+    """``dim_{D}`` -> SpatialAdapter, exactly the user's ModuleDict layout (keys and shapes).
 
-    ``query`` says what ``h`` is (formats.md: "at each cross-attention (attn2) output h"):
-    ``"stream"`` (default) = the block's hidden states right after the cross-attention residual,
-    which carry each token's position; ``"attn2_output"`` = attn2's own output before the residual,
-    a mix of text values that carries little position. Both read the same keys; the choice is
-    recorded in gatebench checkpoints and results. ``null_slot`` (off for the user's own
-    checkpoints, which have no such thing) adds a parameter-free zero key/value, see GatedAttention;
-    ``box_mask`` (also off for them) restricts each token to the boxes containing it.
+    The defaults are the user's reference forward (``USER_REFERENCE``); every departure is a
+    named, recorded variant (module docstring). ``config`` is what results.json records.
     """
 
     def __init__(self, widths: list[int] | tuple[int, ...], text_dim: int, heads: int = 8,
-                 num_freqs: int = 8, query: str = "stream", null_slot: bool = False,
-                 box_mask: bool = False) -> None:
-        if query not in QUERY_SOURCES:
-            raise ValueError(f"expected query in {QUERY_SOURCES}, got {query!r}")
+                 num_freqs: int = 8, query: str = "attn2_output", null_slot: bool = False,
+                 box_mask: bool = False, fourier: str = "user", text_proj: str = "user") -> None:
+        self.config = adapter_config(widths, text_dim, heads, num_freqs, query=query,
+                                     null_slot=null_slot, box_mask=box_mask, fourier=fourier,
+                                     text_proj=text_proj)
         super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs, null_slot,
-                                                     box_mask)
-                          for w in sorted(set(widths))})
-        self.config = {"family": "user", "widths": sorted(set(widths)), "text_dim": text_dim,
-                       "heads": heads, "num_freqs": num_freqs, "fourier": "pi*2^(7f)",
-                       "query": query, "null_slot": null_slot, "box_mask": box_mask}
+                                                     box_mask, self.config["fourier"], text_proj)
+                          for w in self.config["widths"]})
 
     @classmethod
-    def from_config(cls, config: dict) -> "AdapterSet":
-        return cls(config["widths"], config["text_dim"], config.get("heads", 8),
-                   config.get("num_freqs", 8), config.get("query", "stream"),
-                   bool(config.get("null_slot", False)), bool(config.get("box_mask", False)))
+    def from_config(cls, config: Mapping[str, Any]) -> "AdapterSet":
+        c = resolve_config(config)
+        return cls(c["widths"], c["text_dim"], c["heads"], c["num_freqs"], c["query"],
+                   c["null_slot"], c["box_mask"], c["fourier"], c["text_proj"])
 
     @classmethod
-    def config_from_state(cls, state: dict[str, torch.Tensor]) -> dict:
-        """Infer widths and text_dim from a user checkpoint's keys and shapes."""
-        widths, text_dim = [], None
-        for key, tensor in state.items():
-            if key.endswith(".text_proj.weight") and key.startswith("dim_"):
-                widths.append(int(key.split(".")[0][4:]))
-                text_dim = int(tensor.shape[1])
-        freqs = next((t for k, t in state.items() if k.endswith("position_net.freqs")), None)
+    def config_from_state(cls, state: Mapping[str, torch.Tensor]) -> dict:
+        """A bare user state dict: shapes from its keys, forward = the user's reference."""
+        widths, text_dim, freqs = [], None, None
+        for key in state.keys():            # keys only: tensors of a lazy file stay unread
+            name = key.removeprefix("module.")
+            if name.endswith(".text_proj.weight") and name.startswith("dim_"):
+                widths.append(int(name.split(".")[0][4:]))
+                text_dim = int(state[key].shape[1])
+            elif name.endswith("position_net.freqs"):
+                freqs = state[key]
         if not widths or text_dim is None:
             raise CheckpointError("expected 'dim_{D}.text_proj.weight' keys to infer the adapter "
                                   f"shape, got {sorted(state)[:4]}")
-        return {"family": "user", "widths": sorted(widths), "text_dim": text_dim, "heads": 8,
-                "num_freqs": int(freqs.numel()) if freqs is not None else 8, "fourier": "pi*2^(7f)",
-                "query": "stream", "null_slot": False, "box_mask": False}
+        num_freqs = int(freqs.numel()) if freqs is not None else 8
+        return adapter_config(widths, text_dim, 8, num_freqs, **USER_REFERENCE)
 
     def gates(self) -> dict[str, torch.Tensor]:
         return {name: adapter.gated_attn.gate for name, adapter in self.items()}
@@ -257,7 +323,7 @@ class Injection(Grounded):
                 hint="this checkpoint was trained for a different base model")
         self.grounding: Grounding | None = None
         self.handles = []
-        self.query = adapters.config.get("query", "stream")
+        self.query = adapters.config["query"]
         modules = dict(unet.named_modules())
         for name, width in sites.items():
             adapter = adapters[f"dim_{width}"]
