@@ -218,7 +218,7 @@ class Sampler:
                 self._phrases[("base", lay.layout_id)] = vectors[offset:offset + n]
                 offset += n
         if self._uncond is None:
-            self._uncond = self.base.encode_prompts([""])
+            self._uncond = self.base.encode_negative()
 
     def _phrase_key(self, layouts: Sequence[Layout], adapter: Any | None) -> str:
         """Adapter families that encode phrases their own way (GLIGEN: pooler output) get their

@@ -8,10 +8,11 @@ One class per kind, all behind the :class:`BaseModel` interface:
 * ``kolors`` ChatGLM (diffusers.pipelines.kolors), as ``KolorsPipeline.encode_prompt``;
 * ``pixel``  no VAE: the UNet works on RGB pixels in [-1, 1].
 
-Phrase vectors (the adapter's ``text_dim`` inputs) follow shared/seed/formats.md: the phrase is
-tokenized by the base model's own tokenizer (max_length 32, padding="max_length", truncation), run
-through the base text encoder, and its last hidden state is mean-pooled over the attention mask;
-an empty (or blank) phrase gives a zero vector. ``phrase_encoding`` records the exact recipe.
+Phrase vectors (the adapter's ``text_dim`` inputs) follow the user's code (formats.md): names
+tokenized together by the base model's own tokenizer (padding to the longest, max_length 32,
+truncation), run through the base text encoder, the last hidden state mean-pooled over the
+attention mask (float32); an empty (or blank) name gives a zero vector. ``phrase_encoding``
+records the exact recipe.
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ class BaseModel:
         encoder = type(self.phrase_encoder).__name__
         tokenizer = type(getattr(self, self.phrase_tokenizer_name)).__name__
         return (f"{self.kind}: each phrase -> {self.phrase_tokenizer_name} "
-                f"({tokenizer}, max_length=32, padding=max_length, truncation) -> "
+                f"({tokenizer}, max_length=32, padding=longest, truncation) -> "
                 f"{self.phrase_encoder_name} ({encoder}) last_hidden_state, mean over the attention "
                 f"mask (BOS/EOS included); empty phrase -> zero vector; dim {self.phrase_dim}")
 
@@ -116,12 +117,13 @@ class BaseModel:
             files += list(self.folder.tokenizer_files)
             weights = {f.relative_to(self.path).as_posix(): file_sha256(f) for f in files}
             self._identity = {"kind": self.kind, "path": str(self.path),
+                              "negative_prompt": self.negative_prompt,
                               "weights": dict(sorted(weights.items()))}
         return {**self._identity, "weights": dict(self._identity["weights"])}
 
     # --- text ----------------------------------------------------------------------------------
-    def _tokenize(self, tokenizer, texts: list[str], max_length: int):
-        return tokenizer(texts, padding="max_length", max_length=max_length, truncation=True,
+    def _tokenize(self, tokenizer, texts: list[str], max_length: int, padding: str = "max_length"):
+        return tokenizer(texts, padding=padding, max_length=max_length, truncation=True,
                          return_tensors="pt")
 
     @torch.no_grad()
@@ -134,11 +136,20 @@ class BaseModel:
         hidden = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
         return PromptEmbeddings(hidden.to(self.dtype))
 
+    @property
+    def negative_prompt(self) -> str:
+        """What CFG's unconditional half is conditioned on, as this kind's pipeline does it."""
+        return "encoded ''"
+
+    def encode_negative(self) -> PromptEmbeddings:
+        return self.encode_prompts([""])
+
     def _phrase_hidden(self, phrases: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, H) last hidden states and the (B, L) attention mask for non-empty phrases."""
         tokenizer = getattr(self, self.phrase_tokenizer_name)
-        tokens = self._tokenize(tokenizer, phrases, max_length)
-        # CLIP attends causally and pads on the right: real tokens never see the padding.
+        # Padding to the longest (the user's code) is the cheapest; the vectors do not depend on
+        # the padding (tests/test_parity_phrases.py): CLIP attends causally and pads on the right.
+        tokens = self._tokenize(tokenizer, phrases, max_length, padding="longest")
         out = self.phrase_encoder(tokens.input_ids.to(self.device))
         return out.last_hidden_state, tokens.attention_mask
 
@@ -206,6 +217,22 @@ class BaseModel:
 class _AddedCond(BaseModel):
     """SDXL-style UNets: ``added_cond_kwargs`` with pooled text_embeds and size time_ids."""
 
+    force_zeros_default = False     # the pipeline constructor's default for the model_index key
+
+    @property
+    def negative_prompt(self) -> str:
+        index = read_json(self.path / "model_index.json", "the model index")
+        zeros = bool(index.get("force_zeros_for_empty_prompt", self.force_zeros_default))
+        return "zeros (force_zeros_for_empty_prompt)" if zeros else "encoded ''"
+
+    def encode_negative(self) -> PromptEmbeddings:
+        """As the pipelines: with ``force_zeros_for_empty_prompt`` (SDXL's default) the empty
+        negative prompt is all-zero embeddings, hidden and pooled, not the encoding of ''."""
+        emb = self.encode_prompts([""])
+        if self.negative_prompt.startswith("zeros"):
+            return PromptEmbeddings(torch.zeros_like(emb.hidden), torch.zeros_like(emb.pooled))
+        return emb
+
     def unet_kwargs(self, emb: PromptEmbeddings, height: int, width: int) -> dict:
         if emb.pooled is None:
             raise ValueError(f"expected pooled prompt embeddings for a {self.kind} model, got None")
@@ -217,6 +244,7 @@ class _AddedCond(BaseModel):
 
 class SDXLModel(_AddedCond):
     kind = "sdxl"
+    force_zeros_default = True
     phrase_encoder_name = "text_encoder_2"
     phrase_tokenizer_name = "tokenizer_2"
 
@@ -243,8 +271,9 @@ class KolorsModel(_AddedCond):
     kind = "kolors"
     max_sequence_length = 256
 
-    def _glm(self, texts: list[str], max_length: int, hidden_states: bool):
-        tokens = self._tokenize(self.tokenizer, texts, max_length).to(self.device)
+    def _glm(self, texts: list[str], max_length: int, hidden_states: bool,
+             padding: str = "max_length"):
+        tokens = self._tokenize(self.tokenizer, texts, max_length, padding).to(self.device)
         out = self.text_encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
                                 position_ids=tokens["position_ids"], output_hidden_states=hidden_states)
         return out, tokens["attention_mask"]
@@ -259,13 +288,13 @@ class KolorsModel(_AddedCond):
         return PromptEmbeddings(hidden.to(self.dtype), pooled.to(self.dtype))
 
     def _phrase_hidden(self, phrases: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out, mask = self._glm(phrases, max_length, False)
+        out, mask = self._glm(phrases, max_length, False, padding="longest")
         return out.last_hidden_state.permute(1, 0, 2), mask    # ChatGLM is (seq, batch, hidden)
 
     @property
     def phrase_encoding(self) -> str:
         return (f"kolors: each phrase -> tokenizer (ChatGLMTokenizer, left padding, [gMASK] sop prefix, "
-                f"max_length=32, padding=max_length, truncation) -> text_encoder (ChatGLMModel) with the "
+                f"max_length=32, padding=longest, truncation) -> text_encoder (ChatGLMModel) with the "
                 f"tokenizer's attention_mask and position_ids (padding-invariant: equals encoding the "
                 f"phrase alone, unpadded) -> last_hidden_state (after the final RMSNorm) permuted to "
                 f"(batch, seq, hidden), mean over the attention mask (prefix tokens included); empty "
