@@ -223,6 +223,20 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     return "\n".join(out) + "\n"
 
 
+FORWARD_KEYS = ("fourier", "query", "text_proj", "null_slot", "box_mask", "slots", "phrases")
+
+
+def _adapter_build(config: dict[str, Any], uncond: str | None) -> str:
+    """Which reference a checkpoint's adapter followed and every forward choice (results.json
+    of gatebench < 0.2 recorded only query, null_slot and box_mask)."""
+    built = {k: config[k] for k in FORWARD_KEYS if k in config}
+    if not built:
+        return ""
+    text = f"; follows {config['reference']}" if config.get("reference") else ""
+    text += "; adapter " + ", ".join(f"{k} {v}" for k, v in built.items())
+    return text + (f"; CFG unconditional half: {uncond}" if uncond else "")
+
+
 def reproducibility(results: dict[str, Any]) -> list[str]:
     protocol, gen = results["protocol"], results.get("generation") or {}
     g = protocol.get("generation", {})
@@ -239,11 +253,11 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
            f"{results.get('layouts')}",
            f"- phrase encoding: {gen.get('phrase_encoding')}; CFG unconditional half: boxes "
            f"`{gen.get('uncond_boxes')}`"]
+    uncond = {str(cache.get("adapter")): cache.get("uncond_boxes")
+              for cache in gen.get("caches") or [] if cache.get("adapter")}
     for c in results["checkpoints"]:
-        built = {k: c.get("adapter_config", {}).get(k) for k in ("query", "null_slot", "box_mask")
-                 if k in c.get("adapter_config", {})}
-        extra = ("; adapter " + ", ".join(f"{k} {v}" for k, v in built.items())) if built else ""
-        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`{extra}")
+        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`"
+                   f"{_adapter_build(c.get('adapter_config') or {}, uncond.get(str(c['path'])))}")
     for name, model in results["models"].items():
         if not isinstance(model, dict):
             continue

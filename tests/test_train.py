@@ -107,7 +107,10 @@ def test_trained_checkpoint_runs_through_gatebench_run(world, tmp_path: Path) ->
     doc = json.loads((out / "results.json").read_text())
     assert doc["checkpoints"][0]["init_scheme"] == "gligen"
     assert doc["checkpoints"][0]["adapter_config"]["box_mask"] is True
-    assert "adapter query stream, null_slot True, box_mask True" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "follows user adapter module (formats.md), variants: null_slot, box_mask" in report
+    assert ("adapter fourier user, query attn2_output, text_proj user, null_slot True, "
+            "box_mask True; CFG unconditional half: grounded") in report
     assert any(f["code"] == "extrapolated_scale" for f in doc["gate_findings"])
 
 
@@ -136,3 +139,24 @@ def test_two_process_gloo_run(world, tmp_path: Path) -> None:
     assert info.training.step == 3
     lines = (tmp_path / "train.log").read_text().count("Gate stats")
     assert lines == 3                     # rank 0 only writes
+
+
+def test_default_training_is_the_users_forward_and_writes_the_users_file(world, tmp_path: Path) -> None:
+    """`gatebench train` trains the user's forward; spatial_adapter_final.pt is the bare state
+    dict the user's code loads, and gatebench reads it as the same adapter as final.pt."""
+    from tests.reference_user import FORMATS_KEYS
+
+    train(world, tmp_path, max_steps=4)
+    ours, bare = inspect_checkpoint(tmp_path / "final.pt"), inspect_checkpoint(
+        tmp_path / "spatial_adapter_final.pt")
+    assert bare.format == "user" and ours.format == "gatebench"
+    assert ours.adapter_config == bare.adapter_config
+    assert ours.adapter_config["reference"] == "user adapter module (formats.md)"
+    state = torch.load(tmp_path / "spatial_adapter_final.pt", weights_only=True)
+    widths = ours.adapter_config["widths"]
+    assert set(state) == {f"dim_{w}.{k}" for w in widths for k in FORMATS_KEYS}
+    final, _ = read_raw(tmp_path / "final.pt")
+    assert all(torch.equal(state[k], final[k]) for k in state)
+    # a variant's weights would mean something else in the user's code: no bare file then
+    train(world, tmp_path / "variant", max_steps=2, box_mask=True)
+    assert not (tmp_path / "variant" / "spatial_adapter_final.pt").exists()

@@ -24,7 +24,10 @@ P = click.Path(path_type=Path)
 @click.option("--warmup-steps", type=int, default=100, show_default=True)
 @click.option("--phrase-dropout", type=float, default=0.1, show_default=True)
 @click.option("--caption-dropout", type=float, default=0.1, show_default=True,
-              help="Share of samples trained unconditionally (caption '' and adapter off), for CFG.")
+              help="Share of samples trained with caption '' (for CFG).")
+@click.option("--uncond-boxes", type=click.Choice(["grounded", "off"]), default="grounded",
+              show_default=True, help="A caption-dropped sample keeps its boxes (grounded, as the "
+              "user's inference grounds both CFG halves) or trains with the adapter off.")
 @click.option("--save-epoch", is_flag=True, help="Write epoch_{N}.pt after every epoch.")
 @click.option("--save-every", type=int, default=None, help="Write step_{N}.pt every N steps.")
 @click.option("--log-every", type=int, default=100, show_default=True)
@@ -39,9 +42,18 @@ P = click.Path(path_type=Path)
               default="gligen", show_default=True,
               help="gligen: gate 0, to_out normal; zero-out: to_out 0, gate 0.1; legacy: gate 3.0 "
                    "(reproduces the collapse); deadlock: both 0 (reproduces the deadlock).")
-@click.option("--adapter-query", type=click.Choice(["stream", "attn2_output"]), default="stream",
-              show_default=True, help="What the adapter's queries read: the block's hidden states "
-              "after cross-attention (stream) or attn2's own output.")
+@click.option("--scale-sampling", type=click.Choice(["per-step", "per-sample"]),
+              default="per-step", show_default=True, help="One gate scale s ~ U[scale-min, "
+              "scale-max] per step for the whole batch (the user's trainer) or one per sample.")
+@click.option("--adapter-query", type=click.Choice(["attn2_output", "stream"]),
+              default="attn2_output", show_default=True, help="What the adapter's queries read: "
+              "attn2's own output (the user's adapter) or the block's hidden states after the "
+              "cross-attention residual (stream, a recorded variant).")
+@click.option("--fourier", type=click.Choice(["user", "nerf"]), default="user", show_default=True,
+              help="Box features: sin/cos(2*pi*f*c) (the user's) or NeRF octaves (variant).")
+@click.option("--text-proj", type=click.Choice(["user", "always"]), default="user",
+              show_default=True, help="user: skip text_proj when the phrase width equals the "
+              "adapter width (the user's code); always: apply it (variant).")
 @click.option("--null-slot", is_flag=True, help="Add a zero key/value the image tokens may attend "
               "to instead of a box (needed to localise single-box layouts; recorded).")
 @click.option("--box-mask", is_flag=True, help="Region attention: each image token attends only "

@@ -25,9 +25,12 @@ class TrainConfig:
     adapter_lr: float | None = None       # unused default: same as lr
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 0.5           # the user's trainer clips at 0.5
     phrase_dropout: float = 0.1
-    caption_dropout: float = 0.1          # CFG training: caption "" AND adapter off for that sample
+    caption_dropout: float = 0.1          # CFG training: caption "" for that sample
+    uncond_boxes: Literal["grounded", "off"] = "grounded"   # a caption-dropped sample's boxes:
+    #   grounded = kept (matches the user's inference, which grounds both CFG halves); off = the
+    #   adapter is off for it (the shipped world's series; evaluate those with uncond_boxes "off")
     save_epoch: bool = False
     save_every: int | None = None
     log_every: int = 100
@@ -40,7 +43,10 @@ class TrainConfig:
     scale_min: float = 1.0
     scale_max: float = 1.0
     init: Literal["gligen", "zero-out", "legacy", "deadlock"] = "gligen"
-    adapter_query: Literal["stream", "attn2_output"] = "stream"
+    scale_sampling: Literal["per-step", "per-sample"] = "per-step"   # the user's: one s per step
+    adapter_query: Literal["attn2_output", "stream"] = "attn2_output"
+    fourier: Literal["user", "nerf"] = "user"
+    text_proj: Literal["user", "always"] = "user"
     null_slot: bool = False
     box_mask: bool = False
     gate_init_value: float | None = None

@@ -127,13 +127,17 @@ class Trainer:
         widths = sorted(set(attn2_widths(self.base.unet).values()))
         torch.manual_seed(config.seed)
         self.adapters = AdapterSet(widths, self.base.phrase_dim, query=config.adapter_query,
-                                   null_slot=config.null_slot, box_mask=config.box_mask)
+                                   null_slot=config.null_slot, box_mask=config.box_mask,
+                                   fourier=config.fourier, text_proj=config.text_proj)
         apply_init(self.adapters, config.init, config.gate_init_value)
         self.gate_init = float(self.adapters[f"dim_{widths[0]}"].gated_attn.gate.detach())
         self.adapters.to(self.device)
         if config.freeze_gate:
             for gate in self.adapters.gates().values():
                 gate.requires_grad_(False)
+        for adapter in self.adapters.values():
+            if adapter.skips_text_proj(self.base.phrase_dim):
+                adapter.text_proj.requires_grad_(False)   # unused: it stays as initialised
         self.model: nn.Module = GroundedUNet(self.base.unet, self.adapters)
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -196,8 +200,11 @@ class Trainer:
             mask[row, :len(objs)] = 1.0
         keep_phrase = (torch.rand(b, n, generator=g) >= c.phrase_dropout).float()
         phrases = phrases * keep_phrase.unsqueeze(-1)          # zero whole boxes' phrase vectors
-        scale = c.scale_min + (c.scale_max - c.scale_min) * torch.rand(b, generator=g)
-        scale = torch.where(drop_caption, torch.zeros_like(scale), scale)
+        # the user's trainer draws one s per step for the whole batch; per-sample is a variant
+        draws = torch.rand(1 if c.scale_sampling == "per-step" else b, generator=g).expand(b)
+        scale = c.scale_min + (c.scale_max - c.scale_min) * draws
+        if c.uncond_boxes == "off":
+            scale = torch.where(drop_caption, torch.zeros_like(scale), scale)
         grounding = Grounding(boxes.to(self.device), phrases.to(self.device), mask.to(self.device),
                               scale.to(self.device))
         kwargs = base.unet_kwargs(emb, self.resolution, self.resolution)
@@ -220,10 +227,24 @@ class Trainer:
             adapter_config=self.adapters.config, base_model=self.base.identity(),
             training={"step": s.step, "epoch": s.epoch, "init_scheme": c.init,
                       "gate_init": self.gate_init, "scale_min": c.scale_min,
-                      "scale_max": c.scale_max, "data_sha256": self.data.data_sha256,
+                      "scale_max": c.scale_max, "scale_sampling": c.scale_sampling,
+                      "uncond_boxes": c.uncond_boxes, "data_sha256": self.data.data_sha256,
                       "gate_history": s.gate_history, "nonfinite_skipped": s.nonfinite_skipped,
                       "config": c.to_dict()},
             extra={"resume": resume})
+
+    def export_user_file(self, name: str = "spatial_adapter_final.pt") -> Path | None:
+        """The user's own file format (a bare ``torch.save(state_dict)``), written only when the
+        forward IS the user's: loaded by their code (or by gatebench as a bare user file) it then
+        means what it meant here. A variant's weights would be misread there, so none is written."""
+        if self.rank != 0 or "variants" in self.adapters.config["reference"]:
+            return None
+        path = self.config.output_dir / name
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({k: v.detach().cpu().contiguous() for k, v in self.adapters.state_dict().items()},
+                   tmp)
+        tmp.replace(path)
+        return path
 
     def _resume(self, path: Path) -> None:
         obj = torch_load_safe(Path(path), mmap=False)
@@ -298,6 +319,9 @@ class Trainer:
                     if c.save_epoch:
                         self.save(f"epoch_{s.epoch}.pt")
             final = self.save("final.pt")
+            bare = self.export_user_file()
+            if bare is not None:
+                logs.line(f"Wrote {bare.name}: the bare state dict the user's own code loads")
             logs.line(f"Done: {s.step} steps in {time.perf_counter() - started:.1f} s, "
                       f"{s.nonfinite_skipped} non-finite steps skipped, final {final}")
         finally:

@@ -152,15 +152,16 @@ class SpatialAdapter(nn.Module):
         self.text_proj = nn.Linear(text_dim, dim)
         self.gated_attn = GatedAttention(dim, heads, null_slot)
 
+    def skips_text_proj(self, phrase_dim: int) -> bool:
+        """The user's code: "text_proj is skipped when the phrase width already equals D"."""
+        return self.text_proj_rule == "user" and phrase_dim == self.text_proj.out_features
+
     def context(self, grounding: "Grounding") -> torch.Tensor:
         """Box tokens: position features + projected phrases, zeroed where the mask is 0."""
-        dtype = self.text_proj.weight.dtype
-        phrases = grounding.phrases.to(dtype)
-        dim = self.text_proj.out_features
-        # the user's code: "text_proj is skipped when the phrase width already equals D"
-        skip = self.text_proj_rule == "user" and phrases.shape[-1] == dim
+        phrases = grounding.phrases.to(self.text_proj.weight.dtype)
+        skip = self.skips_text_proj(phrases.shape[-1])
         context = self.position_net(grounding.boxes) + (phrases if skip else self.text_proj(phrases))
-        return context * grounding.mask.to(dtype).unsqueeze(-1)
+        return context * grounding.mask.to(context.dtype).unsqueeze(-1)
 
     def delta(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
         """s * tanh(gate) * to_out(attention(h -> boxes)), computed in the adapter's dtype
