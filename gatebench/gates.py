@@ -21,7 +21,7 @@ from gatebench.saved_run import checkpoint_labels, training_run
 SCHEMA_VERSION = 1
 Severity = Literal["fail", "warn"]
 FINDING_CODES = ("deadlock", "collapse", "falling", "near_zero", "saturated", "nan",
-                 "not_learning", "extrapolated_scale")
+                 "not_learning", "extrapolated_scale", "single_box_unlocalisable")
 
 HINTS = {
     "deadlock": "gate and to_out are both exactly 0, so each one's gradient (the other) is 0 "
@@ -46,6 +46,9 @@ HINTS = {
     "nan": "training diverged; lower --lr, keep gradient clipping on, check fp16 overflow",
     "extrapolated_scale": "training sampled gate scales only in the recorded range; results "
                           "outside it are extrapolation",
+    "single_box_unlocalisable": "an architecture limit, not a training failure: retrain with "
+                                "`--null-slot` (a zero key any token may pick instead of the "
+                                "box) or `--box-mask` (region attention) to place single objects",
 }
 
 
@@ -249,9 +252,36 @@ def scale_findings(info: CheckpointInfo, gate_scales: Iterable[float]) -> list[F
                     f"{HINTS['extrapolated_scale']}", str(info.path))]
 
 
+def architecture_findings(infos: Sequence[CheckpointInfo],
+                          box_counts: Sequence[int] | None = None) -> list[Finding]:
+    """What the user's forward cannot do whatever its training: with no null slot and no region
+    mask, ONE box is a softmax over one key (weight 1 at every image token, so every token gets
+    the same vector wherever the box is) and NO box attends uniformly to zeros (only the bias).
+    One finding for all the checkpoints it applies to: it is the architecture, not a checkpoint."""
+    affected = [info for info in infos if info.family == "user"
+                and "widths" in info.adapter_config and not info.adapter_config.get("null_slot")
+                and not info.adapter_config.get("box_mask")]
+    if not affected:
+        return []
+    labels = checkpoint_labels(info.path for info in affected)
+    names = [labels[str(info.path)] for info in affected]
+    subject = ", ".join(names) if len(names) <= 3 else f"{len(names)} checkpoints"
+    message = ("with this adapter's forward (no null slot, no box mask) a layout with one box "
+               "gives every image token the same vector (softmax over a single key) and a layout "
+               "with no box adds only tanh(gate) * to_out.bias: neither can be localised")
+    if box_counts is not None:
+        one, none = sum(c == 1 for c in box_counts), sum(c == 0 for c in box_counts)
+        message += (f"; {(one + none) / max(1, len(box_counts)):.0%} of the {len(box_counts)} "
+                    f"evaluated layouts are affected ({one} with one box, {none} with none)")
+    return [Finding("single_box_unlocalisable", "warn",
+                    f"{message}; {HINTS['single_box_unlocalisable']}", subject)]
+
+
 def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
-            thresholds: GateThresholds, gate_scales: Iterable[float] = ()) -> GateReport:
-    """The whole `gatebench gates` analysis over checkpoints and logs."""
+            thresholds: GateThresholds, gate_scales: Iterable[float] = (),
+            box_counts: Sequence[int] | None = None) -> GateReport:
+    """The whole `gatebench gates` analysis over checkpoints and logs; ``box_counts`` (boxes per
+    evaluated layout, from `run`) sizes the architecture findings."""
     scales = tuple(gate_scales)
     reports = []
     for info in infos:
@@ -289,7 +319,8 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
         log_reports.append((series, tuple(trajectory_findings(pts, thresholds, str(series.source)))))
     return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports),
                       trajectory=tuple(points), trajectory_axis=axis,
-                      trajectory_findings=tuple(traj))
+                      trajectory_findings=tuple(traj),
+                      extra_findings=tuple(architecture_findings(infos, box_counts)))
 
 
 def to_json(report: GateReport) -> dict[str, Any]:

@@ -254,13 +254,14 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     infos = [inspect_checkpoint(p) for p in checkpoints]
-    gate_report = analyse(infos, [], protocol.gates, protocol.generation.gate_scales)
+    layouts, layouts_info = select_layouts(protocol)
+    box_counts = [min(len(lay.objects), protocol.data.max_boxes) for lay in layouts]
+    gate_report = analyse(infos, [], protocol.gates, protocol.generation.gate_scales, box_counts)
     if protocol.gates.fail_on_findings and gate_report.verdict == "fail":
         raise GatebenchError("gate pre-flight check failed and [gates] fail_on_findings is set: "
                              + "; ".join(f"{f.code} ({f.subject})" for f in gate_report.findings
                                          if f.severity == "fail"))
     rank, world = distributed()
-    layouts, layouts_info = select_layouts(protocol)
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)
     t0 = time.perf_counter()

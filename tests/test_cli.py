@@ -54,7 +54,9 @@ def test_gates_folder_with_train_log_and_outputs(tmp_path: Path) -> None:
     assert "train.log" in result.output
     assert (out / "gate_trajectory.png").stat().st_size > 1000
     assert "## Gates" in (out / "gates.md").read_text()
-    assert json.loads((out / "gates.json").read_text())["verdict"] == "pass"
+    doc = json.loads((out / "gates.json").read_text())
+    assert doc["verdict"] == "warn"          # only the user forward's single-box limit
+    assert {f["code"] for f in doc["findings"]} == {"single_box_unlocalisable"}
 
 
 def test_gates_needs_input_and_rejects_unsafe(tmp_path: Path) -> None:
