@@ -24,6 +24,7 @@ import pandas as pd
 
 from gatebench.errors import NotComparableError
 from gatebench.metrics.stats import paired_ratio_bootstrap
+from gatebench.protocol import UNCOND_ALIASES
 from gatebench.saved_run import SavedRun, checkpoint_paths, label_map
 
 SCHEMA_VERSION = 1
@@ -163,6 +164,10 @@ def precheck_protocol(base: dict[str, Any], protocol: Any) -> None:
 def model_warnings(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
     """Differences that do not block pairing but change what the numbers measure."""
     out = []
+    if base.get("schema_version") != cand.get("schema_version"):
+        out.append(f"results schema {base.get('schema_version')} in the baseline vs "
+                   f"{cand.get('schema_version')} in the candidate: gatebench 0.2 (schema 2) runs "
+                   f"the user and GLIGEN families as their references do; rerun the older run")
     bm, cm = base.get("models", {}) or {}, cand.get("models", {}) or {}
     for name in sorted(set(bm) | set(cm)):
         b, c = bm.get(name), cm.get(name)
@@ -175,8 +180,9 @@ def model_warnings(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
     gen_keys = ("steps", "guidance_scale", "scheduler", "grounding_fraction", "uncond_boxes",
                 "height", "width", "dtype")
     bg, cg = base["protocol"].get("generation", {}), cand["protocol"].get("generation", {})
+    alias = UNCOND_ALIASES                            # uncond_boxes' names before gatebench 0.2
     for k in gen_keys:
-        if bg.get(k) != cg.get(k):
+        if alias.get(bg.get(k), bg.get(k)) != alias.get(cg.get(k), cg.get(k)):
             out.append(f"generation.{k} {bg.get(k)!r} in the baseline vs {cg.get(k)!r} in the "
                        f"candidate: images differ for reasons other than the checkpoint")
     return out

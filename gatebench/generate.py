@@ -30,6 +30,7 @@ from PIL import Image, PngImagePlugin
 from gatebench.adapters.user import Grounding
 from gatebench.errors import ProtocolError
 from gatebench.layouts import Layout
+from gatebench.protocol import UNCOND_ALIASES, UNCOND_TREATMENTS
 
 # Schedulers whose step() draws no noise: a batch's images then depend only on their own seeds.
 DETERMINISTIC_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -42,8 +43,6 @@ DETERMINISTIC_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolve
 #   null      the same boxes with mask 0 (null objects), adapter active (diffusers' GLIGEN pipeline)
 #   off       no adapter at all (gatebench's trainer drops the boxes with the caption)
 #   reference each adapter family's own reference (REFERENCE_UNCOND)
-UNCOND_TREATMENTS = ("reference", "grounded", "null", "off")
-UNCOND_ALIASES = {"drop": "off", "keep": "grounded"}     # the names before gatebench 0.2
 REFERENCE_UNCOND = {"user": "grounded", "gligen": "null"}
 
 

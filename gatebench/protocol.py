@@ -66,6 +66,11 @@ class ModelSpec:
     inception_weights: str | None = None  # torch-fidelity weights-inception-2015-12-05 file
 
 
+# CFG's unconditional half, see generate.py (the names each treatment has and what it does)
+UNCOND_TREATMENTS = ("reference", "grounded", "null", "off")
+UNCOND_ALIASES = {"drop": "off", "keep": "grounded"}     # the names before gatebench 0.2
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
     gate_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)

@@ -31,7 +31,7 @@ from gatebench.saved_run import checkpoint_labels
 from gatebench.score import ImageItem, score_images, write_samples_jsonl
 from gatebench.verdict import TargetRow, evaluate_targets
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2 (gatebench 0.2): forward configs, references, per-adapter uncond_boxes
 PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "open_clip_torch", "torchmetrics",
             "ultralytics", "numpy", "pandas", "scipy", "faster-coco-eval")
 

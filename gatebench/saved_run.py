@@ -17,7 +17,7 @@ import pandas as pd
 
 from gatebench.errors import GatebenchError
 
-SUPPORTED_SCHEMA = (1,)
+SUPPORTED_SCHEMA = (1, 2)   # 2: adapters follow their references; per-adapter CFG treatment
 REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",
                  "checkpoints")
 _NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")

@@ -68,7 +68,7 @@ def test_run_writes_everything_and_resumes(world, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = run_evaluation([world["ckpt"], second], protocol, RunOptions(out_dir=out))
     res = json.loads((out / "results.json").read_text())
-    assert res["schema_version"] == 1 and res["seed"] == 7 and res["n_layouts"] == 5
+    assert res["schema_version"] == 2 and res["seed"] == 7 and res["n_layouts"] == 5
     assert {r["gate_scale"] for r in res["results"]} == {0.0, 1.0, 2.0}
     assert len(res["results"]) == 6
     # scale 0 is generated once and shared; 2 checkpoints x 2 scales x 5 layouts + 5
