@@ -64,3 +64,21 @@ def test_every_shipped_protocol_parses() -> None:
     for path in found.values():
         proto = load_protocol(path)
         assert proto.targets and proto.generation.gate_scales
+
+
+def test_cfg_treatments_follow_each_familys_reference(tmp_path: Path) -> None:
+    from gatebench.generate import SamplerSettings, grounded_steps, resolve_uncond
+
+    oracle = load_protocol("oracle-coco2014").generation
+    assert oracle.uncond_boxes == "reference"
+    assert resolve_uncond(oracle.uncond_boxes, "user") == "grounded"     # the user's inference
+    assert resolve_uncond(oracle.uncond_boxes, "gligen") == "null"       # diffusers' pipeline
+    assert load_protocol("shapes").generation.uncond_boxes == "off"      # as the world trained
+    # the names before 0.2 still read, as what they did
+    assert resolve_uncond("drop", "gligen") == "off" and resolve_uncond("keep", "user") == "grounded"
+    assert SamplerSettings(2, 2.0, "DDIMScheduler", 1.0, "keep", 8, 8).uncond_boxes == "grounded"
+    path = tmp_path / "p.toml"
+    path.write_text('name = "p"\n[generation]\nuncond_boxes = "nul"\n', encoding="utf-8")
+    with pytest.raises(ProtocolError, match=r"uncond_boxes: expected one of 'reference'.*p.toml:3"):
+        load_protocol(path)
+    assert grounded_steps(0.3, 5) == 1 and grounded_steps(1.0, 20) == 20    # int(), as diffusers
