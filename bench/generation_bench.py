@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -60,7 +59,7 @@ from gatebench.adapters.registry import load_adapter  # noqa: E402
 from gatebench.adapters.user import AdapterSet, Grounding, attn2_widths, inject  # noqa: E402
 from gatebench.detect import COCO80_NAMES, YoloDetector, _import_ultralytics  # noqa: E402
 from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,  # noqa: E402
-                                layout_seed, write_png)
+                                grounded_steps, layout_seed, resolve_uncond, write_png)
 from gatebench.layouts import Layout, LayoutObject  # noqa: E402
 from gatebench.metrics.fid import ModuleExtractor, reference_stats  # noqa: E402
 from gatebench.models import load_base_model  # noqa: E402
@@ -435,7 +434,7 @@ def loop_one(world: World, adapter: Any, job: ImageJob, clock: Clock) -> None:
     cfg = s.guidance_scale > 1.0
     with clock.phase("encode"):
         cond = base.encode_prompts([job.layout.caption])
-        emb = base.encode_prompts([""]).cat(cond) if cfg else cond
+        emb = base.encode_negative().cat(cond) if cfg else cond
         objects = job.layout.objects[: s.max_boxes]
         vectors = base.encode_phrases([o.name for o in objects], max_length=s.phrase_max_length)
     with clock.phase("unet"):
@@ -450,10 +449,10 @@ def loop_one(world: World, adapter: Any, job: ImageJob, clock: Clock) -> None:
                 mask[0, :len(objects)] = 1.0
             scale = torch.tensor([job.gate_scale])
             if cfg:
-                keep = s.uncond_boxes == "keep"
+                uncond = resolve_uncond(s.uncond_boxes, "user")
                 boxes, phrases = torch.cat([boxes, boxes]), torch.cat([phrases, phrases])
-                mask = torch.cat([mask if keep else torch.zeros_like(mask), mask])
-                scale = torch.cat([scale if keep else torch.zeros_like(scale), scale])
+                mask = torch.cat([mask if uncond == "grounded" else torch.zeros_like(mask), mask])
+                scale = torch.cat([torch.zeros_like(scale) if uncond == "off" else scale, scale])
             grounding = Grounding(boxes.to(base.device), phrases.to(base.device),
                                   mask.to(base.device), scale.to(base.device))
         shape = base.latent_shape(s.height, s.width)
@@ -462,10 +461,10 @@ def loop_one(world: World, adapter: Any, job: ImageJob, clock: Clock) -> None:
         scheduler.set_timesteps(s.steps, device=base.device)
         x = noise.to(base.device, base.dtype) * scheduler.init_noise_sigma
         kwargs = base.unet_kwargs(emb, s.height, s.width)
-        grounded_steps = int(math.ceil(s.grounding_fraction * s.steps))
+        active_steps = grounded_steps(s.grounding_fraction, s.steps)
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)
-            active = grounding if i < grounded_steps else None
+            active = grounding if i < active_steps else None
             with adapter.grounded(active):
                 pred = base.unet(model_in, t, encoder_hidden_states=emb.hidden, **kwargs).sample
             if cfg:

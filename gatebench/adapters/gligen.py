@@ -3,7 +3,7 @@
 The checkpoint holds the fusers (``...fuser.alpha_attn`` etc.) and ``position_net``. We build a
 gated copy of the base UNet, load the base weights plus the adapter's, and swap it in while the
 adapter is attached. The reference is diffusers' ``StableDiffusionGLIGENPipeline`` (tested image
-for image in tests/test_parity_gligen.py), so we do what it does:
+for image in tests/test_parity_pipelines.py), so we do what it does:
 
 * objects padded to a fixed 30 slots: masked slots become the position net's learned null
   features and still take part in every fuser's self-attention;

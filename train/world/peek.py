@@ -35,7 +35,7 @@ def main() -> None:
     base = load_base_model(args.base)
     layouts = load_layouts(args.layouts, min_area=0, max_area=1, min_side=0, max_boxes=3).layouts[: args.n]
     scales = [float(s) for s in args.scales.split(",")]
-    sampler = Sampler(base, SamplerSettings(args.steps, args.guidance, "DDIMScheduler", 1.0, "drop",
+    sampler = Sampler(base, SamplerSettings(args.steps, args.guidance, "DDIMScheduler", 1.0, "off",
                                             32, 32, 3))
     adapter = load_adapter(args.ckpt, base) if args.ckpt else None
     z = args.zoom
