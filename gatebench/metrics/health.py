@@ -2,7 +2,8 @@
 
 A too-strong adapter (the user's Kolors with the gate forced to 3.0) does not make slightly worse
 images: it makes colour garbage (streaks, confetti) or a near-black frame. Cues (images are first
-resized to 256 px on the long side, BOX down / bilinear up, so no cue depends on resolution):
+resized to 256 px on the long side, BOX down / nearest up, so no cue depends on resolution;
+the speckle share is taken at native size when smaller):
 
 * ``colour_edges``: mean CIELAB a*b* Sobel magnitude (colour-edge strength in Delta-E per pixel,
   scikit-image ``rgb2lab`` + ``sobel``). Real garbage is colour-busy everywhere; clean scenes, even
@@ -87,15 +88,16 @@ class ImageHealth:
     blank: bool
 
 
-def _array(image: Any) -> np.ndarray:
-    """Path / PIL / HWC array -> float64 HWC in [0, 1], resized to WORK_SIDE on the long side."""
+def _array(image: Any, upscale: bool = True) -> np.ndarray:
+    """Path / PIL / HWC array -> float64 HWC in [0, 1], resized to WORK_SIDE on the long side
+    (smaller images are only upscaled when ``upscale``: per-pixel speckle must stay per-pixel)."""
     from PIL import Image  # noqa: PLC0415
 
     pil = to_pil_rgb(image)
-    if max(pil.size) != WORK_SIDE:
+    if max(pil.size) > WORK_SIDE or (upscale and max(pil.size) < WORK_SIDE):
         scale = WORK_SIDE / max(pil.size)
         size = (max(1, round(pil.size[0] * scale)), max(1, round(pil.size[1] * scale)))
-        pil = pil.resize(size, Image.BOX if scale < 1 else Image.BILINEAR)
+        pil = pil.resize(size, Image.BOX if scale < 1 else Image.NEAREST)
     return np.asarray(pil, dtype=np.float64) / 255.0
 
 
@@ -108,27 +110,40 @@ def _lab(x: np.ndarray) -> np.ndarray:
 def health_stats(image: Any) -> dict[str, float]:
     """Every cue of one image (shares in [0, 1], L* and Delta-E in CIELAB units)."""
     return {k: float(np.mean(v)) if isinstance(v, np.ndarray) else v
-            for k, v in _maps(_array(image)).items() if k != "light"}
+            for k, v in _maps(image).items() if k != "light"}
 
 
-def _maps(x: np.ndarray) -> dict[str, Any]:
-    """Per-pixel cue maps (``colour_noise``, ``vivid``, ``colour_edges``, ``light``) + stats."""
+def _speckle(image: Any) -> float:
+    """Share of pixels whose chroma leaves its 3x3 median, at native size (at most WORK_SIDE)."""
+    x = _array(image, upscale=False)
+    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+    cb, cr = x[..., 2] - y, x[..., 0] - y
+    dev = np.hypot(cb - median_filter(cb, size=3, mode="reflect"),
+                   cr - median_filter(cr, size=3, mode="reflect"))
+    return float(np.mean(dev > CHROMA_DEVIATION))
+
+
+def _maps(image: Any, shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Per-pixel cue maps (``vivid``, ``colour_edges``, ``light``) at the working size (or
+    ``shape``, for a twin), the ``colour_noise`` share, and the blank statistics."""
+    from PIL import Image  # noqa: PLC0415
     from skimage.filters import sobel  # noqa: PLC0415
+
+    if shape is None:
+        x = _array(image)
+    else:
+        x = np.asarray(to_pil_rgb(image).resize((shape[1], shape[0]), Image.BOX),
+                       dtype=np.float64) / 255.0
 
     if not np.isfinite(x).all():
         raise MetricError("expected finite pixel values for the health cues, got NaN/inf")
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    cb, cr = b - y, r - y
-    dev = np.hypot(cb - median_filter(cb, size=3, mode="reflect"),
-                   cr - median_filter(cr, size=3, mode="reflect"))
     top, bottom = x.max(axis=-1), x.min(axis=-1)
     saturation = (top - bottom) / np.maximum(top, 1e-6)
     lab = _lab(x)
     edges = (np.hypot(sobel(lab[..., 1]), sobel(lab[..., 2])) if min(x.shape[:2]) >= 3
              else np.zeros(x.shape[:2]))
     light = lab[..., 0]
-    return {"colour_noise": (dev > CHROMA_DEVIATION).astype(np.float64),
+    return {"colour_noise": _speckle(image),
             "vivid": ((saturation > VIVID_SATURATION) & (top > VIVID_VALUE)).astype(np.float64),
             "colour_edges": edges, "light": light,
             "light_p99": float(np.percentile(light, 99)), "light_p1": float(np.percentile(light, 1)),
@@ -145,13 +160,10 @@ def _absolute(s: dict[str, float]) -> dict[str, float]:
             "vivid": _clip01((s["vivid"] - VIVID_START) / VIVID_SPAN)}
 
 
-def _pair(image: Any, reference: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Both images at the image's working size (the twin is resized to match)."""
-    from PIL import Image  # noqa: PLC0415
-
-    x = _array(image)
-    ref = to_pil_rgb(reference).resize((x.shape[1], x.shape[0]), Image.BOX)
-    return x, np.asarray(ref, dtype=np.float64) / 255.0
+def _pair(image: Any, reference: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both images' maps at the image's working size (the twin is resized to match)."""
+    m = _maps(image)
+    return m, _maps(reference, shape=m["light"].shape)
 
 
 def _ssim_map(light: np.ndarray, ref_light: np.ndarray) -> np.ndarray:
@@ -169,8 +181,8 @@ def _ssim_map(light: np.ndarray, ref_light: np.ndarray) -> np.ndarray:
 
 def structure_similarity(image: Any, reference: Any) -> float:
     """Mean SSIM (torchmetrics) of the two images' CIELAB lightness at the working size."""
-    x, r = _pair(image, reference)
-    return float(np.mean(_ssim_map(_lab(x)[..., 0], _lab(r)[..., 0])))
+    m, r = _pair(image, reference)
+    return float(np.mean(_ssim_map(m["light"], r["light"])))
 
 
 def _relative(m: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
@@ -182,7 +194,7 @@ def _relative(m: dict[str, Any], ref: dict[str, Any]) -> dict[str, float]:
     edge_span = 2 * (EDGE_THRESHOLD - EDGE_CLEAN)
     return {"edges": _clip01(float(np.mean((m["colour_edges"] - ref["colour_edges"]) * counted))
                              / edge_span),
-            "noise": _clip01(float(np.mean(m["colour_noise"] - ref["colour_noise"])) / NOISE_FULL),
+            "noise": _clip01((m["colour_noise"] - ref["colour_noise"]) / NOISE_FULL),
             "vivid": _clip01(float(np.mean((m["vivid"] - ref["vivid"]) * counted))
                              / VIVID_DELTA_SPAN)}
 
@@ -215,9 +227,8 @@ def garbled_components(image: Any, reference: Any = None) -> dict[str, float]:
     image's own score, which caps the result.
     """
     if reference is None:
-        return _garbled_parts(_maps(_array(image)), None)
-    x, r = _pair(image, reference)
-    return _garbled_parts(_maps(x), _maps(r))
+        return _garbled_parts(_maps(image), None)
+    return _garbled_parts(*_pair(image, reference))
 
 
 def garbled_score(image: Any, reference: Any = None) -> float:
@@ -227,7 +238,7 @@ def garbled_score(image: Any, reference: Any = None) -> float:
 
 def blank_components(image: Any) -> dict[str, float]:
     """Blank parts in [0, 1]: ``dark`` (near-black), ``light`` (near-white), ``flat`` (uniform)."""
-    return _blank_parts(_maps(_array(image)))
+    return _blank_parts(_maps(image))
 
 
 def blank_score(image: Any) -> float:
@@ -238,11 +249,7 @@ def blank_score(image: Any) -> float:
 def assess(image: Any, reference: Any = None, *, garbled_threshold: float = DEFAULT_THRESHOLD,
            blank_threshold: float = ScoringSpec.blank_threshold) -> ImageHealth:
     """Both flags for one image (cues computed once); a blank image is not also garbled."""
-    if reference is None:
-        m, ref = _maps(_array(image)), None
-    else:
-        x, r = _pair(image, reference)
-        m, ref = _maps(x), _maps(r)
+    m, ref = (_maps(image), None) if reference is None else _pair(image, reference)
     g_score = _garbled_from_parts(_garbled_parts(m, ref))
     b_score = max(_blank_parts(m).values())
     blank = b_score > blank_threshold

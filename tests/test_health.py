@@ -1,0 +1,70 @@
+"""Image health on real (downscaled) calibration images and on synthetic corruptions of them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gatebench.metrics.corruptions import corrupt
+from gatebench.metrics.health import assess, blank_score, garbled_score, health_stats
+
+DATA = Path(__file__).parent / "data" / "health"
+GARBLED = ("gate_3.0_06", "gate_3.0_10", "gate_3.0_17")
+CLEAN = ("gate_learned_02", "gate_learned_07", "gate_learned_13")
+
+
+def load(name: str) -> np.ndarray:
+    return np.asarray(Image.open(DATA / f"{name}.png").convert("RGB"))
+
+
+@pytest.mark.parametrize("name", GARBLED)
+def test_real_garbage_is_garbled_not_blank(name: str) -> None:
+    health = assess(load(name))
+    assert health.garbled and not health.blank        # measured scores 0.79, 0.61, 1.00
+
+
+@pytest.mark.parametrize("name", CLEAN)
+def test_real_clean_images_are_neither(name: str) -> None:
+    health = assess(load(name))
+    assert not health.garbled and not health.blank    # measured <= 0.41; blank <= 0.01
+
+
+def test_real_black_frame_is_blank_and_not_garbled() -> None:
+    health = assess(load("gate_3.0_11"))
+    assert health.blank and not health.garbled and health.blank_score > 0.6   # measured 0.72
+
+
+def test_colour_edges_separate_real_images_with_margin() -> None:
+    edges = {n: health_stats(load(n))["colour_edges"] for n in GARBLED + CLEAN}
+    assert min(edges[n] for n in GARBLED) > 8.5 and max(edges[n] for n in CLEAN) < 6.5
+
+
+def test_score_does_not_depend_on_resolution() -> None:
+    big = Image.open(DATA / "gate_3.0_10.png")
+    assert garbled_score(big.resize((128, 128), Image.BOX)) == pytest.approx(
+        garbled_score(big), abs=0.15)
+
+
+@pytest.mark.parametrize("kind", ["noise", "streaks", "blotches"])
+def test_synthetic_corruptions_of_real_clean_images(kind: str) -> None:
+    for i, name in enumerate(CLEAN):
+        clean = load(name)
+        bad = corrupt(clean, kind, 0.6, seed=i)
+        assert assess(bad).garbled and assess(bad, clean).garbled
+        if kind != "blotches":       # mild blotches are excused by the twin (docstring figures)
+            assert assess(corrupt(clean, kind, 0.3, seed=i), clean).garbled
+
+
+def test_a_clean_image_against_a_different_clean_twin_is_not_garbled() -> None:
+    assert not assess(load("gate_learned_07"), load("gate_learned_02")).garbled
+    assert not assess(load("gate_learned_02"), load("gate_learned_13")).garbled
+
+
+def test_blank_kinds() -> None:
+    assert blank_score(np.zeros((64, 64, 3), np.uint8)) == 1.0
+    assert blank_score(np.full((64, 64, 3), 250, np.uint8)) == 1.0
+    assert blank_score(np.full((64, 64, 3), (90, 140, 60), np.uint8)) > 0.99   # uniform green
+    health = assess(np.zeros((64, 64, 3), np.uint8))
+    assert health.blank and not health.garbled
