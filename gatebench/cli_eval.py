@@ -104,7 +104,7 @@ def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--metric", "metric_options", multiple=True, metavar="NAME=MAX_DROP",
-              help="Allowed drop (a rise for fid/kid/garbled_rate) before a change counts as a "
+              help="Allowed drop (a rise for fid/kid/garbled_rate/blank_rate) before a change counts as a "
               "regression, e.g. iou50_rate=0.03; NAME=off reports without gating; set-level "
               "ap50/ap/fid/kid gate (on point values) only when named. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
