@@ -180,7 +180,7 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable result on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write samples.jsonl and score.json here.")
+              help="Write samples.jsonl, score.json and report.md (flagged thumbnails) here.")
 def score(images: Path, layouts: Path, detections: Path | None, protocol: str | None,
           skip_bad: bool, device: str, as_json: bool, out: Path | None) -> None:
     """Score images made elsewhere against their layouts (no generation).
@@ -192,6 +192,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
 
     from gatebench.evalmodels import load_eval_models
     from gatebench.protocol import Protocol, load_protocol
+    from gatebench.report_flagged import write_score_report
     from gatebench.run import resolve_device, write_json
     from gatebench.score import score_folder, write_samples_jsonl
     from gatebench.verdict import evaluate_targets
@@ -219,6 +220,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
         out.mkdir(parents=True, exist_ok=True)
         write_samples_jsonl(result.samples, out / "samples.jsonl")
         write_json(out / "score.json", document)
+        write_score_report(document, result.samples, images, out)
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
@@ -236,5 +238,6 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
             mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
             console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {t.note}")
         if out is not None:
-            console.print(f"wrote {out / 'samples.jsonl'} and {out / 'score.json'}")
+            console.print(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
+                          f"{out / 'report.md'}")
     finish(1 if document["verdict"] == "fail" else 0)

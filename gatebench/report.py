@@ -114,7 +114,7 @@ class Figures:
     metric_vs_epoch: str | None = None
     gate_trajectory: str | None = None
     grids: list[dict[str, Any]] = field(default_factory=list)   # checkpoint, file, layouts, ...
-    flagged: dict[str, Any] | None = None                        # file, shown, total
+    flagged: dict[str, Any] | None = None                        # file, rows, total
 
 
 def headline_table(results: dict[str, Any]) -> list[str]:
@@ -224,7 +224,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     if any(p for p, _ in plots):
         out += ["## Plots", ""] + [f"![{alt}]({p})\n" for p, alt in plots if p]
     out += samples_section(results, samples if samples is not None else pd.DataFrame(), figures)
-    out += flagged_section(figures)
+    out += flagged_section(figures.flagged)
     out += [gates_markdown or gates_section(results, figures.gate_trajectory), "",
             DEFINITIONS, *reproducibility(results)]
     return "\n".join(out) + "\n"
@@ -300,9 +300,9 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
             if png is not None:
                 figures.grids.append({"checkpoint": ck, "label": label, "file": png.name,
                                       "layouts": layouts, "missing": missing})
-        png, shown, total = flagged_strip(samples, results_dir, out_dir / "flagged.png")
+        png, rows, total = flagged_strip(samples, results_dir, out_dir / "flagged.png")
         if png is not None:
-            figures.flagged = {"file": png.name, "shown": shown, "total": total}
+            figures.flagged = {"file": png.name, "rows": rows, "total": total}
     return figures
 
 

@@ -36,8 +36,11 @@ def _caption(rec: pd.Series) -> str:
 
 
 def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
-                  ) -> tuple[Path | None, int, int]:
-    """(png, thumbnails drawn, flagged in all); png None when nothing is flagged or on disk."""
+                  ) -> tuple[Path | None, list[dict[str, Any]], int]:
+    """(png, one row per thumbnail drawn, flagged in all); png None when nothing to draw.
+
+    Thumbnails are numbered; the names (often Chinese, which PIL's default font cannot draw)
+    go into the Markdown table under the strip."""
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
     from gatebench.report_plots import _cell  # noqa: PLC0415
@@ -52,7 +55,7 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
         if len(cells) == MAX_FLAGGED:
             break
     if not cells:
-        return None, 0, len(flagged)
+        return None, [], len(flagged)
     font = ImageFont.load_default(size=11)
     cols = min(COLUMNS, len(cells))
     rows = math.ceil(len(cells) / cols)
@@ -61,23 +64,47 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
     for i, (rec, thumb) in enumerate(cells):
         x, y = (i % cols) * (THUMB_PX + 4), (i // cols) * (THUMB_PX + 34)
         sheet.paste(thumb, (x, y))
-        pen.text((x + 2, y + THUMB_PX + 2), str(rec.get("image"))[:26], fill=(40, 40, 40),
-                 font=font)
+        pen.text((x + 2, y + THUMB_PX + 2), f"#{i + 1}", fill=(40, 40, 40), font=font)
         pen.text((x + 2, y + THUMB_PX + 17), _caption(rec), fill=(190, 30, 30), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
-    return out, len(cells), len(flagged)
+    rows = [{"image": str(rec.get("image")), "caption": _caption(rec)} for rec, _ in cells]
+    return out, rows, len(flagged)
 
 
-def flagged_section(figures: Any) -> list[str]:
-    """Markdown for the strip (nothing when no image was flagged)."""
-    info = getattr(figures, "flagged", None)
+def flagged_section(info: dict[str, Any] | None) -> list[str]:
+    """Markdown for the strip (``file``, ``rows``, ``total``); nothing when none was flagged."""
     if not info:
         return []
-    shown, total = info["shown"], info["total"]
+    shown, total = len(info["rows"]), info["total"]
     more = f" (the first {shown} of {total})" if shown < total else ""
     return ["## Flagged images", "",
             f"Images flagged garbled or blank{more}, with their scores (above 0.5 = flagged; "
             "a blank image is never also counted garbled). Check them by eye: a flag is a "
             "measurement, not a verdict on the adapter.", "",
-            f"![flagged images]({info['file']})", ""]
+            f"![flagged images]({info['file']})", "", "| # | image | flag |", "|---|---|---|",
+            *[f"| {i} | {r['image'].replace('|', '/')} | {r['caption']} |"
+              for i, r in enumerate(info["rows"], start=1)], ""]
+
+
+def write_score_report(document: dict[str, Any], samples: pd.DataFrame, images_root: Path,
+                       out_dir: Path) -> Path:
+    """`gatebench score --out`: report.md with the metrics (95% CI, N) and the flagged strip."""
+    from gatebench.report import value_ci  # noqa: PLC0415
+
+    png, rows, total = flagged_strip(samples, images_root, out_dir / "flagged.png")
+    lines = [f"# gatebench score: {document.get('images')}", "",
+             f"{document.get('n_images')} images, layouts `{document.get('layouts')}`, "
+             f"protocol `{document.get('protocol')}`; verdict **{document.get('verdict')}**.", "",
+             "| metric | value [95% CI] | N |", "|---|---|---|"]
+    for name, metric in (document.get("metrics") or {}).items():
+        lines.append(f"| {name} | {value_ci(metric)} | {metric.get('n')} |")
+    for name, reason in (document.get("not_computed") or {}).items():
+        lines.append(f"| {name} | not computed ({reason}) | - |")
+    lines.append("")
+    info = {"file": png.name, "rows": rows, "total": total} if png is not None else None
+    lines += flagged_section(info) or [
+        "## Flagged images", "", "No image was flagged garbled or blank.", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -68,3 +68,45 @@ def test_blank_kinds() -> None:
     assert blank_score(np.full((64, 64, 3), (90, 140, 60), np.uint8)) > 0.99   # uniform green
     health = assess(np.zeros((64, 64, 3), np.uint8))
     assert health.blank and not health.garbled
+
+
+def test_score_cli_on_real_outputs_reports_both_rates_with_cis(tmp_path: Path) -> None:
+    """The user's results.jsonl + PNGs (Chinese names), a target on blank_rate, report.md."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from gatebench.cli import cli
+
+    images = tmp_path / "outputs" / "test_gate_3.0"
+    images.mkdir(parents=True)
+    rows = []
+    for i, name in enumerate(GARBLED + CLEAN + ("gate_3.0_11",)):
+        file = f"{i:04d}_厨房.png"
+        shutil.copy(DATA / f"{name}.png", images / file)
+        rows.append({"prompt": "两个男人站在厨房里", "status": "success",
+                     "layout": {"layout_text": "男人", "objects": [
+                         {"name": "男人", "name_en": "person", "bbox": [0.1, 0.2, 0.5, 0.9]}]},
+                     "image_path": f"outputs/test_gate_3.0/{file}"})
+    layouts = tmp_path / "results.jsonl"
+    layouts.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                       encoding="utf-8")
+    protocol = tmp_path / "health.toml"
+    protocol.write_text('[scoring]\nbootstrap = 200\n\n[[targets]]\nmetric = "blank_rate"\n'
+                        'op = "<="\nthreshold = 0.2\n', encoding="utf-8")
+    out = tmp_path / "scored"
+    args = ["score", "--images", str(images), "--layouts", str(layouts), "--protocol",
+            str(protocol), "--out", str(out)]
+    result = CliRunner().invoke(cli, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    garbled, blank = doc["metrics"]["garbled_rate"], doc["metrics"]["blank_rate"]
+    assert garbled["value"] == pytest.approx(3 / 7) and blank["value"] == pytest.approx(1 / 7)
+    assert garbled["ci_low"] < garbled["value"] < garbled["ci_high"] and blank["n"] == 7
+    assert [t["metric"] for t in doc["targets"]] == ["blank_rate"] and doc["verdict"] == "pass"
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "| blank_rate |" in report and "![flagged images](flagged.png)" in report
+    assert Image.open(out / "flagged.png").size[0] >= 4 * 200        # 4 thumbnails
+    table = CliRunner().invoke(cli, args)
+    assert "blank_rate" in table.output and "garbled_rate" in table.output
