@@ -37,10 +37,15 @@ from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
               show_default=True, help="Run folder: images/, results.json, samples.jsonl, report.md.")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="A baseline results.json to compare against (paired regression gate).")
+@click.option("--garbled-threshold", type=float, default=None,
+              help="Garbled score above this flags an image (default: the protocol's [scoring]).")
+@click.option("--blank-threshold", type=float, default=None,
+              help="Blank score above this flags an image (default: the protocol's [scoring]).")
 def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
         num_samples: int | None, seed: int | None, steps: int | None, device: str | None,
         dtype: str | None, batch_size: int | None, base_model: str | None, layouts: str | None,
-        out: Path, baseline: Path | None) -> None:
+        out: Path, baseline: Path | None, garbled_threshold: float | None,
+        blank_threshold: float | None) -> None:
     """Generate from ground-truth boxes at every gate scale and judge each checkpoint.
 
     Gate pre-flight -> batched generation (cached, resumable) -> detection, CLIP, FID/KID, image
@@ -58,6 +63,7 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     proto = protocol_with_overrides(protocol, gate_scales=scales, num_samples=num_samples,
                                     seed=seed, steps=steps, dtype=dtype, device=device,
                                     batch_size=batch_size, base_model=base_model, layouts=layouts)
+    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
     if base_run is not None:
         from gatebench.compare import precheck_protocol
         precheck_protocol(base_run.results, proto)
@@ -72,6 +78,21 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
         if base_run is not None:
             code = max(code, _baseline_check(base_run, result, console))
     finish(code)
+
+
+def health_thresholds(proto: Any, garbled: float | None, blank: float | None) -> Any:
+    """The protocol with the CLI's image-health thresholds (each in (0, 1)) where given."""
+    from gatebench.errors import ProtocolError
+
+    changes = {}
+    for flag, name, value in (("--garbled-threshold", "garbled_threshold", garbled),
+                              ("--blank-threshold", "blank_threshold", blank)):
+        if value is not None:
+            if not 0.0 < value < 1.0:
+                raise ProtocolError(f"expected {flag} between 0 and 1 (scores are in [0, 1]), "
+                                    f"got {value:g}")
+            changes[name] = value
+    return proto.replace(scoring=changes) if changes else proto
 
 
 def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
@@ -181,8 +202,13 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable result on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write samples.jsonl, score.json and report.md (flagged thumbnails) here.")
+@click.option("--garbled-threshold", type=float, default=None,
+              help="Garbled score above this flags an image (default: the protocol's [scoring]).")
+@click.option("--blank-threshold", type=float, default=None,
+              help="Blank score above this flags an image (default: the protocol's [scoring]).")
 def score(images: Path, layouts: Path, detections: Path | None, protocol: str | None,
-          skip_bad: bool, device: str, as_json: bool, out: Path | None) -> None:
+          skip_bad: bool, device: str, as_json: bool, out: Path | None,
+          garbled_threshold: float | None, blank_threshold: float | None) -> None:
     """Score images made elsewhere against their layouts (no generation).
 
     Metrics whose model is not configured are reported as not computed, never as a number:
@@ -201,6 +227,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     # Targets of a generation protocol name gate scales; here every image counts once.
     proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
                                                      for t in proto.targets))
+    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
     if detections is not None:
         proto = proto.replace(models={"detector": None})
     dev = resolve_device(device)

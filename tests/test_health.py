@@ -110,3 +110,8 @@ def test_score_cli_on_real_outputs_reports_both_rates_with_cis(tmp_path: Path) -
     assert Image.open(out / "flagged.png").size[0] >= 4 * 200        # 4 thumbnails
     table = CliRunner().invoke(cli, args)
     assert "blank_rate" in table.output and "garbled_rate" in table.output
+    # CLI overrides of the protocol's [scoring] thresholds; an impossible one is exit 2
+    strict = CliRunner().invoke(cli, [*args, "--json", "--blank-threshold", "0.8"])
+    assert json.loads(strict.output)["metrics"]["blank_rate"]["value"] == 0.0   # 0.72 < 0.8
+    bad = CliRunner().invoke(cli, [*args, "--garbled-threshold", "1.5"])
+    assert bad.exit_code == 2 and "--garbled-threshold between 0 and 1" in bad.output
