@@ -45,10 +45,13 @@ learned-gate image of the same prompt): 01, 06, 17 garbled flagged (0.78, 0.58, 
 (0.33: its twin, learned_04, is as colour-busy), clean 07 0.01; each clean image vs an unrelated
 clean one <= 0.21 (learned_04 1.00).
 
-Blank (near-black, near-white, near-uniform): ``max((35 - L*p99) / 20, (L*p1 - 75) / 20,
-(8 - spread) / 8)`` clipped, spread = Delta-E standard deviation over the image. The real black
-frame: L*p99 20.6 -> 0.72; the darkest clean image (a black kitchen) L*p99 38.3 -> 0; the dark
-all-blue garbage L*p99 29.8, spread 11.7 -> 0.26 (not blank: it stays garbled).
+Blank (near-black, near-white, near-uniform): ``max(grey * (35 - L*p99) / 20, grey * (L*p1 - 75)
+/ 20, (8 - spread) / 8)`` clipped, spread = Delta-E standard deviation over the image, grey =
+``(40 - C*p99) / 20`` clipped (a black or white frame is achromatic; dark saturated blue garbage
+and a yellow disc on a pale ground are not blank). The real black frame: L*p99 20.6, C*p99 14.7
+-> 0.72; the darkest clean image (a black kitchen) L*p99 38.3 -> 0.01; the dark all-blue garbage
+L*p99 29.8, C*p99 126, spread 11.7 -> 0 (it stays garbled). The shapes world's 500 ground-truth
+images: blank <= 0.01 with the chroma guard (0.43 without: a yellow disc on a pale ground).
 ``blank = blank_score > blank_threshold`` (0.5).
 """
 from __future__ import annotations
@@ -75,6 +78,7 @@ EDGE_CLEAN = 2.5          # median clean image: an increase of 2 * (7.3 - 2.5) o
 SSIM_NO_EXCUSE, SSIM_FULL_EXCUSE = 0.2, 0.6
 BLACK_L, LIGHT_L, L_SPAN = 35.0, 75.0, 20.0
 FLAT_SPREAD = 8.0
+GREY_CHROMA, CHROMA_SPAN = 20.0, 20.0    # C* p99 <= 20: achromatic; >= 40: coloured, not blank
 DEFAULT_THRESHOLD = ScoringSpec.garbled_threshold
 
 
@@ -147,7 +151,8 @@ def _maps(image: Any, shape: tuple[int, int] | None = None) -> dict[str, Any]:
             "vivid": ((saturation > VIVID_SATURATION) & (top > VIVID_VALUE)).astype(np.float64),
             "colour_edges": edges, "light": light,
             "light_p99": float(np.percentile(light, 99)), "light_p1": float(np.percentile(light, 1)),
-            "spread": float(np.sqrt(sum(lab[..., i].var() for i in range(3))))}
+            "spread": float(np.sqrt(sum(lab[..., i].var() for i in range(3)))),
+            "chroma_p99": float(np.percentile(np.hypot(lab[..., 1], lab[..., 2]), 99))}
 
 
 def _clip01(v: float) -> float:
@@ -215,8 +220,9 @@ def _garbled_from_parts(parts: dict[str, float]) -> float:
 
 
 def _blank_parts(s: dict[str, float]) -> dict[str, float]:
-    return {"dark": _clip01((BLACK_L - s["light_p99"]) / L_SPAN),
-            "light": _clip01((s["light_p1"] - LIGHT_L) / L_SPAN),
+    colourless = _clip01((GREY_CHROMA + CHROMA_SPAN - s["chroma_p99"]) / CHROMA_SPAN)
+    return {"dark": _clip01((BLACK_L - s["light_p99"]) / L_SPAN) * colourless,
+            "light": _clip01((s["light_p1"] - LIGHT_L) / L_SPAN) * colourless,
             "flat": _clip01((FLAT_SPREAD - s["spread"]) / FLAT_SPREAD)}
 
 
