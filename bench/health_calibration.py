@@ -38,7 +38,8 @@ def main(folder: Path) -> None:
     images = {r["file"]: np.asarray(Image.open(folder / r["file"]).convert("RGB").resize(
         (256, 256), Image.BOX)) for r in rows}
     label = {r["file"]: r["label"] for r in rows}
-    cues = ("colour_edges", "colour_noise", "vivid", "light_p99", "light_p1", "spread")
+    cues = ("colour_edges", "colour_noise", "vivid", "light_p99", "light_p1", "spread",
+            "chroma_p99")
     print(f"{'image':22} {'label':8}" + "".join(f"{c:>13}" for c in cues)
           + f"{'garbled':>9}{'blank':>7}  flags")
     stats = {}

@@ -27,13 +27,18 @@ Calibration (``bench/health_calibration.py``; 18 real 1024 px Kolors outputs in
 ``shared/seed/garbled-calibration``, labelled by eye). ``colour_edges`` at 256 px:
 garbled 8.9, 9.0, 11.4, 11.6, 26.2; clean 0.7-3.7 for 10 of 12, learned_02 (dense engraving
 texture) 6.0, learned_04 (vivid purple circuit-board pattern) 22.7; blank 0.6. Cues tried and
-dropped (no threshold separated them; table in the bench output): BRISQUE (``brisque`` 0.2.0:
-garbled 24-84 vs clean 13-67, and it breaks on numpy 2.4), luminance gradient, orientation
-coherence, spectral slope, gradient anisotropy (streaks are vertical, but so are trees), canny
-edge density/continuity, saturation, colourfulness, colour-cluster counts per patch, the old
-colour-noise share (<= 0.1 on real garbage). Threshold 7.3 is the geometric midpoint of the
-largest error-minimising gap (6.0 .. 8.9); learned_04 stays the one flagged clean image (of 12;
-its gate-0 twin excuses it in ``run``). Leave-one-out (threshold re-derived on 17, the 18th
+dropped (a one-off study at 256 px; no threshold separated garbled from clean): BRISQUE (the
+``brisque`` 0.2.0 package, weight-free SVM shipped in the wheel, but it breaks on numpy 2.4 and
+scored garbled 24-84 vs clean 13-67), mean HSV saturation (garbled 0.51-1.00, clean up to 0.52),
+luminance std (0.12-0.28 vs up to 0.13), horizontal/vertical gradient anisotropy (streaks are
+vertical, 0.89-2.38, but so are trees: up to 1.64), orientation coherence, spectral slope,
+canny edge density and edge length, colourfulness, colour-cluster counts per 16 px patch, and the
+old colour-noise share (<= 0.10 on real garbage). piq/pyiqa were not used: their no-reference
+measures download weights. No CLIP-IQA cue: CLIP is optional here, and a score that changes
+with whichever CLIP a protocol configures would not be comparable across protocols.
+Threshold 7.3 is the geometric midpoint of the largest error-minimising gap (6.0 .. 8.9);
+learned_04 stays the one flagged clean image (of 12; in ``run`` a gate-0 twin as colour-busy as
+it excuses such an image: 3.0_04 against learned_04 scores 0.33). Leave-one-out (threshold re-derived on 17, the 18th
 judged): 15/17 non-blank images right (learned_04 and learned_02 wrong: without learned_02 the gap
 is 3.7 .. 8.9 and its 6.0 falls above the midpoint). Synthetic corruptions of the 12 clean images
 (``gatebench.metrics.corruptions``), share flagged at strength 0.1 / 0.3 / 0.6, absolute | vs the
@@ -43,7 +48,9 @@ of the image keep the L* structure beneath, so the twin excuses them). Uncorrupt
 <= 0.41 apart from learned_04. Twin mode on the calibration pairs (gate-3.0 image vs the
 learned-gate image of the same prompt): 01, 06, 17 garbled flagged (0.78, 0.58, 0.85), 04 missed
 (0.33: its twin, learned_04, is as colour-busy), clean 07 0.01; each clean image vs an unrelated
-clean one <= 0.21 (learned_04 1.00).
+clean one <= 0.21 (learned_04 1.00). Shapes world (32 px, upscaled): 500 ground-truth images
+garbled <= 0.18; the good adapter (good_step_4000, 24 layouts) at scales 0 / 0.5 / 1 / 2 scores at
+most 0.40 / 0.04 / 0.03 / 0.08 (scale 0 absolute, others vs the twin; scale 1 absolute <= 0.34).
 
 Blank (near-black, near-white, near-uniform): ``max(grey * (35 - L*p99) / 20, grey * (L*p1 - 75)
 / 20, (8 - spread) / 8)`` clipped, spread = Delta-E standard deviation over the image, grey =
