@@ -37,10 +37,15 @@ from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
               show_default=True, help="Run folder: images/, results.json, samples.jsonl, report.md.")
 @click.option("--baseline", type=click.Path(path_type=Path), default=None,
               help="A baseline results.json to compare against (paired regression gate).")
+@click.option("--garbled-threshold", type=float, default=None,
+              help="Garbled score above this flags an image (default: the protocol's [scoring]).")
+@click.option("--blank-threshold", type=float, default=None,
+              help="Blank score above this flags an image (default: the protocol's [scoring]).")
 def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
         num_samples: int | None, seed: int | None, steps: int | None, device: str | None,
         dtype: str | None, batch_size: int | None, base_model: str | None, layouts: str | None,
-        out: Path, baseline: Path | None) -> None:
+        out: Path, baseline: Path | None, garbled_threshold: float | None,
+        blank_threshold: float | None) -> None:
     """Generate from ground-truth boxes at every gate scale and judge each checkpoint.
 
     Gate pre-flight -> batched generation (cached, resumable) -> detection, CLIP, FID/KID, image
@@ -58,6 +63,7 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     proto = protocol_with_overrides(protocol, gate_scales=scales, num_samples=num_samples,
                                     seed=seed, steps=steps, dtype=dtype, device=device,
                                     batch_size=batch_size, base_model=base_model, layouts=layouts)
+    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
     if base_run is not None:
         from gatebench.compare import precheck_protocol
         precheck_protocol(base_run.results, proto)
@@ -72,6 +78,21 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
         if base_run is not None:
             code = max(code, _baseline_check(base_run, result, console))
     finish(code)
+
+
+def health_thresholds(proto: Any, garbled: float | None, blank: float | None) -> Any:
+    """The protocol with the CLI's image-health thresholds (each in (0, 1)) where given."""
+    from gatebench.errors import ProtocolError
+
+    changes = {}
+    for flag, name, value in (("--garbled-threshold", "garbled_threshold", garbled),
+                              ("--blank-threshold", "blank_threshold", blank)):
+        if value is not None:
+            if not 0.0 < value < 1.0:
+                raise ProtocolError(f"expected {flag} between 0 and 1 (scores are in [0, 1]), "
+                                    f"got {value:g}")
+            changes[name] = value
+    return proto.replace(scoring=changes) if changes else proto
 
 
 def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
@@ -104,7 +125,7 @@ def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
 @click.argument("baseline", type=click.Path(path_type=Path))
 @click.argument("candidate", type=click.Path(path_type=Path))
 @click.option("--metric", "metric_options", multiple=True, metavar="NAME=MAX_DROP",
-              help="Allowed drop (a rise for fid/kid/garbled_rate) before a change counts as a "
+              help="Allowed drop (a rise for fid/kid/garbled_rate/blank_rate) before a change counts as a "
               "regression, e.g. iou50_rate=0.03; NAME=off reports without gating; set-level "
               "ap50/ap/fid/kid gate (on point values) only when named. Repeatable.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -180,9 +201,14 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable result on stdout.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write samples.jsonl and score.json here.")
+              help="Write samples.jsonl, score.json and report.md (flagged thumbnails) here.")
+@click.option("--garbled-threshold", type=float, default=None,
+              help="Garbled score above this flags an image (default: the protocol's [scoring]).")
+@click.option("--blank-threshold", type=float, default=None,
+              help="Blank score above this flags an image (default: the protocol's [scoring]).")
 def score(images: Path, layouts: Path, detections: Path | None, protocol: str | None,
-          skip_bad: bool, device: str, as_json: bool, out: Path | None) -> None:
+          skip_bad: bool, device: str, as_json: bool, out: Path | None,
+          garbled_threshold: float | None, blank_threshold: float | None) -> None:
     """Score images made elsewhere against their layouts (no generation).
 
     Metrics whose model is not configured are reported as not computed, never as a number:
@@ -192,6 +218,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
 
     from gatebench.evalmodels import load_eval_models
     from gatebench.protocol import Protocol, load_protocol
+    from gatebench.report_flagged import write_score_report
     from gatebench.run import resolve_device, write_json
     from gatebench.score import score_folder, write_samples_jsonl
     from gatebench.verdict import evaluate_targets
@@ -200,6 +227,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     # Targets of a generation protocol name gate scales; here every image counts once.
     proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
                                                      for t in proto.targets))
+    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
     if detections is not None:
         proto = proto.replace(models={"detector": None})
     dev = resolve_device(device)
@@ -219,6 +247,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
         out.mkdir(parents=True, exist_ok=True)
         write_samples_jsonl(result.samples, out / "samples.jsonl")
         write_json(out / "score.json", document)
+        write_score_report(document, result.samples, images, out)
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
@@ -236,5 +265,6 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
             mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
             console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {t.note}")
         if out is not None:
-            console.print(f"wrote {out / 'samples.jsonl'} and {out / 'score.json'}")
+            console.print(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
+                          f"{out / 'report.md'}")
     finish(1 if document["verdict"] == "fail" else 0)

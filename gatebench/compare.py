@@ -29,11 +29,12 @@ from gatebench.saved_run import SavedRun, checkpoint_paths, label_map
 
 SCHEMA_VERSION = 1
 PAIRED_METRICS = ("iou50_rate", "miou", "all_matched_rate", "clip_score", "region_clip_score",
-                  "garbled_rate")
+                  "garbled_rate", "blank_rate")
 SET_METRICS = ("ap50", "ap", "fid", "kid")
-LOWER_IS_BETTER = frozenset({"fid", "kid", "garbled_rate"})
+LOWER_IS_BETTER = frozenset({"fid", "kid", "garbled_rate", "blank_rate"})
 DEFAULT_MARGINS: dict[str, float] = {"iou50_rate": 0.02, "clip_score": 0.005,
-                                     "garbled_rate": 0.02}
+                                     "garbled_rate": 0.02, "blank_rate": 0.02}
+RATE_COLUMNS = {"garbled_rate": "garbled", "blank_rate": "blank"}   # per-sample bool columns
 OTHER_MARGIN = 0.02
 MIN_BOOT = 1000
 
@@ -233,7 +234,7 @@ def metric_units(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
         num = _num(df, "region_clip_score") * den
         keep = num.notna() & (den > 0)
     else:
-        num = _num(df, "garbled" if metric == "garbled_rate" else metric)
+        num = _num(df, RATE_COLUMNS.get(metric, metric))
         keep, den = num.notna(), pd.Series(1.0, index=df.index)
     if not keep.any():
         return None
@@ -357,7 +358,7 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                 "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m, OTHER_MARGIN))
                             for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
-                        "margin on the bad side (a rise for fid, kid, garbled_rate)"}
+                        "margin on the bad side (a rise for fid, kid, garbled_rate, blank_rate)"}
     rows = [replace(r, baseline_label=b_labels[r.baseline_checkpoint],
                     candidate_label=c_labels[r.candidate_checkpoint]) for r in rows]
     return Comparison(_identity(baseline), _identity(candidate), rows, settings, warnings)

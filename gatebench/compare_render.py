@@ -126,7 +126,7 @@ def render_markdown(document: dict[str, Any]) -> str:
              f"Candidate - baseline on the same layouts and seeds, paired bootstrap over layouts "
              f"({s.get('ci_level', 0.95):.0%} CI, {s.get('n_boot')} replicates, seed "
              f"{s.get('seed')}). A regression is a change in the bad direction whose whole CI "
-             f"lies beyond the allowed margin; fid, kid and garbled_rate regress by rising. "
+             f"lies beyond the allowed margin; fid, kid, garbled_rate and blank_rate regress by rising. "
              f"ap50/ap/fid/kid are set-level: point differences, no CI, gated only when "
              f"named with `--metric`.", ""]
     level = f"{s.get('ci_level', 0.95):.0%}"

@@ -101,11 +101,19 @@ def expectations(results: dict[str, Any], gate_codes: dict[str, set[str]],
         Expectation("deadlocked adapter changes nothing (IoU rate at 1 equals scale 0)",
                     f"= {_fmt(dead0)}", _fmt(dead1), dead1 is not None and dead1 == dead0),
     ]
+    health = [metric(results, good, 1.0, m) for m in ("garbled_rate", "blank_rate")]
+    out.append(Expectation("good adapter's scale-1 images healthy (garbled / blank rate)",
+                           "< 0.10 / < 0.10", " / ".join(_fmt(v) for v in health),
+                           all(v is not None and v < 0.1 for v in health)))
     legacy = finals["legacy"]
     garbled = [metric(results, legacy, s, "garbled_rate") for s in (0.0, 0.5, 1.0, 2.0)]
     out.append(Expectation("legacy garbled rate at scales 0 / 0.5 / 1 / 2 (reported, not required)",
                            "rises with scale, if this world shows it",
                            " / ".join(_fmt(v) for v in garbled), True, required=False))
+    blank = [metric(results, legacy, s, "blank_rate") for s in (0.0, 0.5, 1.0, 2.0)]
+    out.append(Expectation("legacy blank rate at scales 0 / 0.5 / 1 / 2 (reported, not required)",
+                           "near-black / uniform frames, if any", " / ".join(_fmt(v) for v in blank),
+                           True, required=False))
     if gate_paths and {"good", "gligen"} <= set(gate_paths):
         out.append(Expectation("gate trajectories of the two inits (reported, not required)",
                                "both open", f"zero-out (good) {gate_paths['good']}; "

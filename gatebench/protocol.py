@@ -37,7 +37,7 @@ def resolve_builtin(value: str | None) -> str | None:
     return value
 
 METRIC_NAMES = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "clip_score",
-                "region_clip_score", "fid", "kid", "garbled_rate")
+                "region_clip_score", "fid", "kid", "garbled_rate", "blank_rate")
 COMPARISONS = (">", ">=", "<", "<=")
 
 
@@ -104,6 +104,7 @@ class ScoringSpec:
     bootstrap: int = 1000
     ci_level: float = 0.95
     garbled_threshold: float = 0.5
+    blank_threshold: float = 0.5        # near-black / near-white / near-uniform (metrics.health)
     fid_resize: Literal["bilinear", "bicubic", "clean"] = "bilinear"
 
 

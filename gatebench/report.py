@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from gatebench.errors import GatebenchError
+from gatebench.report_flagged import flagged_section, flagged_strip
 from gatebench.report_sections import gate_verdict, gates_section, samples_section
 from gatebench.saved_run import label_map, label_of
 
@@ -38,6 +39,10 @@ DEFINITIONS = """\
   scale > 0 the score measures what the adapter ADDED relative to the gate-0 twin (same seed);
   at scale 0 there is no twin and an absolute statistic is used, so scale 0's rate is not on the
   same footing as the others.
+- **blank_rate**: share of images that are near-black, near-white or near-uniform (blank score
+  above the protocol's `blank_threshold`); a blank image is not also counted in garbled_rate.
+  The garbled score itself is calibrated on real garbled/clean Kolors outputs (colour-edge
+  strength in CIELAB, plus colour speckle and vivid share; see `gatebench.metrics.health`).
 - **N**: scorable ground-truth boxes for iou50_rate, miou, ap50 and ap; all ground-truth boxes
   for region_clip_score; generated images (one per layout and gate scale) for the others.
   ap50, ap, fid and kid are set-level numbers: no per-layout bootstrap, so no CI.
@@ -109,6 +114,7 @@ class Figures:
     metric_vs_epoch: str | None = None
     gate_trajectory: str | None = None
     grids: list[dict[str, Any]] = field(default_factory=list)   # checkpoint, file, layouts, ...
+    flagged: dict[str, Any] | None = None                        # file, rows, total
 
 
 def headline_table(results: dict[str, Any]) -> list[str]:
@@ -218,6 +224,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     if any(p for p, _ in plots):
         out += ["## Plots", ""] + [f"![{alt}]({p})\n" for p, alt in plots if p]
     out += samples_section(results, samples if samples is not None else pd.DataFrame(), figures)
+    out += flagged_section(figures.flagged)
     out += [gates_markdown or gates_section(results, figures.gate_trajectory), "",
             DEFINITIONS, *reproducibility(results)]
     return "\n".join(out) + "\n"
@@ -307,6 +314,9 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
             if png is not None:
                 figures.grids.append({"checkpoint": ck, "label": label, "file": png.name,
                                       "layouts": layouts, "missing": missing})
+        png, rows, total = flagged_strip(samples, results_dir, out_dir / "flagged.png")
+        if png is not None:
+            figures.flagged = {"file": png.name, "rows": rows, "total": total}
     return figures
 
 

@@ -17,7 +17,7 @@ PRETTY = {"iou50_rate": r"IoU$>$0.5 rate $\uparrow$", "miou": r"mIoU $\uparrow$"
           "all_matched_rate": r"All-matched rate $\uparrow$",
           "clip_score": r"CLIP score $\uparrow$", "region_clip_score": r"Region CLIP $\uparrow$",
           "fid": r"FID $\downarrow$", "kid": r"KID $\downarrow$",
-          "garbled_rate": r"Garbled rate $\downarrow$"}
+          "garbled_rate": r"Garbled rate $\downarrow$", "blank_rate": r"Blank rate $\downarrow$"}
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
             "^": r"\textasciicircum{}"}

@@ -94,7 +94,7 @@ def _draw_targets(ax: Any, results: dict[str, Any], name: str) -> None:
 
 def _title(name: str) -> str:
     """Metric name with its direction, and (no CI) for set-level metrics."""
-    arrow = "↓ better" if name in ("fid", "kid", "garbled_rate") else "↑ better"
+    arrow = "↓ better" if name in ("fid", "kid", "garbled_rate", "blank_rate") else "↑ better"
     extra = ", set-level, no CI" if name in ("fid", "kid", "ap50", "ap") else ""
     return f"{name} ({arrow}{extra})"
 

@@ -23,7 +23,7 @@ from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_s
 from gatebench.metrics.coco_ap import APImage, coco_ap
 from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
                                    feature_stats, frechet_distance, kid, reference_stats)
-from gatebench.metrics.health import garbled_score
+from gatebench.metrics.health import assess
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
@@ -101,7 +101,7 @@ def _load(path: Path) -> Any:
         raise MetricError(f"expected a readable image, got {exc}", path=path) from None
 
 
-def _reason(boxes: list[dict[str, Any]], det: bool, garbled: bool, g_score: float) -> str:
+def _reason(boxes: list[dict[str, Any]], det: bool, health: Any) -> str:
     parts = []
     if det:
         scorable = [b for b in boxes if b["scorable"]]
@@ -117,8 +117,10 @@ def _reason(boxes: list[dict[str, Any]], det: bool, garbled: bool, g_score: floa
     unscorable = [b["label"] for b in boxes if b["scorable"] is False]
     if unscorable:
         parts.append(f"{len(unscorable)} unscorable ({', '.join(unscorable)}: no detector class)")
-    if garbled:
-        parts.append(f"garbled {g_score:.2f}")
+    if health.garbled:
+        parts.append(f"garbled {health.garbled_score:.2f}")
+    if health.blank:
+        parts.append(f"blank {health.blank_score:.2f}")
     return "; ".join(parts) if parts else "ok"
 
 
@@ -181,8 +183,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                                   scoring.match_iou)
             summary = summarize_matches(records)
             ref = _load(it.reference_image_path) if it.reference_image_path else None
-            g_score = garbled_score(pil, ref)
-            garbled = g_score > scoring.garbled_threshold
+            health = assess(pil, ref, garbled_threshold=scoring.garbled_threshold,
+                            blank_threshold=scoring.blank_threshold)
             boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
                       "scorable": r.scorable, "matched": r.matched if has_det else None,
                       "iou": round(r.iou, 6) if has_det else None}
@@ -197,12 +199,14 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                 "image": it.image_path.name, "image_path": str(it.image_path),
                 "layout_id": it.layout.layout_id, "gate_scale": it.gate_scale,
                 "clip_score": float(g_clip[k]) if clip is not None else float("nan"),
-                "region_clip_score": region, "garbled_score": g_score, "garbled": garbled,
+                "region_clip_score": region, "garbled_score": health.garbled_score,
+                "garbled": health.garbled, "blank_score": health.blank_score,
+                "blank": health.blank,
                 "n_boxes": len(objs), "n_scorable": n_sc,
                 "n_matched": summary["n_matched"] if has_det else None,
                 "iou_sum": summary["iou_sum"] if has_det else None,
                 "all_matched": summary["all_matched"] if has_det else None,
-                "boxes": boxes, "reason": _reason(boxes, has_det, garbled, g_score),
+                "boxes": boxes, "reason": _reason(boxes, has_det, health),
                 # optional extras for report grids (not Stable names): prompt and raw detections
                 "caption": it.layout.caption,
                 "detections": [{"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
@@ -238,7 +242,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
             "fid_extractor": getattr(fid_extractor, "name", None),
             "fid_reference": dict(reference.recipe) if reference is not None else None,
             "match_iou": scoring.match_iou, "bootstrap": scoring.bootstrap,
-            "ci_level": scoring.ci_level, "garbled_threshold": scoring.garbled_threshold}
+            "ci_level": scoring.ci_level, "garbled_threshold": scoring.garbled_threshold,
+            "blank_threshold": scoring.blank_threshold}
     return ScoreResult(samples, metrics, not_computed, by_scale, info)
 
 
@@ -285,6 +290,7 @@ class _Context:
         else:
             skip["clip_score"] = skip["region_clip_score"] = "no CLIP model configured"
         out["garbled_rate"] = mean_ci(df["garbled"].to_numpy(dtype=float), **kw)
+        out["blank_rate"] = mean_ci(df["blank"].to_numpy(dtype=float), **kw)
         if self.reference is None or self.fake_feats is None:
             skip["fid"] = skip["kid"] = "no FID feature extractor and real images configured"
         else:

@@ -289,3 +289,23 @@ def test_run_with_baseline_fails_on_targets_alone_and_refuses_other_seeds(world,
                     base / "results.json", "--seed", "3")
     assert other.exit_code == 2 and "seed 7 in the baseline vs 3 now" in other.output
     assert not (tmp_path / "seed" / "results.json").exists()          # refused before running
+
+
+def test_a_blank_rise_is_a_regression_too(tmp_path: Path) -> None:
+    def clean(samples: pd.DataFrame) -> pd.DataFrame:
+        samples["blank"], samples["blank_score"] = False, 0.0
+        return samples
+
+    def blank(samples: pd.DataFrame) -> pd.DataFrame:
+        samples = clean(samples)
+        hit = (samples["gate_scale"] == 2.0) & (samples["checkpoint"] == "epoch_1.pt")
+        samples.loc[hit, "blank"] = True
+        return samples
+
+    doc = json.loads(invoke("compare", copy_run(tmp_path, "base", clean),
+                            copy_run(tmp_path, "cand", blank), "--json").output)
+    rows = [r for r in doc["rows"] if r["metric"] == "blank_rate"]
+    bad = [(r["candidate_checkpoint"], r["gate_scale"]) for r in rows
+           if r["status"] == "regression"]
+    assert bad == [("ckpt/epoch_1.pt", 2.0)] and len(rows) > 1
+    assert doc["settings"]["margins"]["blank_rate"] == 0.02

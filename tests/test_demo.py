@@ -18,10 +18,12 @@ def test_reduced_demo_runs_the_whole_harness(tmp_path: Path) -> None:
     assert checks["deadlock checkpoint flagged"]["ok"]
     assert checks["detector ceiling on ground-truth images"]["ok"]
     assert checks["deadlocked adapter changes nothing (IoU rate at 1 equals scale 0)"]["ok"]
+    health = checks["good adapter's scale-1 images healthy (garbled / blank rate)"]
+    assert health["required"] and "/" in health["observed"]     # 3 steps: not yet a quality bar
     report = (out / "report.md").read_text(encoding="utf-8")
     assert "## Demo expectations" in report and "Gates: legacy series" in report
     results = json.loads((out / "results.json").read_text())
     assert results["n_layouts"] == 4
     assert {r["gate_scale"] for r in results["results"]} == {0.0, 0.5, 1.0, 2.0}
-    assert {"iou50_rate", "clip_score", "fid", "kid", "garbled_rate"} <= set(
+    assert {"iou50_rate", "clip_score", "fid", "kid", "garbled_rate", "blank_rate"} <= set(
         results["results"][0]["metrics"])

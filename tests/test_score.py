@@ -112,7 +112,7 @@ def test_no_detector_means_absent_metrics(folder: dict[str, Path]) -> None:
     result = score_folder(folder["images"], folder["layouts"], PROTOCOL)
     for name in ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "clip_score"):
         assert name not in result.metrics and name in result.not_computed
-    assert set(result.metrics) == {"garbled_rate"}
+    assert set(result.metrics) == {"garbled_rate", "blank_rate"}      # image health needs no model
     box = result.samples["boxes"][0][0]
     assert box["matched"] is None and box["iou"] is None
     assert "no detector" in result.samples["reason"][0]
@@ -183,3 +183,19 @@ def test_score_command_json_targets_and_exit_codes(folder: dict[str, Path]) -> N
     missing = CliRunner().invoke(cli, ["score", "--images", str(folder["root"] / "nope"),
                                        "--layouts", str(folder["layouts"])])
     assert missing.exit_code == 2
+
+
+def test_blank_images_are_a_rate_of_their_own(folder: dict[str, Path]) -> None:
+    Image.new("RGB", (48, 48), (3, 3, 4)).save(folder["images"] / "狗_二.png")   # a black frame
+    result = score_folder(folder["images"], folder["layouts"], PROTOCOL)
+    df = result.samples.set_index("image")
+    assert df.loc["狗_二.png", "blank"] and not df.loc["狗_二.png", "garbled"]
+    assert df.loc["狗_二.png", "blank_score"] > 0.5 and "blank" in df.loc["狗_二.png", "reason"]
+    assert not df["blank"].drop("狗_二.png").any()
+    blank = result.metrics["blank_rate"]
+    assert blank.value == pytest.approx(1 / 3) and blank.n == 3 and blank.ci_low is not None
+    assert result.metrics["garbled_rate"].value == pytest.approx(1 / 3)
+    out = folder["root"] / "samples.jsonl"
+    write_samples_jsonl(result.samples, out)
+    record = json.loads(out.read_text(encoding="utf-8").splitlines()[1])
+    assert isinstance(record["blank"], bool) and isinstance(record["blank_score"], float)

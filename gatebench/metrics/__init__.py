@@ -10,13 +10,16 @@ from gatebench.metrics.fid import (FeatureExtractor, ModuleExtractor, ReferenceS
                                    extract_features, feature_stats, fid_from_features,
                                    frechet_distance, inception_extractor, kid, mmd2_unbiased,
                                    reference_stats)
-from gatebench.metrics.health import garbled_components, garbled_score, health_stats, is_garbled
+from gatebench.metrics.health import (ImageHealth, assess, blank_components, blank_score,
+                                      garbled_components, garbled_score, health_stats,
+                                      is_garbled, structure_similarity)
 from gatebench.metrics.matching import BoxMatch, box_iou, match_boxes, summarize_matches
 from gatebench.metrics.stats import (MetricValue, PairedDiff, bootstrap_ci, mean_ci,
                                      paired_bootstrap_diff)
 
 __all__ = [
-    "APImage", "BoxMatch", "ClipBackend", "FeatureExtractor", "MetricValue", "ModuleExtractor",
+    "APImage", "BoxMatch", "ImageHealth", "assess", "blank_components", "blank_score",
+    "structure_similarity", "ClipBackend", "FeatureExtractor", "MetricValue", "ModuleExtractor",
     "OpenClip", "PairedDiff", "ReferenceStats", "TransformersClip", "bootstrap_ci", "box_iou",
     "clip_scores", "coco_ap", "crop_box", "extract_features", "feature_stats",
     "fid_from_features", "frechet_distance", "garbled_components", "garbled_score",
