@@ -449,7 +449,7 @@ def loop_one(world: World, adapter: Any, job: ImageJob, clock: Clock) -> None:
                 mask[0, :len(objects)] = 1.0
             scale = torch.tensor([job.gate_scale])
             if cfg:
-                uncond = resolve_uncond(s.uncond_boxes, "user")
+                uncond = resolve_uncond(s.uncond_boxes, "grounded")   # a bare user file
                 boxes, phrases = torch.cat([boxes, boxes]), torch.cat([phrases, phrases])
                 mask = torch.cat([mask if uncond == "grounded" else torch.zeros_like(mask), mask])
                 scale = torch.cat([torch.zeros_like(scale) if uncond == "off" else scale, scale])

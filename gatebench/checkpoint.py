@@ -65,6 +65,7 @@ class TrainingMeta:
     scale_min: float | None = None
     scale_max: float | None = None
     data_sha256: str | None = None
+    uncond_boxes: str | None = None     # what a caption-dropped sample's adapter got (>= 0.2)
     gate_history: tuple[tuple[int, float, float, float, float], ...] = ()
 
     @classmethod
@@ -73,7 +74,7 @@ class TrainingMeta:
         history = tuple(tuple(float(v) if i else int(v) for i, v in enumerate(row))
                         for row in raw.get("gate_history", ()))
         known = {k: raw.get(k) for k in ("step", "epoch", "init_scheme", "gate_init", "scale_min",
-                                         "scale_max", "data_sha256")}
+                                         "scale_max", "data_sha256", "uncond_boxes")}
         return cls(**known, gate_history=history)  # type: ignore[arg-type]
 
 
@@ -94,6 +95,16 @@ class CheckpointInfo:
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(sorted({g.width for g in self.gates if g.width is not None}))
+
+    @property
+    def reference_uncond(self) -> str:
+        """The CFG treatment this adapter was made for (``uncond_boxes = "reference"``): the
+        user's inference grounds both halves; diffusers' GLIGEN pipeline gives the unconditional
+        half null objects; a gatebench checkpoint says how its caption-dropped samples trained
+        (before gatebench 0.2 its trainer switched the adapter off for them)."""
+        if self.format == "gatebench" and self.family == "user":
+            return self.training.uncond_boxes or "off"
+        return {"user": "grounded", "gligen": "null"}[self.family]
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -38,18 +38,17 @@ DETERMINISTIC_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolve
                             "LMSDiscreteScheduler", "DEISMultistepScheduler")
 
 
-# What the unconditional half of classifier-free guidance gets (each family's reference first):
+# What the unconditional half of classifier-free guidance gets:
 #   grounded  the same boxes, phrases and gate scale as the conditional half (the user's inference)
 #   null      the same boxes with mask 0 (null objects), adapter active (diffusers' GLIGEN pipeline)
-#   off       no adapter at all (gatebench's trainer drops the boxes with the caption)
-#   reference each adapter family's own reference (REFERENCE_UNCOND)
-REFERENCE_UNCOND = {"user": "grounded", "gligen": "null"}
+#   off       no adapter at all (what `gatebench train --uncond-boxes off` trains for)
+#   reference what the checkpoint was made for (CheckpointInfo.reference_uncond)
 
 
-def resolve_uncond(setting: str, family: str) -> str:
-    """The CFG treatment one adapter family gets: ``reference`` resolves to its reference's."""
+def resolve_uncond(setting: str, reference: str) -> str:
+    """The CFG treatment one adapter gets; ``reference`` is its CheckpointInfo.reference_uncond."""
     setting = UNCOND_ALIASES.get(setting, setting)
-    return REFERENCE_UNCOND[family] if setting == "reference" else setting
+    return reference if setting == "reference" else setting
 
 
 def grounded_steps(fraction: float, steps: int) -> int:
@@ -296,7 +295,8 @@ class Sampler:
         grounding = None
         if adapter is not None:
             key = self._phrase_key([j.layout for j in jobs], adapter)
-            grounding = self._grounding(jobs, cfg, key, resolve_uncond(s.uncond_boxes, adapter.family),
+            grounding = self._grounding(jobs, cfg, key, resolve_uncond(s.uncond_boxes,
+                                                                      adapter.info.reference_uncond),
                                         getattr(adapter, "fixed_slots", None))
         active_steps = grounded_steps(s.grounding_fraction, s.steps)
         for i, t in enumerate(scheduler.timesteps):

@@ -230,7 +230,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     return "\n".join(out) + "\n"
 
 
-FORWARD_KEYS = ("fourier", "query", "text_proj", "null_slot", "box_mask", "slots", "phrases")
+FORWARD_KEYS = ("fourier", "query", "text_proj", "phrases", "null_slot", "box_mask", "slots")
 
 
 def _adapter_build(config: dict[str, Any], uncond: str | None) -> str:

@@ -163,7 +163,7 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     for info in infos:
         items[(info.sha256, 0.0)] = [ImageItem(zero_path[lay.layout_id], lay, 0.0, None)
                                      for lay in layouts]
-        uncond = resolve_uncond(sampler.settings.uncond_boxes, info.family)
+        uncond = resolve_uncond(sampler.settings.uncond_boxes, info.reference_uncond)
         cache = ImageCache(root, info.path.stem, {**common, "adapter": {
             "sha256": info.sha256, "family": info.family, "forward": dict(info.adapter_config),
             "uncond": uncond}})

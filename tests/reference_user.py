@@ -51,9 +51,10 @@ def fourier(boxes: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.cat(groups, dim=-1)
 
 
-def user_adapter(h: torch.Tensor, boxes: torch.Tensor, phrases: torch.Tensor, mask: torch.Tensor,
-                 p: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
-    """formats.md's forward at one attn2 output ``h`` (B, L, D), computed in float32."""
+def user_adapter(h: torch.Tensor, boxes: torch.Tensor, phrases: torch.Tensor | None,
+                 mask: torch.Tensor, p: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
+    """formats.md's forward at one attn2 output ``h`` (B, L, D), computed in float32 and cast
+    back once; ``phrases`` None (the user's inference on a non-Kolors base): no text term."""
     dtype, h = h.dtype, h.float()
     p = {k: v.float() for k, v in p.items()}
     d = h.shape[-1]
@@ -61,10 +62,13 @@ def user_adapter(h: torch.Tensor, boxes: torch.Tensor, phrases: torch.Tensor, ma
                    p["position_net.fourier_embedder.0.weight"], p["position_net.fourier_embedder.0.bias"])
     pos = F.linear(F.silu(pos), p["position_net.fourier_embedder.2.weight"],
                    p["position_net.fourier_embedder.2.bias"])
-    phrases = phrases.float()
-    text = phrases if phrases.shape[-1] == d else F.linear(phrases, p["text_proj.weight"],
-                                                           p["text_proj.bias"])
-    context = (pos + text) * mask.float()[..., None]
+    if phrases is None:
+        context = pos * mask.float()[..., None]
+    else:
+        phrases = phrases.float()
+        text = phrases if phrases.shape[-1] == d else F.linear(phrases, p["text_proj.weight"],
+                                                               p["text_proj.bias"])
+        context = (pos + text) * mask.float()[..., None]
     b, length, n = h.shape[0], h.shape[1], context.shape[1]
     heads = lambda x, m: x.view(b, m, HEADS, d // HEADS).transpose(1, 2)  # noqa: E731
     q = heads(F.linear(h, p["gated_attn.to_q.weight"]), length)
@@ -92,7 +96,7 @@ class UserProcessor:
         d = h.shape[-1]
         p = {k[len(f"dim_{d}."):]: v for k, v in self.state.items() if k.startswith(f"dim_{d}.")}
         b = h.shape[0]
-        expand = lambda x: x.expand(b, *x.shape[1:]) if x.shape[0] == 1 else x  # noqa: E731
+        expand = lambda x: x if x is None or x.shape[0] != 1 else x.expand(b, *x.shape[1:])  # noqa: E731
         return user_adapter(h, expand(self.boxes), expand(self.phrases), expand(self.mask), p,
                             self.scale)
 

@@ -133,34 +133,52 @@ def _user_checkpoint(base, out: Path) -> Path:
     return out
 
 
-def test_user_family_end_to_end_is_the_users_kolors_inference(folders, tmp_path: Path) -> None:
-    """KolorsPipeline + the user's processors at every attn2 (boxes in both CFG halves) vs
-    gatebench's sampler with the oracle-coco2014 protocol's CFG treatment."""
-    base = load_base_model(folders["kolors"])
+ZERO = Layout("zero", "an empty meadow", ())
+
+
+@pytest.mark.parametrize("kind, pipeline", [("kolors", "KolorsPipeline"),
+                                            ("sd", "StableDiffusionPipeline")])
+def test_user_family_end_to_end_is_the_users_inference(folders, tmp_path: Path, kind: str,
+                                                       pipeline: str) -> None:
+    """The pipeline + the user's processors at every attn2 (one layout per call, its boxes in
+    both CFG halves; phrase vectors on Kolors only, as the user's inference) vs gatebench's
+    sampler with the oracle-coco2014 protocol's CFG treatment, three layouts (2, 1 and 0 boxes)
+    in ONE batch, at gate scale 0.5."""
+    base = load_base_model(folders[kind])
     ckpt = _user_checkpoint(base, tmp_path / "spatial_adapter_final.pt")
     g = load_protocol("oracle-coco2014").generation
-    steps, guidance = 3, g.guidance_scale
+    steps, guidance, scale, layouts = 3, g.guidance_scale, 0.5, [TWO, ONE, ZERO]
     adapter = load_adapter(ckpt, base, inspect_checkpoint(ckpt))
     try:
-        ours = _ours(base, [TWO], adapter, 1.0, steps=steps, guidance=guidance,
+        ours = _ours(base, layouts, adapter, scale, steps=steps, guidance=guidance,
                      scheduler=g.scheduler, uncond=g.uncond_boxes)
     finally:
         adapter.remove()
-    plain = _ours(base, [TWO], None, 0.0, steps=steps, guidance=guidance, scheduler=g.scheduler)
-    pipe = _pipeline("KolorsPipeline", folders["kolors"], scheduler=base.make_scheduler(g.scheduler))
-    names = [o.name for o in TWO.objects]
-    phrases = phrase_vectors(names, pipe.tokenizer, pipe.text_encoder, seq_first=True)[None]
-    boxes = torch.tensor([[o.bbox for o in TWO.objects]])
+    plain = _ours(base, layouts, None, 0.0, steps=steps, guidance=guidance, scheduler=g.scheduler)
+    pipe = _pipeline(pipeline, folders[kind], scheduler=base.make_scheduler(g.scheduler))
     state = torch.load(ckpt, weights_only=True)
-    install(pipe.unet, state, boxes, phrases, torch.ones(1, 2), 1.0)
-    with torch.no_grad():
-        theirs = pipe(TWO.caption, height=SIZE, width=SIZE, num_inference_steps=steps,
-                      guidance_scale=guidance, latents=_noise(base, TWO)[None],
-                      output_type="pt").images
-    effect = (theirs[0] - plain[0]).abs().max()
-    assert effect > 1e-3
-    assert (ours[0] - theirs[0]).abs().max() <= 1e-4 * effect, \
-        f"{float((ours[0] - theirs[0]).abs().max()):.3g} vs effect {float(effect):.3g}"
+    for row, layout in enumerate(layouts):
+        k = len(layout.objects)
+        boxes, mask = torch.zeros(1, max(1, k), 4), torch.zeros(1, max(1, k))
+        phrases = torch.zeros(1, max(1, k), base.phrase_dim) if kind == "kolors" else None
+        if k:
+            boxes[0, :k] = torch.tensor([o.bbox for o in layout.objects])
+            mask[0, :k] = 1.0
+            if phrases is not None:
+                phrases[0, :k] = phrase_vectors([o.name for o in layout.objects], pipe.tokenizer,
+                                                pipe.text_encoder, seq_first=True)
+        previous = install(pipe.unet, state, boxes, phrases, mask, scale)
+        try:
+            with torch.no_grad():
+                theirs = pipe(layout.caption, height=SIZE, width=SIZE, num_inference_steps=steps,
+                              guidance_scale=guidance, latents=_noise(base, layout)[None],
+                              output_type="pt").images[0]
+        finally:
+            pipe.unet.set_attn_processor(previous)
+        effect = (theirs - plain[row]).abs().max()
+        assert effect > 1e-3, layout.layout_id
+        assert (ours[row] - theirs).abs().max() <= 1e-4 * effect, \
+            f"{layout.layout_id}: {float((ours[row] - theirs).abs().max()):.3g} vs {float(effect):.3g}"
 
 
 @pytest.mark.parametrize("family", ["user", "gligen"])

@@ -71,11 +71,10 @@ def test_cfg_treatments_follow_each_familys_reference(tmp_path: Path) -> None:
 
     oracle = load_protocol("oracle-coco2014").generation
     assert oracle.uncond_boxes == "reference"
-    assert resolve_uncond(oracle.uncond_boxes, "user") == "grounded"     # the user's inference
-    assert resolve_uncond(oracle.uncond_boxes, "gligen") == "null"       # diffusers' pipeline
+    assert resolve_uncond(oracle.uncond_boxes, "null") == "null"         # what it was made for
     assert load_protocol("shapes").generation.uncond_boxes == "off"      # as the world trained
     # the names before 0.2 still read, as what they did
-    assert resolve_uncond("drop", "gligen") == "off" and resolve_uncond("keep", "user") == "grounded"
+    assert resolve_uncond("drop", "null") == "off" and resolve_uncond("keep", "off") == "grounded"
     assert SamplerSettings(2, 2.0, "DDIMScheduler", 1.0, "keep", 8, 8).uncond_boxes == "grounded"
     path = tmp_path / "p.toml"
     path.write_text('name = "p"\n[generation]\nuncond_boxes = "nul"\n', encoding="utf-8")

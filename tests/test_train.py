@@ -109,8 +109,8 @@ def test_trained_checkpoint_runs_through_gatebench_run(world, tmp_path: Path) ->
     assert doc["checkpoints"][0]["adapter_config"]["box_mask"] is True
     report = (out / "report.md").read_text()
     assert "follows user adapter module (formats.md), variants: null_slot, box_mask" in report
-    assert ("adapter fourier user, query attn2_output, text_proj user, null_slot True, "
-            "box_mask True; CFG unconditional half: grounded") in report
+    assert ("adapter fourier user, query attn2_output, text_proj user, phrases kolors-only, "
+            "null_slot True, box_mask True; CFG unconditional half: grounded") in report
     assert any(f["code"] == "extrapolated_scale" for f in doc["gate_findings"])
 
 
@@ -160,3 +160,28 @@ def test_default_training_is_the_users_forward_and_writes_the_users_file(world, 
     # a variant's weights would mean something else in the user's code: no bare file then
     train(world, tmp_path / "variant", max_steps=2, box_mask=True)
     assert not (tmp_path / "variant" / "spatial_adapter_final.pt").exists()
+
+
+def test_one_gate_scale_per_step_and_caption_dropped_samples_keep_their_boxes(world, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """The user's trainer: one s ~ U[min, max] per step for the whole batch; a caption-dropped
+    sample keeps its boxes (grounded), unless --uncond-boxes off (then its scale is 0)."""
+    from train.loop import GroundedUNet
+
+    seen: list[torch.Tensor] = []
+    forward = GroundedUNet.forward
+
+    def spy(self, sample, timestep, hidden, grounding, unet_kwargs):
+        seen.append(grounding.scale.detach().cpu().clone())
+        return forward(self, sample, timestep, hidden, grounding, unet_kwargs)
+
+    monkeypatch.setattr(GroundedUNet, "forward", spy)
+    train(world, tmp_path / "a", max_steps=3, batch_size=3, scale_min=0.5, scale_max=1.0,
+          caption_dropout=0.5)
+    assert all(bool((s == s[0]).all()) and 0.5 <= float(s[0]) <= 1.0 for s in seen)
+    seen.clear()
+    train(world, tmp_path / "b", max_steps=3, batch_size=3, scale_min=0.5, scale_max=1.0,
+          scale_sampling="per-sample", caption_dropout=0.9, uncond_boxes="off")
+    assert any(float(v) == 0.0 for s in seen for v in s)       # dropped captions: adapter off
+    assert inspect_checkpoint(tmp_path / "b" / "final.pt").reference_uncond == "off"
+    assert inspect_checkpoint(tmp_path / "a" / "final.pt").reference_uncond == "grounded"

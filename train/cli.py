@@ -58,6 +58,11 @@ P = click.Path(path_type=Path)
               "to instead of a box (needed to localise single-box layouts; recorded).")
 @click.option("--box-mask", is_flag=True, help="Region attention: each image token attends only "
               "to the boxes containing it (learns what to draw, not where; recorded).")
+@click.option("--phrases", type=click.Choice(["kolors-only", "always"]), default="kolors-only",
+              show_default=True, help="Phrase vectors only on a Kolors base (the user's code: "
+              "elsewhere the boxes' position features alone) or on every base (variant).")
+@click.option("--max-grad-norm", type=float, default=0.5, show_default=True,
+              help="Gradient clipping (the user's trainer: 0.5).")
 @click.option("--gate-init-value", type=float, default=None)
 @click.option("--freeze-gate", is_flag=True)
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -47,6 +47,7 @@ class TrainConfig:
     adapter_query: Literal["attn2_output", "stream"] = "attn2_output"
     fourier: Literal["user", "nerf"] = "user"
     text_proj: Literal["user", "always"] = "user"
+    phrases: Literal["kolors-only", "always"] = "kolors-only"    # the user's: none off Kolors
     null_slot: bool = False
     box_mask: bool = False
     gate_init_value: float | None = None

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from gatebench.adapters.user import AdapterSet, Grounding, apply_init, attn2_widths, inject
+from gatebench.adapters.user import (AdapterSet, Grounding, apply_init, attn2_widths, inject,
+                                     uses_phrases)
 from gatebench.checkpoint import save_checkpoint, torch_load_safe
 from gatebench.errors import CheckpointError
 from train.config import TrainConfig
@@ -128,7 +129,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.adapters = AdapterSet(widths, self.base.phrase_dim, query=config.adapter_query,
                                    null_slot=config.null_slot, box_mask=config.box_mask,
-                                   fourier=config.fourier, text_proj=config.text_proj)
+                                   fourier=config.fourier, text_proj=config.text_proj,
+                                   phrases=config.phrases)
+        self.uses_phrases = uses_phrases(self.adapters.config, self.base.kind)
         apply_init(self.adapters, config.init, config.gate_init_value)
         self.gate_init = float(self.adapters[f"dim_{widths[0]}"].gated_attn.gate.detach())
         self.adapters.to(self.device)
@@ -136,7 +139,7 @@ class Trainer:
             for gate in self.adapters.gates().values():
                 gate.requires_grad_(False)
         for adapter in self.adapters.values():
-            if adapter.skips_text_proj(self.base.phrase_dim):
+            if adapter.skips_text_proj(self.base.phrase_dim) or not self.uses_phrases:
                 adapter.text_proj.requires_grad_(False)   # unused: it stays as initialised
         self.model: nn.Module = GroundedUNet(self.base.unet, self.adapters)
         if self.world > 1:
@@ -205,8 +208,9 @@ class Trainer:
         scale = c.scale_min + (c.scale_max - c.scale_min) * draws
         if c.uncond_boxes == "off":
             scale = torch.where(drop_caption, torch.zeros_like(scale), scale)
-        grounding = Grounding(boxes.to(self.device), phrases.to(self.device), mask.to(self.device),
-                              scale.to(self.device))
+        grounding = Grounding(boxes.to(self.device),
+                              phrases.to(self.device) if self.uses_phrases else None,
+                              mask.to(self.device), scale.to(self.device))
         kwargs = base.unet_kwargs(emb, self.resolution, self.resolution)
         amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):

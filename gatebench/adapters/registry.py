@@ -5,13 +5,14 @@ vectors, mask, per-sample gate scale) around each UNet call.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from gatebench.adapters.user import AdapterSet, Grounding, inject, resolve_config
+from gatebench.adapters.user import AdapterSet, Grounding, inject, resolve_config, uses_phrases
 from gatebench.checkpoint import CheckpointInfo, inspect_checkpoint, read_raw, strip_module_prefix
 from gatebench.errors import CheckpointError
 
@@ -51,8 +52,14 @@ class UserAdapterRuntime:
         # float32 whatever the UNet's dtype, as the user's inference casts its adapter
         self.adapters.to(device=base.device, dtype=torch.float32).eval().requires_grad_(False)
         self.injection = inject(base.unet, self.adapters)
+        self.uses_phrases = uses_phrases(self.config, base.kind)
+        self.phrase_encoding = base.phrase_encoding if self.uses_phrases else (
+            f"none: the user's inference passes no phrase vectors on a {base.kind} base (context "
+            f"= the boxes' position features alone; adapter_config phrases 'kolors-only')")
 
     def grounded(self, grounding: Grounding | None) -> AbstractContextManager[None]:
+        if grounding is not None and not self.uses_phrases:
+            grounding = dataclasses.replace(grounding, phrases=None)
         return self.injection.grounded(grounding)
 
     def remove(self) -> None:

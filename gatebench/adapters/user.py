@@ -10,9 +10,13 @@ cross-attention (attn2) of width D, with ``h`` = attn2's OUTPUT (before the bloc
     out     = h + tanh(gate) * to_out(attn)
     result  = h + s * (out - h)                                        (s: the inference gate scale)
 
-A layout with no valid box attends uniformly to zero values, so the adapter adds
-``s * tanh(gate) * to_out.bias``; a layout with ONE box gives every image token the same value
-(softmax over one key), which the gates finding ``single_box_unlocalisable`` reports.
+The user's -1e4 logits are computed here as a boolean attention mask plus zeroing the rows with
+no valid box: the same numbers, because masked boxes' context is zero and ``to_v`` has no bias,
+so a layout with no valid box attends (uniformly) to zero values and the adapter adds
+``s * tanh(gate) * to_out.bias``. A layout with ONE box gives every image token the same value
+(softmax over one key), which the gates finding ``single_box_unlocalisable`` reports. On a
+non-Kolors base the user's inference passes no phrase vectors (``phrases = "kolors-only"``): the
+context is then the boxes' position features alone.
 
 Opt-in variants, each recorded in the adapter config (gatebench checkpoints carry theirs, so the
 shipped world's series keep meaning what they meant when trained):
@@ -20,6 +24,7 @@ shipped world's series keep meaning what they meant when trained):
 * ``fourier = "nerf"``: octave frequencies ``pi * 2**(7 f)`` (gatebench's earlier guess);
 * ``query = "stream"``: queries from the residual stream after attn2 (carries position);
 * ``text_proj = "always"``: text_proj applied even when the phrase width equals D;
+* ``phrases = "always"``: phrase vectors on every base kind, not only Kolors;
 * ``null_slot``: a zero key/value any token may pick instead of a box;
 * ``box_mask``: region attention, a token attends only to the boxes containing it.
 """
@@ -49,6 +54,9 @@ INIT_SCHEMES = {
 FOURIER_KINDS = ("user", "nerf")
 QUERY_SOURCES = ("attn2_output", "stream")
 TEXT_PROJ_RULES = ("user", "always")
+# The user's inference passes phrase vectors only on Kolors; elsewhere the context is the boxes'
+# position features alone. "always" passes them for every base kind (gatebench < 0.2).
+PHRASE_RULES = ("kolors-only", "always")
 _FOURIER_ALIASES = {"pi*2^(7f)": "nerf"}    # how gatebench checkpoints before 0.2 name "nerf"
 
 
@@ -157,15 +165,18 @@ class SpatialAdapter(nn.Module):
         return self.text_proj_rule == "user" and phrase_dim == self.text_proj.out_features
 
     def context(self, grounding: "Grounding") -> torch.Tensor:
-        """Box tokens: position features + projected phrases, zeroed where the mask is 0."""
-        phrases = grounding.phrases.to(self.text_proj.weight.dtype)
-        skip = self.skips_text_proj(phrases.shape[-1])
-        context = self.position_net(grounding.boxes) + (phrases if skip else self.text_proj(phrases))
+        """Box tokens: position features + projected phrases, zeroed where the mask is 0; no
+        phrase vectors (the user's inference on a non-Kolors base): position features alone."""
+        context = self.position_net(grounding.boxes)
+        if grounding.phrases is not None:
+            phrases = grounding.phrases.to(self.text_proj.weight.dtype)
+            context = context + (phrases if self.skips_text_proj(phrases.shape[-1])
+                                 else self.text_proj(phrases))
         return context * grounding.mask.to(context.dtype).unsqueeze(-1)
 
     def delta(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
-        """s * tanh(gate) * to_out(attention(h -> boxes)), computed in the adapter's dtype
-        (float32, as the user's inference casts its adapter) and cast back to ``h``'s."""
+        """s * tanh(gate) * to_out(attention(h -> boxes)) in the adapter's dtype (float32, as the
+        user's inference casts its adapter); the caller adds it to ``h`` in that dtype too."""
         dtype = self.text_proj.weight.dtype
         region = (token_box_mask(grounding.boxes, h.shape[1], grounding.aspect)
                   if self.box_mask else None)
@@ -173,17 +184,23 @@ class SpatialAdapter(nn.Module):
         scale = grounding.scale
         if isinstance(scale, torch.Tensor):
             scale = scale.to(dtype).view(-1, 1, 1)
-        return (scale * delta).to(h.dtype)
+        return scale * delta
 
     def forward(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
-        return h + self.delta(h, grounding)
+        """h + s * (out - h), summed in float32 and cast to h's dtype once, as the user's code."""
+        return (h.to(self.text_proj.weight.dtype) + self.delta(h, grounding)).to(h.dtype)
 
 
 USER_REFERENCE = {"fourier": "user", "query": "attn2_output", "text_proj": "user",
-                  "null_slot": False, "box_mask": False}
+                  "phrases": "kolors-only", "null_slot": False, "box_mask": False}
 # What a gatebench checkpoint written before these keys existed meant by leaving them out.
 _LEGACY_GATEBENCH = {"fourier": "nerf", "query": "stream", "text_proj": "always",
-                     "null_slot": False, "box_mask": False}
+                     "phrases": "always", "null_slot": False, "box_mask": False}
+
+
+def uses_phrases(config: Mapping[str, Any], base_kind: str) -> bool:
+    """Whether this adapter gets phrase vectors on a base of this kind (config ``phrases``)."""
+    return config.get("phrases", "always") == "always" or base_kind == "kolors"
 
 
 def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
@@ -193,16 +210,17 @@ def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
 
 
 def adapter_config(widths: Sequence[int], text_dim: int, heads: int = 8, num_freqs: int = 8, *,
-                   query: str, null_slot: bool, box_mask: bool, fourier: str,
-                   text_proj: str) -> dict[str, Any]:
+                   query: str, null_slot: bool, box_mask: bool, fourier: str, text_proj: str,
+                   phrases: str) -> dict[str, Any]:
     """The recorded description of an adapter: shapes, every forward choice, its reference."""
     fourier = _FOURIER_ALIASES.get(fourier, fourier)
     _choice(query, QUERY_SOURCES, "query")
     _choice(fourier, FOURIER_KINDS, "fourier")
     _choice(text_proj, TEXT_PROJ_RULES, "text_proj")
+    _choice(phrases, PHRASE_RULES, "phrases")
     config = {"family": "user", "widths": sorted({int(w) for w in widths}),
               "text_dim": int(text_dim), "heads": int(heads), "num_freqs": int(num_freqs),
-              "fourier": fourier, "query": query, "text_proj": text_proj,
+              "fourier": fourier, "query": query, "text_proj": text_proj, "phrases": phrases,
               "null_slot": bool(null_slot), "box_mask": bool(box_mask), "compute_dtype": "float32"}
     variants = [k for k, v in USER_REFERENCE.items() if config[k] != v]
     config["reference"] = "user adapter module (formats.md)" + (
@@ -217,7 +235,8 @@ def resolve_config(recorded: Mapping[str, Any]) -> dict[str, Any]:
     return adapter_config(recorded["widths"], recorded["text_dim"], recorded.get("heads", 8),
                           recorded.get("num_freqs", 8), query=get("query"),
                           null_slot=bool(get("null_slot")), box_mask=bool(get("box_mask")),
-                          fourier=get("fourier"), text_proj=get("text_proj"))
+                          fourier=get("fourier"), text_proj=get("text_proj"),
+                          phrases=get("phrases"))
 
 
 class AdapterSet(nn.ModuleDict):
@@ -229,10 +248,11 @@ class AdapterSet(nn.ModuleDict):
 
     def __init__(self, widths: list[int] | tuple[int, ...], text_dim: int, heads: int = 8,
                  num_freqs: int = 8, query: str = "attn2_output", null_slot: bool = False,
-                 box_mask: bool = False, fourier: str = "user", text_proj: str = "user") -> None:
+                 box_mask: bool = False, fourier: str = "user", text_proj: str = "user",
+                 phrases: str = "kolors-only") -> None:
         self.config = adapter_config(widths, text_dim, heads, num_freqs, query=query,
                                      null_slot=null_slot, box_mask=box_mask, fourier=fourier,
-                                     text_proj=text_proj)
+                                     text_proj=text_proj, phrases=phrases)
         super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs, null_slot,
                                                      box_mask, self.config["fourier"], text_proj)
                           for w in self.config["widths"]})
@@ -241,7 +261,7 @@ class AdapterSet(nn.ModuleDict):
     def from_config(cls, config: Mapping[str, Any]) -> "AdapterSet":
         c = resolve_config(config)
         return cls(c["widths"], c["text_dim"], c["heads"], c["num_freqs"], c["query"],
-                   c["null_slot"], c["box_mask"], c["fourier"], c["text_proj"])
+                   c["null_slot"], c["box_mask"], c["fourier"], c["text_proj"], c["phrases"])
 
     @classmethod
     def config_from_state(cls, state: Mapping[str, torch.Tensor]) -> dict:
@@ -282,7 +302,7 @@ class Grounding:
     """Per-call box conditioning, sized to the UNet batch (CFG halves included)."""
 
     boxes: torch.Tensor                 # (B, N, 4) normalised xyxy
-    phrases: torch.Tensor               # (B, N, text_dim)
+    phrases: torch.Tensor | None        # (B, N, text_dim); None: no phrase vectors
     mask: torch.Tensor                  # (B, N) 1 = real box
     scale: float | torch.Tensor = 1.0   # gate scale, scalar or per sample (B,)
     aspect: float = 1.0                 # image height / width: the token grid's shape (box_mask)
@@ -349,7 +369,8 @@ class Injection(Grounded):
             if self.grounding is None:
                 return None
             h = stream.pop("x") + output if self.query == "stream" else output
-            return output + adapter.delta(h, self.grounding)
+            # summed in float32, cast once (the user's h + s*(out - h) at the UNet's dtype)
+            return (output.float() + adapter.delta(h, self.grounding)).to(output.dtype)
         return hook
 
     def remove(self) -> None:

@@ -16,7 +16,12 @@ DATA=${DATA:-$OUT/data}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 common=(--mixed-data "$DATA/train.jsonl" --image-dir "$DATA/images/train" --base-model "$BASE"
         --batch-size "${BATCH:-32}" --min-area 0 --min-side 0 --scale-min 0.5 --scale-max 1.0
-        --phrase-dropout 0.05 --caption-dropout 0.1 --log-gate-stats --log-tensorboard --seed 0 --null-slot)
+        --phrase-dropout 0.05 --caption-dropout 0.1 --log-gate-stats --log-tensorboard --seed 0 --null-slot
+        # the recipe the shipped series were trained with (gatebench < 0.2 defaults, recorded in
+        # each checkpoint): NeRF Fourier, stream query, text_proj always, phrases on the pixel base,
+        # caption-dropped samples with the adapter off, one scale per sample, clipping at 1.0
+        --fourier nerf --adapter-query stream --text-proj always --phrases always
+        --uncond-boxes off --scale-sampling per-sample --max-grad-norm 1.0)
 run() { $PY -m train "${common[@]}" "$@"; }
 
 # good: the user's current init; a checkpoint every 250 steps (the metrics-vs-step series)
