@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench import __version__, cli_eval
@@ -34,7 +35,8 @@ class GatebenchGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             _, err = consoles()
-            err.print(f"[bold red]error:[/bold red] {exc.render()}", soft_wrap=True)
+            # user text (paths, TOML keys like [generation]) is never rich markup
+            err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", soft_wrap=True)
             ctx.exit(exc.exit_code)
 
 

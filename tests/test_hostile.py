@@ -1,0 +1,125 @@
+"""Hostile input (issue 14): every bad file or flag exits 2 with one line naming the file or
+field and no traceback; a diverged log FAILS; inputs are never overwritten."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gatebench.cli import cli
+from tests.builders import user_state
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def assert_bad_input(result, *names: str) -> str:
+    """Exit 2, one non-empty line, no traceback, and each of ``names`` in that line."""
+    assert "Traceback" not in result.output, result.output
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def _gatebench_ckpt(path: Path, **header: object) -> Path:
+    document = {"format": "gatebench-adapter", "format_version": 1, "family": "user",
+                "adapter_config": {}, "base_model": {}, "training": {}}
+    document.update(header)
+    document["state_dict"] = user_state(0.3)
+    torch.save(document, path)
+    return path
+
+
+# --- checkpoint bytes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("payload", [b"hello, not torch", bytes(range(256)) * 4, b"{}",
+                                     b"\x80\x02}q\x00."[:-1], b"PK\x03\x04garbage"])
+def test_non_torch_bytes_named_pt(tmp_path: Path, payload: bytes) -> None:
+    path = tmp_path / "epoch_1.pt"
+    path.write_bytes(payload)
+    line = assert_bad_input(invoke("gates", path), "epoch_1.pt", "expected a PyTorch checkpoint")
+    assert "weights_only" not in line and "trusted source" not in line
+
+
+def test_torch_dict_without_gates(tmp_path: Path) -> None:
+    torch.save({}, tmp_path / "empty.pt")
+    assert_bad_input(invoke("gates", tmp_path / "empty.pt"), "empty.pt", "expected adapter gates")
+
+
+# --- safetensors metadata and gatebench headers ----------------------------------------------
+
+@pytest.mark.parametrize("meta,field", [
+    ("{not json", "invalid JSON"), ("[1, 2]", "'gatebench'"),
+    (json.dumps({"format": "gatebench-adapter", "format_version": "2"}), "'format_version'"),
+    (json.dumps({"training": "x"}), "'training'")])
+def test_safetensors_metadata(tmp_path: Path, meta: str, field: str) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "a.safetensors"
+    save_file(user_state(0.3), str(path), metadata={"gatebench": meta})
+    assert_bad_input(invoke("gates", path), "a.safetensors", field)
+
+
+@pytest.mark.parametrize("header,field", [
+    ({"training": [1, 2]}, "'training'"), ({"training": {"step": "abc"}}, "'training.step'"),
+    ({"training": {"gate_history": [[1]]}}, "'training.gate_history[0]'"),
+    ({"training": {"gate_history": [["a", 0, 0, 0, 0]]}}, "'training.gate_history[0][0]'"),
+    ({"training": {"gate_history": 5}}, "'training.gate_history'"),
+    ({"adapter_config": [1]}, "'adapter_config'"), ({"format_version": 1.5}, "'format_version'")])
+def test_gatebench_header_fields(tmp_path: Path, header: dict, field: str) -> None:
+    path = _gatebench_ckpt(tmp_path / "h.pt", **header)
+    line = assert_bad_input(invoke("gates", path), "h.pt", field)
+    assert "rows" not in line and "five" not in line or "[step, mean, std, min, max]" in line
+
+
+def test_integer_to_out_and_0d_gligen_weight(tmp_path: Path) -> None:
+    state = user_state(0.3)
+    state["dim_16.gated_attn.to_out.weight"] = 5
+    torch.save(state, tmp_path / "int.pt")
+    assert_bad_input(invoke("gates", tmp_path / "int.pt"), "int.pt",
+                     "'dim_16.gated_attn.to_out.weight' to be a tensor")
+    torch.save({"down.0.fuser.alpha_attn": torch.tensor([])}, tmp_path / "g.pt")
+    assert_bad_input(invoke("gates", tmp_path / "g.pt"), "g.pt", "empty tensor")
+    torch.save({"down.0.fuser.alpha_attn": torch.tensor(0.5),
+                "down.0.fuser.attn.to_q.weight": torch.tensor(1.0)}, tmp_path / "g0.pt")
+    result = invoke("gates", tmp_path / "g0.pt")
+    assert result.exit_code in (0, 1) and "Traceback" not in result.output
+
+
+# --- logs ------------------------------------------------------------------------------------
+
+GOOD = "Step 1: Gate stats - mean: 0.1, std: 0.1, min: 0.0, max: 0.2\n"
+
+
+@pytest.mark.parametrize("name,content,field", [
+    ("big.log", "Step 99999999999999999999999: Gate stats - mean: 0.1, std: 0.1, min: 0.0, "
+     "max: 0.2\n", "'step'"),
+    ("s.jsonl", '{"step": 1, "gate_mean": "x"}\n', "'gate_mean'"),
+    ("b.jsonl", '{"step": 1e400, "gate_mean": 0.1}\n', "'step'"),
+    ("f.jsonl", '{"step": 1.5, "gate_mean": 0.1}\n', "'step'"),
+    ("l.jsonl", '[1, 2]\n', "'step'"),
+    ("u.jsonl", b'{"step": 1, "gate_mean": 0.1}\n\xff\xfe\n', "UTF-8")])
+def test_bad_logs(tmp_path: Path, name: str, content: str | bytes, field: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert_bad_input(invoke("gates", "--log", path), name, field)
+
+
+def test_nan_gate_line_fails(tmp_path: Path) -> None:
+    path = tmp_path / "train.log"
+    path.write_text(GOOD + "Step 2: Gate stats - mean: nan, std: nan, min: nan, max: nan\n")
+    result = invoke("gates", "--log", path, "--json")
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.output)
+    assert document["verdict"] == "fail"
+    assert any(f["code"] == "nan" and f["severity"] == "fail" for f in document["findings"])
+    jsonl = tmp_path / "log.jsonl"
+    jsonl.write_text('{"step": 1, "gate_mean": 0.1}\n{"step": 2, "gate_mean": 1e400}\n')
+    assert json.loads(invoke("gates", "--log", jsonl, "--json").output)["verdict"] == "fail"
