@@ -314,17 +314,28 @@ def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
-    """Read ``write_samples_jsonl`` output back (for re-rendering reports)."""
+    """Read ``write_samples_jsonl`` output back (for re-rendering reports); each record's
+    fields are type-checked here, the one boundary for samples files."""
+    from gatebench.results_schema import validate_sample  # noqa: PLC0415
+
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise MetricError(f"cannot read samples ({exc})", path=path) from None
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise MetricError(f"expected a JSON sample record, got {exc.msg}", path=path,
-                                      line=number) from None
+                rows.append(validate_sample(json.loads(line), path, number))
+        except UnicodeDecodeError:
+            raise MetricError("expected UTF-8 text in samples.jsonl, got invalid bytes",
+                              path=path, line=number) from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise MetricError(f"expected a JSON sample record, got "
+                              f"{getattr(exc, 'msg', 'nesting too deep')}", path=path,
+                              line=number) from None
     return pd.DataFrame(rows)
 
 

@@ -123,3 +123,40 @@ def test_nan_gate_line_fails(tmp_path: Path) -> None:
     jsonl = tmp_path / "log.jsonl"
     jsonl.write_text('{"step": 1, "gate_mean": 0.1}\n{"step": 2, "gate_mean": 1e400}\n')
     assert json.loads(invoke("gates", "--log", jsonl, "--json").output)["verdict"] == "fail"
+
+
+# --- results.json / samples.jsonl for compare and report ------------------------------------
+
+GOLDEN_RUN = Path(__file__).parent / "data" / "golden" / "run"
+
+
+def _mutated_run(tmp_path: Path, name: str, edit) -> Path:
+    import shutil
+
+    run = tmp_path / name
+    shutil.copytree(GOLDEN_RUN, run)
+    document = json.loads((run / "results.json").read_text(encoding="utf-8"))
+    edit(document)
+    (run / "results.json").write_text(json.dumps(document), encoding="utf-8")
+    return run / "results.json"
+
+
+@pytest.mark.parametrize("name,edit,field", [
+    ("results_str", lambda d: d.update(results="x"), "'results'"),
+    ("protocol_null", lambda d: d.update(protocol=None), "'protocol'"),
+    ("device_missing", lambda d: d.pop("device"), "'device'"),
+    ("metrics_list", lambda d: d["results"][0].update(metrics=[1]), "'results[0].metrics'"),
+    ("target_str", lambda d: d["targets"].append("x"), "'targets[")])
+def test_bad_results_json(tmp_path: Path, name: str, edit, field: str) -> None:
+    results = _mutated_run(tmp_path, name, edit)
+    assert_bad_input(invoke("report", results, "--out", tmp_path / "r.md"), "results.json", field)
+    assert_bad_input(invoke("compare", GOLDEN_RUN / "results.json", results), "results.json",
+                     field)
+
+
+@pytest.mark.parametrize("content,field", [(b'{"layout_id": 5}\n', "'layout_id'"),
+                                           (b'\xff\n', "UTF-8"), (b'[1]\n', "JSON object")])
+def test_bad_samples_jsonl(tmp_path: Path, content: bytes, field: str) -> None:
+    results = _mutated_run(tmp_path, "run", lambda d: None)
+    (results.parent / "samples.jsonl").write_bytes(content)
+    assert_bad_input(invoke("report", results, "--out", tmp_path / "r.md"), "samples.jsonl", field)
