@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gatebench import __version__, cli_eval
-from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
+from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats, parse_ints,
                                    quiet_model_libraries)
 from gatebench.errors import GatebenchError
 
@@ -148,10 +148,10 @@ def check_init_command(schemes: tuple[str, ...], widths: str, text_dim: int,
         from gatebench.checkpoint import read_raw, strip_module_prefix
         raw, _ = read_raw(ckpt)
         state = strip_module_prefix({k: v for k, v in raw.items()})
-    width_tuple = tuple(int(w) for w in parse_floats(widths, "--widths"))
+    width_tuple = parse_ints(widths, "--widths")
     results = check_init(schemes=schemes or ("gligen", "zero-out", "legacy", "deadlock"),
                          widths=width_tuple, text_dim=text_dim, base_model=base_model,
-                         state_dict=state)
+                         state_dict=state, checkpoint=ckpt)
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "identity_ok": r.identity_ok,
                                 "gradient_ok": r.gradient_ok, "ok": r.ok} for r in results], indent=2))
@@ -200,8 +200,12 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
     gate scales 0/0.5/1/2, detection, CLIP, FID/KID, image health, verdicts and a report. Exit 0
     when the harness told the checkpoints apart as expected.
     """
+    from gatebench.cli_support import check_flag
     from gatebench.demo import run_demo
 
+    for key, value in (("num_samples", num_samples), ("steps", steps), ("device", device)):
+        if value is not None:
+            check_flag(key, value)
     console, _ = consoles()
     code, _ = run_demo(out, num_samples=num_samples, steps=steps, device=device, console=console,
                        progress_factory=lambda total: RichProgress(total, "generating"))

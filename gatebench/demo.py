@@ -129,7 +129,7 @@ def run_demo(out: Path, *, num_samples: int | None = None, steps: int | None = N
     overrides: dict[str, Any] = {}
     if steps is not None:
         overrides["generation"] = {"steps": steps}
-    protocol = protocol.replace(**overrides, **({"num_samples": num_samples} if num_samples else {}))
+    protocol = protocol.replace(**overrides, **({"num_samples": num_samples} if num_samples is not None else {}))
     out.mkdir(parents=True, exist_ok=True)
     series = {name: series_checkpoints(name) for name in SERIES}
     series |= {name: series_checkpoints(name) for name in GATES_ONLY_SERIES

@@ -21,7 +21,7 @@ import torch
 from gatebench import __version__
 from gatebench.adapters.registry import load_adapter
 from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
-from gatebench.errors import GatebenchError, ModelFileError
+from gatebench.errors import CheckpointError, GatebenchError, ModelFileError
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
                                 grounded_steps, layout_seed, read_png_meta, resolve_uncond)
@@ -79,6 +79,10 @@ def _sum_over_ranks(stats: GenerationStats) -> None:
 
 
 def resolve_device(device: str) -> str:
+    from gatebench.protocol_values import DEVICE
+    if not DEVICE.match(device):
+        raise GatebenchError(f"expected --device auto, cpu, mps, cuda or cuda:N, got {device!r}",
+                             hint="use --device cpu or cuda")
     if device == "auto":
         import os
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -188,6 +192,18 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     return items, stats, caches
 
 
+def preflight_adapters(base: Any, infos: Sequence[CheckpointInfo]) -> None:
+    """Attach and detach every adapter once before generating: widths, phrase width, missing
+    ``to_out`` and shapes that do not fit their keys fail now, not after the base images."""
+    for info in infos:
+        try:
+            load_adapter(info.path, base, info).remove()
+        except CheckpointError as exc:
+            if exc.path is not None:
+                raise
+            raise CheckpointError(exc.message, path=info.path, hint=exc.hint) from None
+
+
 def nonfinite_count(items: Sequence[ImageItem]) -> int:
     return sum(bool(read_png_meta(item.image_path).get("nonfinite")) for item in items)
 
@@ -273,6 +289,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     if rank == 0:   # only rank 0 scores; it loads the evaluation models up front to fail early
         eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
     timings["load_s"] = time.perf_counter() - t0
+    preflight_adapters(base, infos)
     sampler = Sampler(base, sampler_settings(protocol, base))
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     total = len(layouts) * (1 + len(infos) * (len(scales) - 1))

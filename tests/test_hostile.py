@@ -160,3 +160,115 @@ def test_bad_samples_jsonl(tmp_path: Path, content: bytes, field: str) -> None:
     results = _mutated_run(tmp_path, "run", lambda d: None)
     (results.parent / "samples.jsonl").write_bytes(content)
     assert_bad_input(invoke("report", results, "--out", tmp_path / "r.md"), "samples.jsonl", field)
+
+
+# --- values, not only types: protocol fields and CLI flags -----------------------------------
+
+SHAPES = Path(__file__).resolve().parent.parent / "protocols" / "shapes.toml"
+WORLD_CKPT = (Path(__file__).resolve().parent.parent / "gatebench" / "world" / "assets" /
+              "adapters" / "good" / "good_step_4000.pt")
+
+
+@pytest.fixture(autouse=True)
+def _quiet_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `main()` sets for a CLI user; CliRunner calls the group directly."""
+    for name in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "DIFFUSERS_NO_ADVISORY_WARNINGS",
+                 "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+    monkeypatch.setenv("DIFFUSERS_VERBOSITY", "error")
+
+
+def _protocol(tmp_path: Path, section: str | None, line: str, name: str = "p.toml") -> Path:
+    """shapes.toml with ``line`` set in ``[section]`` (added when the section is missing)."""
+    key = line.split("=")[0].strip()
+    text = SHAPES.read_text(encoding="utf-8")
+    lines, current, out, done = text.splitlines(), None, [], False
+    for row in lines:
+        if row.startswith("["):
+            current = row.strip("[] ")
+        if current == section and row.split("=")[0].strip() == key:
+            continue
+        out.append(row)
+        if row.strip() == f"[{section}]" and not done:
+            out.append(line)
+            done = True
+    if not done:
+        out = ([line] + out) if section is None else out + [f"[{section}]", line]
+    path = tmp_path / name
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("section,line,field", [
+    ("generation", "batch_size = 0", "batch_size"), (None, "num_samples = -2", "num_samples"),
+    ("scoring", "ci_level = 7.0", "ci_level"), ("gates", "collapse_fraction = 7.5",
+                                                "collapse_fraction"),
+    ("gates", "near_zero = -1", "near_zero"), ("generation", "gate_scales = []", "gate_scales"),
+    ("generation", "gate_scales = [0.5, nan]", "gate_scales"),
+    ("generation", "device = 'tpu9'", "device"), ("detection", "conf = inf", "conf")])
+def test_protocol_values(tmp_path: Path, section: str | None, line: str, field: str) -> None:
+    path = _protocol(tmp_path, section, line)
+    out = tmp_path / "out"
+    result = invoke("run", "--ckpt", WORLD_CKPT, "--protocol", path, "--out", out)
+    assert_bad_input(result, "p.toml", field)
+    assert not out.exists()     # refused before anything was written or loaded
+
+
+def test_protocol_bom_and_markup_in_messages(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.toml"
+    bom.write_text("\ufeff" + SHAPES.read_text(encoding="utf-8"), encoding="utf-8")
+    from gatebench.protocol import load_protocol
+    assert load_protocol(bom).name == "shapes"
+    typo = _protocol(tmp_path, "generation", "stpes = 3")
+    assert_bad_input(invoke("run", "--ckpt", WORLD_CKPT, "--protocol", typo),
+                     "'stpes' in [generation]")
+
+
+@pytest.mark.parametrize("flags,flag", [
+    (["--num-samples", "-1"], "--num-samples"), (["--num-samples", "0"], "--num-samples"),
+    (["--batch-size", "-1"], "--batch-size"), (["--device", "tpu9"], "--device"),
+    (["--gate-scales", "nan"], "--gate-scales"), (["--gate-scales", ","], "--gate-scales"),
+    (["--gate-scales", "1,x"], "--gate-scales"), (["--steps", "0"], "--steps")])
+def test_run_flags(tmp_path: Path, flags: list[str], flag: str) -> None:
+    out = tmp_path / "out"
+    assert_bad_input(invoke("run", "--ckpt", WORLD_CKPT, "--protocol", "shapes", "--out", out,
+                            *flags), flag)
+    assert not out.exists()
+
+
+def test_demo_zero_samples(tmp_path: Path) -> None:
+    assert_bad_input(invoke("demo", "--num-samples", "0", "--out", tmp_path / "d"),
+                     "--num-samples")
+    assert_bad_input(invoke("score", "--images", tmp_path, "--layouts", tmp_path / "x.jsonl",
+                            "--device", "tpu9"), "--device")
+
+
+@pytest.mark.parametrize("widths", ["0", "-32", "", "32.7", "16,20", "2", "x"])
+def test_check_init_widths(widths: str) -> None:
+    assert_bad_input(invoke("check-init", "--init", "gligen", "--widths", widths), "--widths")
+
+
+def test_check_init_text_dim_and_ckpt(tmp_path: Path) -> None:
+    assert_bad_input(invoke("check-init", "--text-dim", "0"), "--text-dim")
+    (tmp_path / "t.txt").write_text("hello")
+    assert_bad_input(invoke("check-init", "--ckpt", tmp_path / "t.txt"), "t.txt")
+    torch.save({k: v for k, v in user_state(0.0).items() if "to_out" not in k},
+               tmp_path / "no_out.pt")
+    assert_bad_input(invoke("check-init", "--ckpt", tmp_path / "no_out.pt"), "no_out.pt",
+                     "to_out")
+
+
+@pytest.mark.parametrize("state,field", [
+    (user_state(0.3, widths=(16, 32), text_dim=8), "text_dim"),
+    (user_state(0.3, widths=(16, 32), text_dim=64), "widths"),
+    ({k: v for k, v in user_state(0.3, widths=(64,), text_dim=64).items()
+      if "to_out" not in k}, "to_out")])
+def test_adapter_checked_against_base_before_generating(tmp_path: Path, state: dict,
+                                                        field: str) -> None:
+    torch.save(state, tmp_path / "a.pt")
+    out = tmp_path / "out"
+    result = invoke("run", "--ckpt", tmp_path / "a.pt", "--protocol", "shapes", "--out", out,
+                    "--num-samples", "1", "--steps", "1")
+    assert_bad_input(result, "a.pt", field)
+    assert not list(out.rglob("*.png"))     # no base image was generated first
