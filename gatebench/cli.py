@@ -117,7 +117,7 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
         console, _ = consoles()
         render_terminal(report, console, per_gate=not summary)
         if out is not None:
-            console.print(f"wrote {out / 'gates.json'}, {out / 'gates.md'}")
+            console.print(escape(f"wrote {out / 'gates.json'}, {out / 'gates.md'}"))
     finish(1 if report.verdict == "fail" else 0)
 
 
@@ -183,7 +183,7 @@ def protocols_command() -> None:
         proto = load_protocol(path)
         targets = "; ".join(t.label for t in proto.targets) or "-"
         scales = ", ".join(f"{s:g}" for s in proto.generation.gate_scales)
-        table.add_row(name, str(path), scales, targets, proto.description)
+        table.add_row(escape(name), escape(str(path)), scales, escape(targets), escape(proto.description))
     console.print(table)
 
 

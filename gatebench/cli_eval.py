@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
@@ -117,7 +118,7 @@ def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
     write_report(result.results, result.samples, result.gate_report, result.out_dir,
                  comparison=document)
     render_terminal(comparison, console, all_rows=False)
-    console.print(f"regression verdict: {verdict_path}")
+    console.print(escape(f"regression verdict: {verdict_path}"))
     return comparison.exit_code
 
 
@@ -164,7 +165,7 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
         console, _ = consoles()
         render_terminal(comparison, console)
         if out is not None:
-            console.print(f"wrote {out}")
+            console.print(escape(f"wrote {out}"))
     finish(comparison.exit_code)
 
 
@@ -185,7 +186,7 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 
     path = rerender(results, fmt_name, out)
     console, _ = consoles()
-    console.print(f"wrote {path}")
+    console.print(escape(f"wrote {path}"))
     finish(0)
 
 
@@ -253,18 +254,18 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     else:
         from gatebench.report import value_ci
         console, _ = consoles()
-        table = Table(title=f"{len(result.samples)} images in {images}", title_justify="left")
+        table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
         for column in ("metric", "value [95% CI]", "n"):
             table.add_column(column)
         for name, value in result.metrics.items():
             table.add_row(name, value_ci(value.to_dict()), str(value.n))
         for name, reason in result.not_computed.items():
-            table.add_row(name, f"[yellow]not computed[/yellow] ({reason})", "-")
+            table.add_row(name, f"[yellow]not computed[/yellow] ({escape(reason)})", "-")
         console.print(table)
         for t in targets:
             mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
-            console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {t.note}")
+            console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {escape(t.note)}")
         if out is not None:
-            console.print(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
-                          f"{out / 'report.md'}")
+            console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
+                                 f"{out / 'report.md'}"))
     finish(1 if document["verdict"] == "fail" else 0)

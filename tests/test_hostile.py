@@ -272,3 +272,15 @@ def test_adapter_checked_against_base_before_generating(tmp_path: Path, state: d
                     "--num-samples", "1", "--steps", "1")
     assert_bad_input(result, "a.pt", field)
     assert not list(out.rglob("*.png"))     # no base image was generated first
+
+
+# --- rich markup: user text is printed as text ------------------------------------------------
+
+def test_markup_in_paths_is_printed_verbatim(tmp_path: Path) -> None:
+    folder = tmp_path / "[bold]runs[/x]"
+    folder.mkdir(parents=True)     # "[/x]" is a sub-folder "x]" of "[bold]runs["
+    assert_bad_input(invoke("gates", folder / "missing[/x].pt"), "[bold]runs[/x]/missing[/x].pt")
+    torch.save(user_state(0.3), folder / "e[red]1.pt")
+    result = invoke("gates", folder)
+    assert result.exit_code in (0, 1) and "Traceback" not in result.output
+    assert "[bold]runs[/x]/e[red]1.pt" in result.output.replace("\n", "")
