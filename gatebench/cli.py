@@ -31,6 +31,12 @@ class GatebenchGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # 130 (128 + SIGINT), as shells report it; outputs are written atomically and
+            # images are cached, so the same command resumes
+            _, err = consoles()
+            err.print("interrupted; run the same command again to resume", markup=False)
+            ctx.exit(130)
         except GatebenchError as exc:
             if ctx.params.get("debug"):
                 raise
@@ -105,12 +111,13 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
     report = analyse(infos, series, thresholds, scales)
     document = to_json(report)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        from gatebench.outputs import atomic_write_text, check_not_input, ensure_out_dir
+        ensure_out_dir(out)
+        for name in ("gates.json", "gates.md", "gate_trajectory.png"):
+            check_not_input(out / name, [*checkpoint_paths, *logs])
         plot = plot_trajectory(report, out / "gate_trajectory.png")
-        (out / "gates.json").write_text(json.dumps(document, indent=2, ensure_ascii=False),
-                                        encoding="utf-8")
-        (out / "gates.md").write_text(render_markdown(report, plot.name if plot else None),
-                                      encoding="utf-8")
+        atomic_write_text(out / "gates.json", json.dumps(document, indent=2, ensure_ascii=False))
+        atomic_write_text(out / "gates.md", render_markdown(report, plot.name if plot else None))
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
                                    protocol_with_overrides)
+from gatebench.outputs import check_not_input, ensure_out_dir
 
 
 @click.command()
@@ -60,6 +61,8 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     if baseline is not None:   # read it before hours of generation, not after
         from gatebench.saved_run import load_run
         base_run = load_run(baseline)
+        check_not_input(out / "results.json", [base_run.path])
+        check_not_input(out / "samples.jsonl", [base_run.folder / "samples.jsonl"])
     scales = parse_floats(gate_scales, "--gate-scales") if gate_scales else None
     proto = protocol_with_overrides(protocol, gate_scales=scales, num_samples=num_samples,
                                     seed=seed, steps=steps, dtype=dtype, device=device,
@@ -149,6 +152,9 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
 
     margins = parse_metric_options(metric_options)
     base_run, cand_run = load_run(baseline), load_run(candidate)
+    if out is not None:
+        check_not_input(out, [base_run.path, cand_run.path, base_run.folder / "samples.jsonl",
+                              cand_run.folder / "samples.jsonl"])
     try:
         comparison = compare_runs(base_run, cand_run, margins)
     except NotComparableError as exc:
@@ -224,6 +230,11 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     from gatebench.score import score_folder, write_samples_jsonl
     from gatebench.verdict import evaluate_targets
 
+    if out is not None:
+        ensure_out_dir(out)
+        inputs = [layouts, *([detections] if detections is not None else [])]
+        check_not_input(out / "samples.jsonl", inputs)
+        check_not_input(out / "score.json", inputs)
     proto = load_protocol(protocol) if protocol else Protocol(name="score")
     # Targets of a generation protocol name gate scales; here every image counts once.
     proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
@@ -245,7 +256,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
                 "targets": [t.to_dict() for t in targets],
                 "verdict": "fail" if any(not t.passed for t in targets) else "pass"}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_out_dir(out)
         write_samples_jsonl(result.samples, out / "samples.jsonl")
         write_json(out / "score.json", document)
         write_score_report(document, result.samples, images, out)

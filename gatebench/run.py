@@ -22,6 +22,7 @@ from gatebench import __version__
 from gatebench.adapters.registry import load_adapter
 from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
 from gatebench.errors import CheckpointError, GatebenchError, ModelFileError
+from gatebench.outputs import ensure_out_dir
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
                                 grounded_steps, layout_seed, read_png_meta, resolve_uncond)
@@ -267,8 +268,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(options.out_dir)
     infos = [inspect_checkpoint(p) for p in checkpoints]
     layouts, layouts_info = select_layouts(protocol)
     box_counts = [min(len(lay.objects), protocol.data.max_boxes) for lay in layouts]

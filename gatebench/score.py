@@ -306,11 +306,11 @@ class _Context:
 
 def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
     """One JSON record per image, UTF-8 with Chinese kept readable; NaN -> null."""
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as fh:
-        for record in samples.to_dict(orient="records"):
-            fh.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
-    return path
+    from gatebench.outputs import atomic_write_text  # noqa: PLC0415
+
+    lines = [json.dumps(_plain(record), ensure_ascii=False) + "\n"
+             for record in samples.to_dict(orient="records")]
+    return atomic_write_text(Path(path), "".join(lines))
 
 
 def read_samples_jsonl(path: str | Path) -> pd.DataFrame:

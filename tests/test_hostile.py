@@ -284,3 +284,65 @@ def test_markup_in_paths_is_printed_verbatim(tmp_path: Path) -> None:
     result = invoke("gates", folder)
     assert result.exit_code in (0, 1) and "Traceback" not in result.output
     assert "[bold]runs[/x]/e[red]1.pt" in result.output.replace("\n", "")
+
+
+# --- outputs never overwrite inputs; --out that is a file; Ctrl-C ----------------------------
+
+def _digest(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("target", ["results.json", "samples.jsonl"])
+def test_report_out_onto_its_input(tmp_path: Path, target: str) -> None:
+    results = _mutated_run(tmp_path, "run", lambda d: None)
+    before = _digest(results.parent)
+    assert_bad_input(invoke("report", results, "--out", results.parent / target), "--out", target)
+    assert _digest(results.parent) == before
+
+
+def test_compare_out_onto_an_input(tmp_path: Path) -> None:
+    a = _mutated_run(tmp_path, "a", lambda d: None)
+    b = _mutated_run(tmp_path, "b", lambda d: None)
+    before = _digest(tmp_path)
+    for out in (a, b, a.parent / "samples.jsonl"):
+        assert_bad_input(invoke("compare", a, b, "--out", out), "--out")
+    assert _digest(tmp_path) == before
+
+
+def test_out_that_is_an_existing_file(tmp_path: Path) -> None:
+    existing = tmp_path / "taken"
+    existing.write_text("keep me")
+    torch.save(user_state(0.3), tmp_path / "e.pt")
+    assert_bad_input(invoke("gates", tmp_path / "e.pt", "--out", existing), "--out", "taken")
+    assert_bad_input(invoke("run", "--ckpt", WORLD_CKPT, "--protocol", "shapes", "--out",
+                            existing), "--out", "taken")
+    assert existing.read_text() == "keep me"
+
+
+def test_samples_and_report_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    import pandas as pd
+
+    from gatebench.score import write_samples_jsonl
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text("old\n")
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        write_samples_jsonl(pd.DataFrame([{"layout_id": "a"}]), path)
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["samples.jsonl"]
+
+
+def test_ctrl_c_exits_130(tmp_path: Path, monkeypatch) -> None:
+    import gatebench.checkpoint as checkpoint
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint, "inspect_checkpoint", interrupted)
+    torch.save(user_state(0.3), tmp_path / "e.pt")
+    result = invoke("gates", tmp_path / "e.pt")
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert "resume" in result.output
