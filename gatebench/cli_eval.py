@@ -240,11 +240,17 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
                                                      for t in proto.targets))
     proto = health_thresholds(proto, garbled_threshold, blank_threshold)
-    if detections is not None:
-        proto = proto.replace(models={"detector": None})
     dev = resolve_device(device)
+    vocabulary = None
+    if detections is not None:
+        if proto.models.detector:   # the protocol's detector names the classes, not COCO
+            from gatebench.detect import YoloDetector
+            vocabulary = YoloDetector.from_file(proto.models.detector, proto.detection).labels
+        proto = proto.replace(models={"detector": None})
     models = load_eval_models(proto, device=dev) if protocol else None
     kwargs = models.score_kwargs() if models else {}
+    if vocabulary is not None:
+        kwargs["detector_labels"] = vocabulary
     result = score_folder(images, layouts, proto, detections, skip_bad=skip_bad, **kwargs)
     row = {"checkpoint": str(images), "gate_scale": None, "n_images": len(result.samples),
            "metrics": {k: v.to_dict() for k, v in result.metrics.items()},

@@ -121,7 +121,9 @@ def parse_bbox(raw: Any, *, scale_1000: bool | None = None) -> tuple[Box, bool]:
     values = [float(v) for v in raw]
     if any(v != v or v in (float("inf"), float("-inf")) for v in values):
         raise _BadRow(f"expected finite bbox values, got {raw!r}")
-    if scale_1000 or (scale_1000 is None and max(values) > SCALE_1000_ABOVE):
+    if scale_1000 is None:
+        scale_1000 = bbox_scale_1000(values, raw)
+    if scale_1000:
         values = [v / 1000.0 for v in values]
     if min(values) < -CLIP_TOLERANCE or max(values) > 1 + CLIP_TOLERANCE:
         raise _BadRow(f"expected bbox inside [0, 1] (or 0-1000), got {raw!r}")
@@ -130,6 +132,20 @@ def parse_bbox(raw: Any, *, scale_1000: bool | None = None) -> tuple[Box, bool]:
     if not (x2 > x1 and y2 > y1):
         raise _BadRow(f"expected x2 > x1 and y2 > y1, got {raw!r}")
     return (x1, y1, x2, y2), clipped != values
+
+
+def bbox_scale_1000(values: list[float], raw: Any) -> bool:
+    """The scale of one box, decided from all four values: every value <= 1.5 is normalised;
+    otherwise 0-1000, but only when the box is one on that scale too. [0.2, 0.3, 1.6, 0.9] has
+    one stray coordinate: read as 0-1000 it shrank to a 1.4 x 0.6 speck that the cleaning
+    dropped without a word; such a mix of scales is refused instead."""
+    if max(values) <= SCALE_1000_ABOVE:
+        return False
+    x1, y1, x2, y2 = values
+    if x2 - x1 <= SCALE_1000_ABOVE or y2 - y1 <= SCALE_1000_ABOVE:
+        raise _BadRow(f"expected bbox values all in [0, 1] (normalised) or all on the 0-1000 "
+                      f"scale, got a mix {raw!r}")
+    return True
 
 
 def _keep_box(box: Box, clean: _Cleaning) -> bool:
@@ -142,6 +158,7 @@ def _objects(raw: Any, clean: _Cleaning, report: LoadReport, line: int) -> tuple
         raise _BadRow(f"expected 'objects' to be a list, got {type(raw).__name__}")
     kept: list[LayoutObject] = []
     clipped_here = 0
+    scales: dict[bool, int] = {}     # one row, one scale: normalised and 0-1000 boxes don't mix
     for i, obj in enumerate(raw):
         if not isinstance(obj, dict):
             raise _BadRow(f"expected objects[{i}] to be an object, got {type(obj).__name__}")
@@ -152,6 +169,12 @@ def _objects(raw: Any, clean: _Cleaning, report: LoadReport, line: int) -> tuple
             raise _BadRow(f"expected objects[{i}].category_id to be an integer, got {cat!r}")
         if "bbox" in obj:
             box, clipped = parse_bbox(obj["bbox"])
+            values = obj["bbox"]
+            scales.setdefault(max(float(v) for v in values) > SCALE_1000_ABOVE, i)
+            if len(scales) > 1:
+                raise _BadRow(f"expected every bbox of a row on one scale, got objects"
+                              f"[{scales[False]}] normalised and objects[{scales[True]}] "
+                              f"on the 0-1000 scale")
         elif "bbox_1000" in obj:
             box, clipped = parse_bbox(obj["bbox_1000"], scale_1000=True)
         else:

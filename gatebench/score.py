@@ -92,6 +92,13 @@ def _items(images: Sequence[Any]) -> list[ImageItem]:
     return out
 
 
+def _detections_vocabulary(detections: Mapping[str, Sequence[Detection]] | None) -> frozenset[str]:
+    """A detections file's detector is unknown: every label it produced, plus COCO's 80 (so a
+    COCO class that was never detected still counts as a miss, not as unscorable)."""
+    found = {d.label for dets in (detections or {}).values() for d in dets}
+    return frozenset(COCO80_NAMES) | found
+
+
 def _load(path: Path) -> Any:
     from PIL import UnidentifiedImageError  # noqa: PLC0415
 
@@ -152,7 +159,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                               f"{len(missing)} (e.g. '{missing[0]}')",
                               hint='add {"image": NAME, "detections": []} for empty images')
     labels = frozenset(detector_labels) if detector_labels is not None else (
-        detector.labels if detector is not None and detections is None else frozenset(COCO80_NAMES))
+        detector.labels if detector is not None and detections is None else
+        _detections_vocabulary(detections))
     scoring = protocol.scoring
     class_map = protocol.detection.class_map
     rows: list[dict[str, Any]] = []

@@ -346,3 +346,112 @@ def test_ctrl_c_exits_130(tmp_path: Path, monkeypatch) -> None:
     result = invoke("gates", tmp_path / "e.pt")
     assert result.exit_code == 130 and "Traceback" not in result.output
     assert "resume" in result.output
+
+
+# --- wrong results: class vocabulary, 16-bit PNGs, bbox scale, decompression bombs -----------
+
+WORLD_DATA = Path(__file__).resolve().parent.parent / "gatebench" / "world" / "assets" / "data"
+
+
+def _world_images(tmp_path: Path, n: int = 4) -> tuple[Path, Path, Path]:
+    """n world test images, their layouts and PERFECT detections (the GT boxes, world labels)."""
+    import shutil
+
+    rows = [json.loads(line) for line in
+            (WORLD_DATA / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    images = tmp_path / "images"
+    images.mkdir()
+    for row in rows:
+        shutil.copy(WORLD_DATA / "images" / "test" / row["image_path"], images)
+    layouts = tmp_path / "layouts.jsonl"
+    layouts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                       encoding="utf-8")
+    detections = tmp_path / "detections.jsonl"
+    detections.write_text("".join(json.dumps({"image": r["image_path"], "detections": [
+        {"bbox": o["bbox"], "label": o["name_en"], "score": 0.9} for o in r["objects"]]}) + "\n"
+        for r in rows), encoding="utf-8")
+    return images, layouts, detections
+
+
+def test_perfect_detections_on_the_shapes_world_score_one(tmp_path: Path) -> None:
+    images, layouts, detections = _world_images(tmp_path)
+    result = invoke("score", "--images", images, "--layouts", layouts, "--detections", detections,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)["metrics"]
+    assert metrics["iou50_rate"]["value"] == pytest.approx(1.0)   # was 0: id 7 read as "train"
+    with_protocol = invoke("score", "--images", images, "--layouts", layouts, "--detections",
+                           detections, "--protocol", "shapes", "--json")
+    assert with_protocol.exit_code == 0, with_protocol.output
+    document = json.loads(with_protocol.output[with_protocol.output.index("{"):])
+    assert document["metrics"]["iou50_rate"]["value"] == pytest.approx(1.0)
+    assert document["info"]["detector_labels"] == 12       # the world's vocabulary, not COCO's
+
+
+def test_gt_label_prefers_names_over_a_non_coco_category_id() -> None:
+    from gatebench.detect import COCO80_NAMES, gt_label
+    from gatebench.layouts import LayoutObject
+    from gatebench.world import CLASS_NAMES_EN
+
+    box = (0.1, 0.1, 0.5, 0.5)
+    blue_square = LayoutObject("蓝色正方形", box, "blue square", 7)
+    assert gt_label(blue_square, set(CLASS_NAMES_EN)) == "blue square"
+    assert gt_label(blue_square, set(COCO80_NAMES) | {"blue square"}) == "blue square"
+    assert gt_label(LayoutObject("摩托车", box, "motorbike", 4), set(COCO80_NAMES)) == "motorcycle"
+
+
+def test_16_bit_png_is_not_white(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from gatebench.metrics.images import to_pil_rgb
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    Image.fromarray((ramp / 257).round().astype(np.uint8)).save(tmp_path / "g8.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    a16 = np.asarray(to_pil_rgb(tmp_path / "g16.png")).astype(int)
+    a8 = np.asarray(to_pil_rgb(tmp_path / "g8.png")).astype(int)
+    assert np.abs(a16 - a8).max() <= 1 and a16.mean() < 200
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                     8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_decompression_bomb_png(tmp_path: Path) -> None:
+    images, layouts, detections = _world_images(tmp_path, n=1)
+    name = json.loads(layouts.read_text(encoding="utf-8").splitlines()[0])["image_path"]
+    _png_header_only(images / name, 60000, 60000)
+    assert_bad_input(invoke("score", "--images", images, "--layouts", layouts, "--detections",
+                            detections), name, "decompression bomb")
+
+
+@pytest.mark.parametrize("objects,what", [
+    ([[0.2, 0.3, 1.6, 0.9]], "a mix"),
+    ([[0.1, 0.1, 0.5, 0.5], [100, 100, 500, 500]], "one scale"),
+    ([[0.2, 0.3, 1.3, 0.9]], "inside [0, 1]")])
+def test_bbox_scale_decided_from_all_four_values(tmp_path: Path, objects: list, what: str) -> None:
+    layouts = tmp_path / "layouts.jsonl"
+    row = {"image_path": "a.png", "caption": "x",
+           "objects": [{"name": "dog", "bbox": b} for b in objects]}
+    layouts.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (tmp_path / "images").mkdir()
+    assert_bad_input(invoke("score", "--images", tmp_path / "images", "--layouts", layouts),
+                     "layouts.jsonl:1", what)
+
+
+def test_bbox_on_the_1000_scale_still_reads(tmp_path: Path) -> None:
+    from gatebench.layouts import parse_bbox
+
+    assert parse_bbox([0, 1, 300, 400])[0] == pytest.approx((0.0, 0.001, 0.3, 0.4))
+    assert parse_bbox([0.1, 0.2, 0.3, 0.4])[0] == pytest.approx((0.1, 0.2, 0.3, 0.4))
