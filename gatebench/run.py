@@ -21,6 +21,8 @@ import torch
 from gatebench import __version__
 from gatebench.adapters.registry import load_adapter
 from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
+from gatebench.distributed import (barrier, distributed, import_collective_libraries,
+                                   sum_over_ranks)
 from gatebench.errors import CheckpointError, GatebenchError, ModelFileError
 from gatebench.outputs import ensure_out_dir
 from gatebench.gates import GateReport, analyse
@@ -58,25 +60,11 @@ class RunResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world) under torchrun (gloo on CPU, nccl on GPU); (0, 1) otherwise."""
-    import os
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return torch.distributed.get_rank(), world
-
-
 def _sum_over_ranks(stats: GenerationStats) -> None:
     """The run's generation counts are the sum of every rank's."""
     counts = ("generated", "cached", "nonfinite", "batches", "oom_halvings")
     seconds = ("seconds", "encode_s", "unet_s", "decode_s", "write_wait_s", "png_write_s")
-    values = torch.tensor([float(getattr(stats, f)) for f in counts + seconds], dtype=torch.float64)
-    torch.distributed.all_reduce(values)
-    for name, value in zip(counts + seconds, values.tolist()):
-        setattr(stats, name, int(value) if name in counts else float(value))
+    sum_over_ranks(stats, counts, seconds)
 
 
 def resolve_device(device: str) -> str:
@@ -278,6 +266,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                              + "; ".join(f"{f.code} ({f.subject})" for f in gate_report.findings
                                          if f.severity == "fail"))
     rank, world = distributed()
+    import_collective_libraries(protocol, world)     # every rank, before any other collective
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)
     t0 = time.perf_counter()
@@ -304,7 +293,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             bar.close()
     if world > 1:
         _sum_over_ranks(gen_stats)
-        torch.distributed.barrier()     # every shard's images are on disk
+        barrier("the end of generation (every shard's images on disk)")
         if rank != 0:
             return RunResult({}, pd.DataFrame(), [], gate_report, out, 0)
     timings["generate_s"] = time.perf_counter() - t0
