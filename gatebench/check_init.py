@@ -13,6 +13,7 @@ import torch
 
 from gatebench.adapter_fit import load_state_checked
 from gatebench.adapters.user import AdapterSet, Grounding, apply_init, inject
+from gatebench.checkpoint_header import check_user_state
 from gatebench.errors import CheckpointError, GatebenchError
 
 IDENTITY_TOL = 1e-6
@@ -149,6 +150,7 @@ def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
         if bad:
             raise CheckpointError(f"expected '{bad[0]}' to be a tensor, got "
                                   f"{type(state_dict[bad[0]]).__name__}", path=checkpoint)
+        check_user_state(state_dict, checkpoint)
         config = AdapterSet.config_from_state(state_dict)
         if base_model is None:    # the tiny UNet takes the checkpoint's own shape
             widths, text_dim = tuple(config["widths"]), int(config["text_dim"])

@@ -28,7 +28,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from gatebench.checkpoint_header import parse_safetensors_header, validate_header
+from gatebench.checkpoint_header import (check_user_state, parse_safetensors_header,
+                                         validate_header)
 from gatebench.errors import CheckpointError, UnsafeCheckpointError
 
 GATEBENCH_FORMAT = "gatebench-adapter"
@@ -313,6 +314,7 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
     """Read a checkpoint's gates and metadata (memory-mapped) and hash the file."""
     path = Path(path)
     state, header = read_raw(path)
+    check_user_state(state, path)
     family, gates = find_gates(state, path)
     if header:
         if header.get("format_version", 1) > GATEBENCH_FORMAT_VERSION:

@@ -60,7 +60,41 @@ def validate_header(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
             raise _bad(name, "a mapping", value, path)
     if header.get("training") is not None:
         header["training"] = validate_training(header["training"], path)
+    if header.get("adapter_config") and family != "gligen":
+        validate_user_config(header["adapter_config"], path)
     return header
+
+
+def _positive(value: Any, field: str, path: Path) -> int:
+    number = _integer(value, field, path)
+    if number < 1:
+        raise _bad(field, "a positive integer", value, path)
+    return number
+
+
+def validate_user_config(config: Mapping[str, Any], path: Path) -> None:
+    """The shape fields of a user-family ``adapter_config`` (what building the adapter reads):
+    widths a non-empty list of positive integers with a ``text_dim``; counts positive; the
+    forward choices strings and flags booleans (their allowed values are checked on use)."""
+    if "widths" in config:
+        widths = config["widths"]
+        if not isinstance(widths, (list, tuple)) or not widths:
+            raise _bad("adapter_config.widths", "a non-empty list of UNet widths", widths, path)
+        for i, width in enumerate(widths):
+            _positive(width, f"adapter_config.widths[{i}]", path)
+        if "text_dim" not in config:
+            raise CheckpointError("expected header field 'adapter_config.text_dim' beside its "
+                                  "'widths', got none", path=path, hint="the checkpoint's "
+                                  "metadata is damaged; re-save it with save_checkpoint")
+    for name in ("text_dim", "heads", "num_freqs"):
+        if config.get(name) is not None:
+            _positive(config[name], f"adapter_config.{name}", path)
+    for name in ("query", "fourier", "text_proj"):
+        if config.get(name) is not None and not isinstance(config[name], str):
+            raise _bad(f"adapter_config.{name}", "a string", config[name], path)
+    for name in ("null_slot", "box_mask"):
+        if config.get(name) is not None and not isinstance(config[name], bool):
+            raise _bad(f"adapter_config.{name}", "true or false", config[name], path)
 
 
 def _integer(value: Any, field: str, path: Path) -> int:
@@ -81,6 +115,27 @@ def _number(value: Any, field: str, path: Path) -> float:
         return float(value)
     except OverflowError:
         raise _bad(field, "a number a float can hold", value, path) from None
+
+
+def check_user_state(state: Mapping[str, Any], path: Path) -> None:
+    """The tensors a user-family adapter is sized from: ``dim_{D}.*`` values are tensors and each
+    ``text_proj.weight`` is a matrix (a 1-d one failed deep in shape inference)."""
+    import torch  # noqa: PLC0415 (this module stays importable without torch)
+
+    for key, value in state.items():
+        bare = key.removeprefix("module.")
+        if not bare.startswith("dim_"):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"expected '{key}' to be a tensor, got {type(value).__name__}",
+                                  path=path, hint="the file is not a saved adapter state dict")
+        if bare.endswith(".text_proj.weight") and value.ndim != 2:
+            raise CheckpointError(f"expected '{key}' to be a 2-d weight matrix, got shape "
+                                  f"{tuple(value.shape)}", path=path,
+                                  hint="the file is not a saved adapter state dict")
+        if value.is_complex():
+            raise CheckpointError(f"expected real-valued tensors, got complex '{key}'",
+                                  path=path, hint="the file is not a saved adapter state dict")
 
 
 def validate_training(raw: Mapping[str, Any], path: Path) -> dict[str, Any]:

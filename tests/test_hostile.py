@@ -170,13 +170,31 @@ WORLD_CKPT = (Path(__file__).resolve().parent.parent / "gatebench" / "world" / "
 
 
 @pytest.fixture(autouse=True)
-def _quiet_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+def _quiet_libraries(monkeypatch: pytest.MonkeyPatch):
     """What `main()` sets for a CLI user; CliRunner calls the group directly."""
+    request_finalizers: list = []
     for name in ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "DIFFUSERS_NO_ADVISORY_WARNINGS",
                  "HF_HUB_DISABLE_PROGRESS_BARS"):
         monkeypatch.setenv(name, "1")
     monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
     monkeypatch.setenv("DIFFUSERS_VERBOSITY", "error")
+    # the environment only counts before the first import; another test may have imported them
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for module in (transformers_logging, diffusers_logging):
+        was = module.is_progress_bar_enabled()
+        module.disable_progress_bar()
+        if was:
+            request_finalizers.append(module.enable_progress_bar)
+    levels = [(m, m.get_verbosity()) for m in (transformers_logging, diffusers_logging)]
+    for module, _ in levels:
+        module.set_verbosity_error()
+    yield
+    for module, level in levels:
+        module.set_verbosity(level)
+    for undo in request_finalizers:
+        undo()
 
 
 def _protocol(tmp_path: Path, section: str | None, line: str, name: str = "p.toml") -> Path:
