@@ -5,14 +5,34 @@ The user's history shows both matter: a random ``to_out`` with gate 3.0 garbled 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gatebench.adapter_fit import load_state_checked
 from gatebench.adapters.user import AdapterSet, Grounding, apply_init, inject
+from gatebench.checkpoint_header import check_user_state
+from gatebench.errors import CheckpointError, GatebenchError
 
 IDENTITY_TOL = 1e-6
+ADAPTER_HEADS = 8
+
+
+def check_shape(widths: tuple[int, ...], text_dim: int) -> None:
+    """Widths and phrase width an adapter can be built with: positive, each width divisible by
+    the adapter's heads (a width of 0 or 20 fails deep inside torch otherwise)."""
+    if not widths:
+        raise GatebenchError("--widths: expected at least one UNet width, got none",
+                             hint="e.g. --widths 320,640,1280")
+    for w in widths:
+        if w < ADAPTER_HEADS or w % ADAPTER_HEADS:
+            raise GatebenchError(f"--widths: expected positive widths divisible by the adapter's "
+                                 f"{ADAPTER_HEADS} heads, got {w}", hint="e.g. --widths 32,64")
+    if text_dim < 1:
+        raise GatebenchError(f"--text-dim: expected a phrase width >= 1, got {text_dim}",
+                             hint="e.g. --text-dim 768 (4096 for Kolors)")
 
 
 @dataclass(frozen=True)
@@ -41,11 +61,15 @@ def tiny_unet(widths: tuple[int, ...], cross_attention_dim: int, sample_size: in
 
     n = len(widths)
     heads = [max(1, w // 64) if w % 64 == 0 else 1 for w in widths]
+    groups = min(32, min(widths) // 2)
+    if any(w % groups for w in widths):      # e.g. 24,32: the largest group count dividing all
+        common = math.gcd(*widths)
+        groups = max(g for g in range(1, min(32, common) + 1) if common % g == 0)
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=tuple(widths), down_block_types=("CrossAttnDownBlock2D",) * n,
         up_block_types=("CrossAttnUpBlock2D",) * n, cross_attention_dim=cross_attention_dim,
-        attention_head_dim=tuple(heads), norm_num_groups=min(32, min(widths) // 2))
+        attention_head_dim=tuple(heads), norm_num_groups=groups)
 
 
 @dataclass(frozen=True)
@@ -110,13 +134,27 @@ def run_check(unet: torch.nn.Module, adapters: AdapterSet, scheme: str, inputs: 
 
 def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
                text_dim: int = 32, base_model: Path | None = None,
-               state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0) -> list[InitCheck]:
+               state_dict: dict[str, torch.Tensor] | None = None, seed: int = 0,
+               checkpoint: Path | None = None) -> list[InitCheck]:
     """Run the check for each init scheme (or for the given adapter state, scheme 'checkpoint').
 
     With ``base_model`` the adapter is sized from that model (its UNet widths and phrase width)
-    and fed its real prompt conditioning; otherwise a tiny UNet with ``widths`` is built.
+    and fed its real prompt conditioning; otherwise a tiny UNet with ``widths`` is built (with
+    ``state_dict`` and no base model: the checkpoint's own widths and phrase width).
+    ``checkpoint`` only names the file in errors.
     """
     generator = torch.Generator().manual_seed(seed)
+    config = None
+    if state_dict is not None:
+        bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"expected '{bad[0]}' to be a tensor, got "
+                                  f"{type(state_dict[bad[0]]).__name__}", path=checkpoint)
+        check_user_state(state_dict, checkpoint)
+        config = AdapterSet.config_from_state(state_dict)
+        if base_model is None:    # the tiny UNet takes the checkpoint's own shape
+            widths, text_dim = tuple(config["widths"]), int(config["text_dim"])
+    check_shape(widths, text_dim)
     if base_model is not None:
         from gatebench.models import load_base_model
         base = load_base_model(base_model)
@@ -129,10 +167,14 @@ def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
     from gatebench.adapters.user import attn2_widths
     unet_widths = sorted(set(attn2_widths(unet).values()))
     results = []
-    if state_dict is not None:
-        config = AdapterSet.config_from_state(state_dict)
+    if state_dict is not None and config is not None:
+        if int(config["text_dim"]) != int(text_dim):
+            raise CheckpointError(f"expected the adapter's phrase width to equal the base "
+                                  f"model's {text_dim}, got text_dim {config['text_dim']}",
+                                  path=checkpoint, hint="this checkpoint was trained on a "
+                                  "different base model")
         adapters = AdapterSet.from_config(config)
-        adapters.load_state_dict(state_dict)
+        load_state_checked(adapters, state_dict, checkpoint)
         results.append(run_check(unet, adapters, "checkpoint", inputs, seed=seed))
         return results
     for scheme in schemes:

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from gatebench.checkpoint_header import (check_user_state, parse_safetensors_header,
+                                         validate_header)
 from gatebench.errors import CheckpointError, UnsafeCheckpointError
 
 GATEBENCH_FORMAT = "gatebench-adapter"
@@ -158,8 +160,26 @@ def _check_readable(path: Path) -> int:
     return size
 
 
+def _torch_reason(exc: BaseException) -> str:
+    """The part of a torch.load failure worth showing. torch's weights-only message is six lines
+    that end in advice to pass ``weights_only=False`` (which would run the pickle's code): only
+    the unpickler's own reason is kept, never that advice."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\s*\n|$)", text, re.S)
+    if found:
+        text = found.group(1)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if "weights_only" in first:
+        first = ""
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
+
+
 def torch_load_safe(path: Path, *, mmap: bool = True) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError."""
+    """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError.
+
+    This is the boundary for checkpoint bytes: torch's weights-only unpickler raises whatever
+    its parser hits on foreign bytes (IndexError, KeyError, UnpicklingError, ...), so every
+    ``Exception`` from the load itself is re-raised typed, naming the file."""
     _check_readable(path)
     is_zip = zipfile.is_zipfile(path)
     try:
@@ -173,13 +193,15 @@ def torch_load_safe(path: Path, *, mmap: bool = True) -> Any:
                 f"refused to load: the file is a pickle that wants to run code or build arbitrary "
                 f"objects{what}; nothing in it was executed", path=path,
                 hint="re-save it as a plain state dict or .safetensors from trusted code") from None
-        raise CheckpointError(f"expected a PyTorch checkpoint, got an unreadable pickle ({text})",
-                              path=path) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"expected a PyTorch checkpoint, got a file torch cannot read as "
+                              f"one ({_torch_reason(exc)})", path=path,
+                              hint="pass the file torch.save(state_dict) wrote, or a "
+                              ".safetensors file") from None
+    except Exception as exc:  # noqa: BLE001 - the reader boundary: torch's parser raises anything
         kind = "a truncated or corrupt zip archive" if is_zip else "a file that is not a PyTorch checkpoint"
-        raise CheckpointError(f"expected a PyTorch checkpoint, got {kind} "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
-                              path=path) from None
+        raise CheckpointError(f"expected a PyTorch checkpoint, got {kind} ({_torch_reason(exc)})",
+                              path=path, hint="pass the file torch.save(state_dict) wrote, or a "
+                              ".safetensors file") from None
 
 
 class _SafetensorsView(Mapping[str, torch.Tensor]):
@@ -192,8 +214,9 @@ class _SafetensorsView(Mapping[str, torch.Tensor]):
         _check_readable(path)
         try:
             self._file = safe_open(str(path), framework="pt", device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"expected a .safetensors file, got an unreadable one ({exc})",
+        except (SafetensorError, OSError, ValueError, OverflowError) as exc:
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise CheckpointError(f"expected a .safetensors file, got an unreadable one ({reason})",
                                   path=path) from None
         self._keys = list(self._file.keys())
         self.metadata: dict[str, str] = dict(self._file.metadata() or {})
@@ -213,8 +236,8 @@ def read_raw(path: str | Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
     path = Path(path)
     if path.suffix == ".safetensors":
         view = _SafetensorsView(path)
-        header = json.loads(view.metadata["gatebench"]) if "gatebench" in view.metadata else {}
-        return view, header
+        text = view.metadata.get("gatebench")
+        return view, parse_safetensors_header(text, path) if text is not None else {}
     obj = torch_load_safe(path)
     if isinstance(obj, Mapping) and obj.get("format") == GATEBENCH_FORMAT:
         state = obj.get("state_dict")
@@ -222,7 +245,7 @@ def read_raw(path: str | Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
             raise CheckpointError("expected a 'state_dict' mapping in a gatebench checkpoint, "
                                   f"got {type(state).__name__}", path=path)
         header = {k: v for k, v in obj.items() if k not in ("state_dict", "optimizer", "resume")}
-        return state, header
+        return state, validate_header(header, path)
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model", "module", "adapter"):
             inner = obj.get(wrapper)
@@ -235,15 +258,22 @@ def read_raw(path: str | Path) -> tuple[Mapping[str, Any], dict[str, Any]]:
 
 def _scalar(tensor: Any, key: str, path: Path) -> float:
     if not isinstance(tensor, torch.Tensor) or tensor.numel() < 1:
-        raise CheckpointError(f"expected gate '{key}' to be a tensor with one value, got "
-                              f"{type(tensor).__name__}", path=path)
+        got = (f"an empty tensor of shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor)
+               else type(tensor).__name__)
+        raise CheckpointError(f"expected gate '{key}' to be a tensor with one value, got {got}",
+                              path=path)
     return float(tensor.detach().reshape(-1)[0].float())
 
 
-def _is_zero(state: Mapping[str, Any], keys: Iterable[str]) -> bool | None:
+def _is_zero(state: Mapping[str, Any], keys: Iterable[str], path: Path) -> bool | None:
     present = [k for k in keys if k in state]
     if not present:
         return None
+    for key in present:
+        if not isinstance(state[key], torch.Tensor):
+            raise CheckpointError(f"expected '{key}' to be a tensor, got "
+                                  f"{type(state[key]).__name__}", path=path,
+                                  hint="the file is not a saved adapter state dict")
     return all(bool((state[k].float() == 0).all()) for k in present)
 
 
@@ -259,7 +289,7 @@ def find_gates(state: Mapping[str, Any], path: Path) -> tuple[str, tuple[GateEnt
             proj = [base + "to_out.weight", base + "to_out.bias"]
             gates.append(GateEntry(key=key, layer=f"dim_{width}", kind="gate", width=width,
                                    raw=_scalar(state[key], key, path), out_proj_key=proj[0],
-                                   out_proj_zero=_is_zero(state, proj)))
+                                   out_proj_zero=_is_zero(state, proj, path)))
     if gates:
         return "user", tuple(sorted(gates, key=lambda g: (g.width or 0, g.key)))
     for key in keys:
@@ -275,12 +305,13 @@ def find_gates(state: Mapping[str, Any], path: Path) -> tuple[str, tuple[GateEnt
                 proj = [prefix + "ff.net.2.weight", prefix + "ff.net.2.bias"]
                 width_key = prefix + "ff.net.2.weight"
             width_tensor = state.get(width_key)
-            width = int(width_tensor.shape[0]) if isinstance(width_tensor, torch.Tensor) else None
+            width = (int(width_tensor.shape[0]) if isinstance(width_tensor, torch.Tensor)
+                     and width_tensor.ndim >= 1 else None)
             layer = prefix.rstrip(".").removeprefix("module.")
             gates.append(GateEntry(key=key, layer=layer, kind=kind, width=width,
                                    raw=_scalar(state[key], key, path),
                                    out_proj_key=next((p for p in proj if p in state), None),
-                                   out_proj_zero=_is_zero(state, proj)))
+                                   out_proj_zero=_is_zero(state, proj, path)))
     if gates:
         return "gligen", tuple(gates)
     sample = ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
@@ -294,6 +325,7 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
     """Read a checkpoint's gates and metadata (memory-mapped) and hash the file."""
     path = Path(path)
     state, header = read_raw(path)
+    check_user_state(state, path)
     family, gates = find_gates(state, path)
     if header:
         if header.get("format_version", 1) > GATEBENCH_FORMAT_VERSION:

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench import __version__, cli_eval
-from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
+from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats, parse_ints,
                                    quiet_model_libraries)
 from gatebench.errors import GatebenchError
 
@@ -30,11 +31,18 @@ class GatebenchGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # 130 (128 + SIGINT), as shells report it; outputs are written atomically and
+            # images are cached, so the same command resumes
+            _, err = consoles()
+            err.print("interrupted; run the same command again to resume", markup=False)
+            ctx.exit(130)
         except GatebenchError as exc:
             if ctx.params.get("debug"):
                 raise
             _, err = consoles()
-            err.print(f"[bold red]error:[/bold red] {exc.render()}", soft_wrap=True)
+            # user text (paths, TOML keys like [generation]) is never rich markup
+            err.print(f"[bold red]error:[/bold red] {escape(exc.render())}", soft_wrap=True)
             ctx.exit(exc.exit_code)
 
 
@@ -103,19 +111,20 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
     report = analyse(infos, series, thresholds, scales)
     document = to_json(report)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        from gatebench.outputs import atomic_write_text, check_not_input, ensure_out_dir
+        ensure_out_dir(out)
+        for name in ("gates.json", "gates.md", "gate_trajectory.png"):
+            check_not_input(out / name, [*checkpoint_paths, *logs])
         plot = plot_trajectory(report, out / "gate_trajectory.png")
-        (out / "gates.json").write_text(json.dumps(document, indent=2, ensure_ascii=False),
-                                        encoding="utf-8")
-        (out / "gates.md").write_text(render_markdown(report, plot.name if plot else None),
-                                      encoding="utf-8")
+        atomic_write_text(out / "gates.json", json.dumps(document, indent=2, ensure_ascii=False))
+        atomic_write_text(out / "gates.md", render_markdown(report, plot.name if plot else None))
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         console, _ = consoles()
         render_terminal(report, console, per_gate=not summary)
         if out is not None:
-            console.print(f"wrote {out / 'gates.json'}, {out / 'gates.md'}")
+            console.print(escape(f"wrote {out / 'gates.json'}, {out / 'gates.md'}"))
     finish(1 if report.verdict == "fail" else 0)
 
 
@@ -146,10 +155,10 @@ def check_init_command(schemes: tuple[str, ...], widths: str, text_dim: int,
         from gatebench.checkpoint import read_raw, strip_module_prefix
         raw, _ = read_raw(ckpt)
         state = strip_module_prefix({k: v for k, v in raw.items()})
-    width_tuple = tuple(int(w) for w in parse_floats(widths, "--widths"))
+    width_tuple = parse_ints(widths, "--widths")
     results = check_init(schemes=schemes or ("gligen", "zero-out", "legacy", "deadlock"),
                          widths=width_tuple, text_dim=text_dim, base_model=base_model,
-                         state_dict=state)
+                         state_dict=state, checkpoint=ckpt)
     if as_json:
         click.echo(json.dumps([{**r.__dict__, "identity_ok": r.identity_ok,
                                 "gradient_ok": r.gradient_ok, "ok": r.ok} for r in results], indent=2))
@@ -181,7 +190,7 @@ def protocols_command() -> None:
         proto = load_protocol(path)
         targets = "; ".join(t.label for t in proto.targets) or "-"
         scales = ", ".join(f"{s:g}" for s in proto.generation.gate_scales)
-        table.add_row(name, str(path), scales, targets, proto.description)
+        table.add_row(escape(name), escape(str(path)), scales, escape(targets), escape(proto.description))
     console.print(table)
 
 
@@ -198,8 +207,12 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
     gate scales 0/0.5/1/2, detection, CLIP, FID/KID, image health, verdicts and a report. Exit 0
     when the harness told the checkpoints apart as expected.
     """
+    from gatebench.cli_support import check_flag
     from gatebench.demo import run_demo
 
+    for key, value in (("num_samples", num_samples), ("steps", steps), ("device", device)):
+        if value is not None:
+            check_flag(key, value)
     console, _ = consoles()
     code, _ = run_demo(out, num_samples=num_samples, steps=steps, device=device, console=console,
                        progress_factory=lambda total: RichProgress(total, "generating"))

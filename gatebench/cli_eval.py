@@ -13,10 +13,12 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
                                    protocol_with_overrides)
+from gatebench.outputs import check_not_input, ensure_out_dir
 
 
 @click.command()
@@ -59,6 +61,8 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     if baseline is not None:   # read it before hours of generation, not after
         from gatebench.saved_run import load_run
         base_run = load_run(baseline)
+        check_not_input(out / "results.json", [base_run.path])
+        check_not_input(out / "samples.jsonl", [base_run.folder / "samples.jsonl"])
     scales = parse_floats(gate_scales, "--gate-scales") if gate_scales else None
     proto = protocol_with_overrides(protocol, gate_scales=scales, num_samples=num_samples,
                                     seed=seed, steps=steps, dtype=dtype, device=device,
@@ -117,7 +121,7 @@ def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
     write_report(result.results, result.samples, result.gate_report, result.out_dir,
                  comparison=document)
     render_terminal(comparison, console, all_rows=False)
-    console.print(f"regression verdict: {verdict_path}")
+    console.print(escape(f"regression verdict: {verdict_path}"))
     return comparison.exit_code
 
 
@@ -148,6 +152,9 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
 
     margins = parse_metric_options(metric_options)
     base_run, cand_run = load_run(baseline), load_run(candidate)
+    if out is not None:
+        check_not_input(out, [base_run.path, cand_run.path, base_run.folder / "samples.jsonl",
+                              cand_run.folder / "samples.jsonl"])
     try:
         comparison = compare_runs(base_run, cand_run, margins)
     except NotComparableError as exc:
@@ -164,7 +171,7 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
         console, _ = consoles()
         render_terminal(comparison, console)
         if out is not None:
-            console.print(f"wrote {out}")
+            console.print(escape(f"wrote {out}"))
     finish(comparison.exit_code)
 
 
@@ -185,7 +192,7 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 
     path = rerender(results, fmt_name, out)
     console, _ = consoles()
-    console.print(f"wrote {path}")
+    console.print(escape(f"wrote {path}"))
     finish(0)
 
 
@@ -223,16 +230,27 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     from gatebench.score import score_folder, write_samples_jsonl
     from gatebench.verdict import evaluate_targets
 
+    if out is not None:
+        ensure_out_dir(out)
+        inputs = [layouts, *([detections] if detections is not None else [])]
+        check_not_input(out / "samples.jsonl", inputs)
+        check_not_input(out / "score.json", inputs)
     proto = load_protocol(protocol) if protocol else Protocol(name="score")
     # Targets of a generation protocol name gate scales; here every image counts once.
     proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
                                                      for t in proto.targets))
     proto = health_thresholds(proto, garbled_threshold, blank_threshold)
-    if detections is not None:
-        proto = proto.replace(models={"detector": None})
     dev = resolve_device(device)
+    vocabulary = None
+    if detections is not None:
+        if proto.models.detector:   # the protocol's detector names the classes, not COCO
+            from gatebench.detect import YoloDetector
+            vocabulary = YoloDetector.from_file(proto.models.detector, proto.detection).labels
+        proto = proto.replace(models={"detector": None})
     models = load_eval_models(proto, device=dev) if protocol else None
     kwargs = models.score_kwargs() if models else {}
+    if vocabulary is not None:
+        kwargs["detector_labels"] = vocabulary
     result = score_folder(images, layouts, proto, detections, skip_bad=skip_bad, **kwargs)
     row = {"checkpoint": str(images), "gate_scale": None, "n_images": len(result.samples),
            "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
@@ -244,7 +262,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
                 "targets": [t.to_dict() for t in targets],
                 "verdict": "fail" if any(not t.passed for t in targets) else "pass"}
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        ensure_out_dir(out)
         write_samples_jsonl(result.samples, out / "samples.jsonl")
         write_json(out / "score.json", document)
         write_score_report(document, result.samples, images, out)
@@ -253,18 +271,18 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     else:
         from gatebench.report import value_ci
         console, _ = consoles()
-        table = Table(title=f"{len(result.samples)} images in {images}", title_justify="left")
+        table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
         for column in ("metric", "value [95% CI]", "n"):
             table.add_column(column)
         for name, value in result.metrics.items():
             table.add_row(name, value_ci(value.to_dict()), str(value.n))
         for name, reason in result.not_computed.items():
-            table.add_row(name, f"[yellow]not computed[/yellow] ({reason})", "-")
+            table.add_row(name, f"[yellow]not computed[/yellow] ({escape(reason)})", "-")
         console.print(table)
         for t in targets:
             mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
-            console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {t.note}")
+            console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {escape(t.note)}")
         if out is not None:
-            console.print(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
-                          f"{out / 'report.md'}")
+            console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
+                                 f"{out / 'report.md'}"))
     finish(1 if document["verdict"] == "fail" else 0)

@@ -21,12 +21,23 @@ def finish(code: int) -> NoReturn:
 
 
 def parse_floats(text: str, flag: str) -> tuple[float, ...]:
-    """A comma-separated number list from a flag; a bad one is a click usage error (exit 2)."""
+    """A comma-separated number list from a flag; a bad one is one line naming the flag (exit 2)."""
+    from gatebench.errors import GatebenchError
     try:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}",
-                                 param_hint=flag) from None
+        raise GatebenchError(f"{flag}: expected comma-separated numbers, got {text!r}",
+                             hint=f"e.g. {flag} 0,0.5,1") from None
+
+
+def parse_ints(text: str, flag: str) -> tuple[int, ...]:
+    """A comma-separated integer list (``--widths 32.7`` is refused, not truncated)."""
+    from gatebench.errors import GatebenchError
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise GatebenchError(f"{flag}: expected comma-separated integers, got {text!r}",
+                             hint=f"e.g. {flag} 32,64") from None
 
 
 class RichProgress:
@@ -66,6 +77,7 @@ def protocol_with_overrides(protocol: str, **flags: Any) -> Protocol:
     for key, value in flags.items():
         if value is None:
             continue
+        check_flag(key, value)
         if isinstance(value, str):
             value = resolve_builtin(value)
         if key in ("seed", "num_samples"):
@@ -74,6 +86,24 @@ def protocol_with_overrides(protocol: str, **flags: Any) -> Protocol:
             section, field_name = mapping[key]
             sections[section][field_name] = value
     return proto.replace(**{k: v for k, v in sections.items() if v}, **top)
+
+
+_FLAG_FIELDS = {"seed": (None, "seed"), "num_samples": (None, "num_samples"),
+                "gate_scales": ("generation", "gate_scales"), "steps": ("generation", "steps"),
+                "batch_size": ("generation", "batch_size"), "device": ("generation", "device")}
+
+
+def check_flag(key: str, value: Any) -> None:
+    """A flag's value in its protocol field's range (``--num-samples 0``, ``--device tpu9``):
+    exit 2 naming the flag, before any model loads."""
+    from gatebench.errors import GatebenchError
+    from gatebench.protocol_values import value_problem
+
+    if key in _FLAG_FIELDS:
+        problem = value_problem(*_FLAG_FIELDS[key], value)
+        if problem:
+            raise GatebenchError(f"--{key.replace('_', '-')}: {problem}",
+                                 hint="see the command's --help")
 
 
 def quiet_model_libraries() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SCHEMA_VERSION,
@@ -94,7 +95,7 @@ def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool 
         if not all_rows and row.status in ("ok", "not gated"):
             continue
         style = _STYLE.get(row.status, "")
-        table.add_row(_checkpoint(row), f"{row.gate_scale:g}", row.metric, _f(row.baseline),
+        table.add_row(escape(_checkpoint(row)), f"{row.gate_scale:g}", row.metric, _f(row.baseline),
                       _f(row.candidate), diff_text(row), margin_text(row),
                       f"[{style}]{_MARK[row.status]}[/]" if style else _MARK[row.status])
     console.print(table)
@@ -102,9 +103,9 @@ def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool 
         console.print("[dim]ap50, ap, fid, kid are set-level: point differences without a "
                       "paired CI, gated only when named with --metric[/dim]")
     for note in sorted({r.note for r in comparison.rows if r.note and r.kind == "paired"}):
-        console.print(f"[dim]note: {note}[/dim]")
+        console.print(f"[dim]note: {escape(note)}[/dim]")
     for warning in comparison.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True)
     n = len(comparison.regressions)
     style = "bold red" if n else "bold green"
     console.print(f"regression check: [{style}]{'REGRESSION' if n else 'PASS'}[/] "
@@ -165,6 +166,7 @@ def not_comparable_json(baseline: Path, candidate: Path, reasons: Sequence[str])
 
 
 def write_verdict(document: dict[str, Any], path: Path) -> Path:
+    from gatebench.outputs import atomic_write_text  # noqa: PLC0415
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench.checkpoint import inspect_checkpoint
@@ -129,7 +130,7 @@ def run_demo(out: Path, *, num_samples: int | None = None, steps: int | None = N
     overrides: dict[str, Any] = {}
     if steps is not None:
         overrides["generation"] = {"steps": steps}
-    protocol = protocol.replace(**overrides, **({"num_samples": num_samples} if num_samples else {}))
+    protocol = protocol.replace(**overrides, **({"num_samples": num_samples} if num_samples is not None else {}))
     out.mkdir(parents=True, exist_ok=True)
     series = {name: series_checkpoints(name) for name in SERIES}
     series |= {name: series_checkpoints(name) for name in GATES_ONLY_SERIES
@@ -158,7 +159,7 @@ def run_demo(out: Path, *, num_samples: int | None = None, steps: int | None = N
         table.add_column(column)
     for e in checks:
         mark = ("[green]yes[/green]" if e.ok else "[red]NO[/red]") if e.required else "-"
-        table.add_row(e.name, e.expected, e.observed, mark)
+        table.add_row(escape(e.name), escape(e.expected), escape(e.observed), mark)
     console.print(table)
     lines = ["", "## Demo expectations", "", "| check | expected | observed | ok |", "|---|---|---|:---:|"]
     lines += [f"| {e.name} | {e.expected} | {e.observed} | "
@@ -168,5 +169,5 @@ def run_demo(out: Path, *, num_samples: int | None = None, steps: int | None = N
     report_path.write_text(text, encoding="utf-8")
     (out / "demo.json").write_text(json.dumps([asdict(e) for e in checks], indent=2,
                                               ensure_ascii=False), encoding="utf-8")
-    console.print(f"report: {report_path}")
+    console.print(escape(f"report: {report_path}"))
     return (0 if all(e.ok for e in checks if e.required) else 1), checks

@@ -59,18 +59,20 @@ def gt_label(obj: LayoutObject, labels: Collection[str],
              class_map: Mapping[str, str] | None = None) -> str | None:
     """The detector label a GT object is scored as, or None (unscorable).
 
-    Tried in order: COCO ``category_id`` -> name, ``name_en``, ``class_map[name]`` (e.g. Chinese
-    names from the protocol), the name itself; each only if the detector can produce it.
+    Tried in order: ``class_map[name]`` / ``class_map[name_en]`` (the protocol's explicit
+    mapping, e.g. Chinese names), ``name_en``, the name itself, and last the ``category_id`` read
+    as a COCO id; each only if the detector can produce it. Names come before the number because
+    a category id is not always a COCO id (the shapes world's id 7 is "blue square", COCO's 7 is
+    "train"): a row's own names say what it is, the id only fills in when they match nothing.
     """
     lookup = {label.strip().lower(): label for label in labels}
-    candidates: list[str | None] = [
-        COCO_ID_TO_NAME.get(obj.category_id) if obj.category_id is not None else None,
-        obj.name_en]
+    candidates: list[str | None] = []
     if class_map:
         candidates.append(class_map.get(obj.name))
         if obj.name_en is not None:
             candidates.append(class_map.get(obj.name_en))
-    candidates.append(obj.name)
+    candidates += [obj.name_en, obj.name,
+                   COCO_ID_TO_NAME.get(obj.category_id) if obj.category_id is not None else None]
     for candidate in candidates:
         if candidate is not None and candidate.strip().lower() in lookup:
             return lookup[candidate.strip().lower()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench.gates import Finding, GateReport, to_json
@@ -26,14 +27,14 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
             meta.append(f"epoch {info.training.epoch}")
         if info.training.init_scheme:
             meta.append(f"init {info.training.init_scheme}")
-        title = f"[bold]{info.path}[/bold]  ({', '.join(meta)})"
+        title = f"[bold]{escape(str(info.path))}[/bold]  ({escape(', '.join(meta))})"
         if per_gate:
             table = Table(title=title, title_justify="left", show_edge=False)
             for column in ("layer", "kind", "width", "raw", "tanh(raw)", "to_out zero"):
                 table.add_column(column, justify="right" if column not in ("layer", "kind") else "left")
             for g in info.gates:
                 zero = "-" if g.out_proj_zero is None else ("yes" if g.out_proj_zero else "no")
-                table.add_row(g.layer, g.kind, str(g.width or "-"), _fmt(g.raw),
+                table.add_row(escape(g.layer), g.kind, str(g.width or "-"), _fmt(g.raw),
                               _fmt(g.effective), zero)
             console.print(table)
         else:
@@ -51,11 +52,11 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
         table.add_column("source")
         for p in report.trajectory:
             eff = "-" if p.effective_mean is None else _fmt(p.effective_mean, 3)
-            table.add_row(str(p.x), _fmt(p.gate_mean, 3), eff, f"{p.series}{p.label}")
+            table.add_row(str(p.x), _fmt(p.gate_mean, 3), eff, escape(f"{p.series}{p.label}"))
         console.print(table)
     for series, _ in report.logs:
         last = series.gate_points.iloc[-1]
-        console.print(f"[bold]{series.source}[/bold] ({series.kind}, {len(series.gate_points)} gate "
+        console.print(f"[bold]{escape(str(series.source))}[/bold] ({series.kind}, {len(series.gate_points)} gate "
                       f"points): last step {int(last['step'])}, mean {_fmt(last['gate_mean'], 3)}, "
                       f"min {_fmt(last['gate_min'], 3)}, max {_fmt(last['gate_max'], 3)}")
     render_findings(report.findings, console)
@@ -68,7 +69,7 @@ def render_findings(findings: list[Finding], console: Console) -> None:
         return
     for f in findings:
         console.print(f"[{_STYLE[f.severity]}]{f.severity.upper():4}[/] [bold]{f.code}[/bold] "
-                      f"{f.subject}: {f.message}", soft_wrap=True, highlight=False)
+                      f"{escape(f.subject)}: {escape(f.message)}", soft_wrap=True, highlight=False)
 
 
 def render_markdown(report: GateReport, plot: str | None = None) -> str:

@@ -14,14 +14,13 @@ from typing import Any, Iterable, Literal
 
 import ftfy
 
+from gatebench.bbox import (CLIP_TOLERANCE, SCALE_1000_ABOVE, Box, _BadRow,  # noqa: F401
+                            bbox_scale_1000, parse_bbox)
 from gatebench.errors import LayoutError
 from gatebench.protocol import DataSpec
 
-Box = tuple[float, float, float, float]
 LayoutFormat = Literal["auto", "jsonl", "results", "coco"]
 
-CLIP_TOLERANCE = 0.01   # boxes this far outside [0, 1] are clipped; further out is an error
-SCALE_1000_ABOVE = 1.5  # formats.md: bbox values above 1.5 mean a 0-1000 scale
 
 # Only the mojibake fixers: the default ftfy config would also turn Chinese full-width
 # punctuation ("，") into ASCII and uncurl quotes, silently changing correct captions.
@@ -94,10 +93,6 @@ class _Cleaning:
     max_boxes: int | None
 
 
-class _BadRow(Exception):
-    """Internal: a row is invalid; turned into LayoutError or a skip with its line."""
-
-
 def _fix(text: str, report: LoadReport, line: int, what: str) -> str:
     fixed = ftfy.fix_text(text, _FTFY)
     if fixed != text:
@@ -113,25 +108,6 @@ def _text(value: Any, what: str, required: bool = True) -> str | None:
     return value
 
 
-def parse_bbox(raw: Any, *, scale_1000: bool | None = None) -> tuple[Box, bool]:
-    """Normalised xyxy from a list of 4 numbers; returns (box, clipped). Raises _BadRow."""
-    if not isinstance(raw, (list, tuple)) or len(raw) != 4 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
-        raise _BadRow(f"expected bbox to be 4 numbers [x1, y1, x2, y2], got {raw!r}")
-    values = [float(v) for v in raw]
-    if any(v != v or v in (float("inf"), float("-inf")) for v in values):
-        raise _BadRow(f"expected finite bbox values, got {raw!r}")
-    if scale_1000 or (scale_1000 is None and max(values) > SCALE_1000_ABOVE):
-        values = [v / 1000.0 for v in values]
-    if min(values) < -CLIP_TOLERANCE or max(values) > 1 + CLIP_TOLERANCE:
-        raise _BadRow(f"expected bbox inside [0, 1] (or 0-1000), got {raw!r}")
-    clipped = [min(max(v, 0.0), 1.0) for v in values]
-    x1, y1, x2, y2 = clipped
-    if not (x2 > x1 and y2 > y1):
-        raise _BadRow(f"expected x2 > x1 and y2 > y1, got {raw!r}")
-    return (x1, y1, x2, y2), clipped != values
-
-
 def _keep_box(box: Box, clean: _Cleaning) -> bool:
     w, h = box[2] - box[0], box[3] - box[1]
     return clean.min_area < w * h < clean.max_area and w > clean.min_side and h > clean.min_side
@@ -142,6 +118,7 @@ def _objects(raw: Any, clean: _Cleaning, report: LoadReport, line: int) -> tuple
         raise _BadRow(f"expected 'objects' to be a list, got {type(raw).__name__}")
     kept: list[LayoutObject] = []
     clipped_here = 0
+    scales: dict[bool, int] = {}     # one row, one scale: normalised and 0-1000 boxes don't mix
     for i, obj in enumerate(raw):
         if not isinstance(obj, dict):
             raise _BadRow(f"expected objects[{i}] to be an object, got {type(obj).__name__}")
@@ -152,6 +129,12 @@ def _objects(raw: Any, clean: _Cleaning, report: LoadReport, line: int) -> tuple
             raise _BadRow(f"expected objects[{i}].category_id to be an integer, got {cat!r}")
         if "bbox" in obj:
             box, clipped = parse_bbox(obj["bbox"])
+            values = obj["bbox"]
+            scales.setdefault(max(float(v) for v in values) > SCALE_1000_ABOVE, i)
+            if len(scales) > 1:
+                raise _BadRow(f"expected every bbox of a row on one scale, got objects"
+                              f"[{scales[False]}] normalised and objects[{scales[True]}] "
+                              f"on the 0-1000 scale")
         elif "bbox_1000" in obj:
             box, clipped = parse_bbox(obj["bbox_1000"], scale_1000=True)
         else:

@@ -27,16 +27,36 @@ TB_TAGS = {"train/gate_mean": "gate_mean", "train/gate_std": "gate_std",
            "train/loss": "loss", "train/lr": "lr"}
 
 
+MAX_STEP = 2 ** 63 - 1             # steps are stored as int64
+
+
 @dataclass(frozen=True)
 class LogSeries:
     source: Path
     kind: str                       # "train.log", "tensorboard" or "jsonl"
     frame: pd.DataFrame
+    # steps that logged a gate value, NaN included: a diverged run logs `mean: nan`, and that
+    # line must reach the `nan` finding instead of being dropped as "no gate value here"
+    gate_steps: frozenset[int] | None = None
 
     @property
     def gate_points(self) -> pd.DataFrame:
-        return self.frame.dropna(subset=["gate_mean"])[["step", "gate_mean", "gate_std",
-                                                        "gate_min", "gate_max"]]
+        columns = ["step", "gate_mean", "gate_std", "gate_min", "gate_max"]
+        if self.gate_steps is None:
+            return self.frame.dropna(subset=["gate_mean"])[columns]
+        return self.frame[self.frame["step"].isin(self.gate_steps)][columns]
+
+
+def _step(value: object, path: Path, line: int | None) -> int:
+    """A log's step number: a non-negative integer int64 can hold (a JSON 3.0 is 3)."""
+    ok = not isinstance(value, bool) and (
+        isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+    if not ok or not 0 <= int(value) <= MAX_STEP:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise LogFormatError(f"expected 'step' to be an integer between 0 and {MAX_STEP}, got "
+                             f"{shown}", path=path, line=line,
+                             hint="the log line is corrupt; delete or fix it")
+    return int(value)
 
 
 def _frame(rows: dict[int, dict[str, float]]) -> pd.DataFrame:
@@ -52,43 +72,82 @@ def read_train_log(path: Path) -> LogSeries:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise LogFormatError(f"cannot read training log ({exc})", path=path) from None
-    for line in text.splitlines():
+    gate_steps: set[int] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
         gate = GATE_LINE.search(line)
         if gate:
-            step = int(gate.group(1))
+            step = _step(int(gate.group(1)), path, number)
+            gate_steps.add(step)
             rows.setdefault(step, {}).update(
                 dict(zip(("gate_mean", "gate_std", "gate_min", "gate_max"),
                          (float(v) for v in gate.groups()[1:]))))
             continue
         loss = LOSS_LINE.search(line)
         if loss:
-            rows.setdefault(int(loss.group(1)), {})["loss"] = float(loss.group(2))
+            rows.setdefault(_step(int(loss.group(1)), path, number), {})["loss"] = \
+                float(loss.group(2))
     if not any("gate_mean" in r for r in rows.values()):
         raise LogFormatError("expected lines like 'Step 100: Gate stats - mean: 0.001, std: "
                              "0.0005, min: 0.0, max: 0.002', found none", path=path,
                              hint="was training run with --log-gate-stats?")
-    return LogSeries(path, "train.log", _frame(rows))
+    return LogSeries(path, "train.log", _frame(rows), frozenset(gate_steps))
+
+
+def _jsonl_value(record: dict, column: str, path: Path, line: int) -> float | None:
+    """One numeric field of a JSONL log line: a number or null (1e400 reads as inf and is
+    reported as non-finite by the gate checks); anything else names the field and line."""
+    value = record.get(column)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise LogFormatError(f"expected '{column}' to be a number or null, got "
+                             f"{type(value).__name__} {shown}", path=path, line=line,
+                             hint="the log line is corrupt; delete or fix it")
+    try:
+        return float(value)
+    except OverflowError:      # an integer with 400 digits
+        return math.copysign(math.inf, value)
 
 
 def read_jsonl_log(path: Path) -> LogSeries:
     """gatebench's own log: one JSON object per line with ``step`` and any of the columns."""
     rows: dict[int, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                step = int(record["step"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise LogFormatError(f"expected a JSON object with an integer 'step', got "
-                                     f"{line.strip()[:60]!r} ({type(exc).__name__})",
-                                     path=path, line=number) from None
-            values = {c: float(record[c]) for c in COLUMNS[1:] if record.get(c) is not None}
-            rows.setdefault(step, {}).update(values)
+    gate_steps: set[int] = set()
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise LogFormatError(f"cannot read training log ({exc})", path=path) from None
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise LogFormatError(f"expected UTF-8 text, got byte {raw[exc.start]:#04x} at "
+                                 f"column {exc.start + 1}", path=path, line=number,
+                                 hint="re-write the log as UTF-8") from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise LogFormatError(f"expected a JSON object with an integer 'step', got "
+                                 f"{line.strip()[:60]!r} ({type(exc).__name__})",
+                                 path=path, line=number) from None
+        if not isinstance(record, dict) or "step" not in record:
+            raise LogFormatError(f"expected a JSON object with an integer 'step', got "
+                                 f"{line.strip()[:60]!r}", path=path, line=number)
+        step = _step(record["step"], path, number)
+        values = {}
+        for column in COLUMNS[1:]:
+            value = _jsonl_value(record, column, path, number)
+            if value is not None:
+                values[column] = value
+        if "gate_mean" in values:
+            gate_steps.add(step)
+        rows.setdefault(step, {}).update(values)
     if not rows:
         raise LogFormatError("expected JSON lines with 'step', found none", path=path)
-    return LogSeries(path, "jsonl", _frame(rows))
+    return LogSeries(path, "jsonl", _frame(rows), frozenset(gate_steps))
 
 
 def read_tensorboard(path: Path) -> LogSeries:

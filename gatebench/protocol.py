@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gatebench.errors import ProtocolError
+from gatebench.protocol_values import value_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -270,6 +271,9 @@ def _build(cls: type, raw: dict[str, Any], section: str, path: Path, locate: _Lo
             values[key] = _check_type(value, hints[key], f"[{section}] {key}")
         except TypeError as exc:
             raise ProtocolError(str(exc), path=path, line=line) from None
+        problem = value_problem(section, key, values[key])
+        if problem:
+            raise ProtocolError(f"[{section}] {key}: {problem}", path=path, line=line)
     try:
         return cls(**values)
     except TypeError as exc:
@@ -279,6 +283,7 @@ def _build(cls: type, raw: dict[str, Any], section: str, path: Path, locate: _Lo
 
 def parse_protocol(text: str, path: Path) -> Protocol:
     """Parse and validate protocol TOML text; ``path`` is used for messages only."""
+    text = text.removeprefix("\ufeff")      # a UTF-8 BOM (Windows editors), as layouts accept
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -316,6 +321,9 @@ def parse_protocol(text: str, path: Path) -> Protocol:
             top[key] = _check_type(value, hints[key], key)
         except TypeError as exc:
             raise ProtocolError(str(exc), path=path, line=locate.line_of(None, key)) from None
+        problem = value_problem(None, key, top[key])
+        if problem:
+            raise ProtocolError(f"{key}: {problem}", path=path, line=locate.line_of(None, key))
     if "name" not in top:
         top["name"] = path.stem
     for section, names in _PATH_FIELDS.items():

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from gatebench.errors import GatebenchError
+from gatebench.outputs import atomic_write_text, check_not_input
 from gatebench.report_flagged import flagged_section, flagged_strip
 from gatebench.report_sections import gate_verdict, gates_section, samples_section
 from gatebench.saved_run import label_map, label_of
@@ -349,9 +350,7 @@ def write_report(results: dict[str, Any], samples: pd.DataFrame, gate_report: An
     figures = build_figures(results, samples, results_dir=out_dir, out_dir=out_dir,
                             gate_report=gate_report)
     text = render_report(results, figures=figures, samples=samples, comparison=comparison)
-    path = out_dir / "report.md"
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(out_dir / "report.md", text)
 
 
 def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) -> Path:
@@ -365,6 +364,7 @@ def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) 
     out = out or run.folder / f"report{suffix}"
     if out.exists() and out.is_dir():
         out = out / f"report{suffix}"
+    check_not_input(out, [run.path, run.folder / "samples.jsonl"])
     comparison = matching_comparison(run.results, run.folder)
     if fmt_name == "latex":
         from gatebench.report_latex import render_latex  # noqa: PLC0415
@@ -381,5 +381,4 @@ def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) 
             text = markdown_to_html(text, out.parent, title=f"gatebench report: "
                                     f"{run.results['protocol']['name']}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out
+    return atomic_write_text(out, text)

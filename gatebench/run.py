@@ -21,7 +21,10 @@ import torch
 from gatebench import __version__
 from gatebench.adapters.registry import load_adapter
 from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
-from gatebench.errors import GatebenchError, ModelFileError
+from gatebench.distributed import (barrier, distributed, import_collective_libraries,
+                                   sum_over_ranks)
+from gatebench.errors import CheckpointError, GatebenchError, ModelFileError
+from gatebench.outputs import ensure_out_dir
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
                                 grounded_steps, layout_seed, read_png_meta, resolve_uncond)
@@ -57,28 +60,18 @@ class RunResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world) under torchrun (gloo on CPU, nccl on GPU); (0, 1) otherwise."""
-    import os
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return torch.distributed.get_rank(), world
-
-
 def _sum_over_ranks(stats: GenerationStats) -> None:
     """The run's generation counts are the sum of every rank's."""
     counts = ("generated", "cached", "nonfinite", "batches", "oom_halvings")
     seconds = ("seconds", "encode_s", "unet_s", "decode_s", "write_wait_s", "png_write_s")
-    values = torch.tensor([float(getattr(stats, f)) for f in counts + seconds], dtype=torch.float64)
-    torch.distributed.all_reduce(values)
-    for name, value in zip(counts + seconds, values.tolist()):
-        setattr(stats, name, int(value) if name in counts else float(value))
+    sum_over_ranks(stats, counts, seconds)
 
 
 def resolve_device(device: str) -> str:
+    from gatebench.protocol_values import DEVICE
+    if not DEVICE.match(device):
+        raise GatebenchError(f"expected --device auto, cpu, mps, cuda or cuda:N, got {device!r}",
+                             hint="use --device cpu or cuda")
     if device == "auto":
         import os
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -188,6 +181,18 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     return items, stats, caches
 
 
+def preflight_adapters(base: Any, infos: Sequence[CheckpointInfo]) -> None:
+    """Attach and detach every adapter once before generating: widths, phrase width, missing
+    ``to_out`` and shapes that do not fit their keys fail now, not after the base images."""
+    for info in infos:
+        try:
+            load_adapter(info.path, base, info).remove()
+        except CheckpointError as exc:
+            if exc.path is not None:
+                raise
+            raise CheckpointError(exc.message, path=info.path, hint=exc.hint) from None
+
+
 def nonfinite_count(items: Sequence[ImageItem]) -> int:
     return sum(bool(read_png_meta(item.image_path).get("nonfinite")) for item in items)
 
@@ -251,8 +256,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    out = options.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_out_dir(options.out_dir)
     infos = [inspect_checkpoint(p) for p in checkpoints]
     layouts, layouts_info = select_layouts(protocol)
     box_counts = [min(len(lay.objects), protocol.data.max_boxes) for lay in layouts]
@@ -262,6 +266,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                              + "; ".join(f"{f.code} ({f.subject})" for f in gate_report.findings
                                          if f.severity == "fail"))
     rank, world = distributed()
+    import_collective_libraries(protocol, world)     # every rank, before any other collective
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)
     t0 = time.perf_counter()
@@ -273,6 +278,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     if rank == 0:   # only rank 0 scores; it loads the evaluation models up front to fail early
         eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
     timings["load_s"] = time.perf_counter() - t0
+    preflight_adapters(base, infos)
     sampler = Sampler(base, sampler_settings(protocol, base))
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     total = len(layouts) * (1 + len(infos) * (len(scales) - 1))
@@ -287,7 +293,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             bar.close()
     if world > 1:
         _sum_over_ranks(gen_stats)
-        torch.distributed.barrier()     # every shard's images are on disk
+        barrier("the end of generation (every shard's images on disk)")
         if rank != 0:
             return RunResult({}, pd.DataFrame(), [], gate_report, out, 0)
     timings["generate_s"] = time.perf_counter() - t0

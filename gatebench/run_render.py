@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gatebench.gates_render import render_findings
@@ -30,7 +31,7 @@ def metrics_table(results: dict[str, Any], names: Sequence[str]) -> Table:
     """Values only (3 decimals, as report.fmt), headers wrap at their words."""
     table = Table(title=f"metrics ({results['n_layouts']} layouts, seed {results['seed']})",
                   title_justify="left")
-    rows = [(row_label(r), f"{r['gate_scale']:g}",
+    rows = [(escape(row_label(r)), f"{r['gate_scale']:g}",
              *[_value(r["metrics"].get(n)) for n in names]) for r in results["results"]]
     table.add_column("checkpoint", no_wrap=True)      # rich narrows wrapable columns first
     table.add_column("scale", justify="right", no_wrap=True)
@@ -60,21 +61,21 @@ def render_run(result, console: Console) -> None:
     report = result.paths.get("report") or Path(result.out_dir) / "report.md"
     what = "values only; their 95% CIs are" if shown == names else \
         f"{len(shown)} of {len(names)} metrics (narrow terminal); the full table with 95% CIs is"
-    console.print(f"[dim]{what} in {report}[/dim]", soft_wrap=True)
+    console.print(f"[dim]{what} in {escape(str(report))}[/dim]", soft_wrap=True)
     targets = Table(title="targets", title_justify="left")
     targets.add_column("checkpoint", no_wrap=True)    # labels stay whole; the CI wraps instead
     for column in ("scale", "metric", "value [95% CI]", "target", "pass"):
         targets.add_column(column, overflow="fold")
     for t in result.targets:
         value = value_ci({"value": t.value, "ci_low": t.ci_low, "ci_high": t.ci_high}) \
-            if t.computed else f"[yellow]{t.note}[/yellow]"
+            if t.computed else f"[yellow]{escape(t.note)}[/yellow]"
         mark = "[green]✓[/green]" if t.passed else "[red]✗[/red]"
         scale = "-" if t.gate_scale is None else f"{t.gate_scale:g}"
-        targets.add_row(label_of(labels, t.checkpoint), scale, t.metric, value,
+        targets.add_row(escape(label_of(labels, t.checkpoint)), scale, t.metric, value,
                         f"{t.op} {t.threshold:g}", mark)
     console.print(targets)
     gen = results["generation"]
     console.print(f"generated {gen['generated']} images, {gen['cached']} from cache, "
                   f"{results['timings'].get('total_s', 0):.1f} s total")
     style = "bold green" if results["verdict"] == "pass" else "bold red"
-    console.print(f"verdict: [{style}]{results['verdict'].upper()}[/]  report: {report}")
+    console.print(f"verdict: [{style}]{results['verdict'].upper()}[/]  report: {escape(str(report))}")

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from gatebench.errors import GatebenchError
+from gatebench.results_schema import validate_results
 
 SUPPORTED_SCHEMA = (1, 2)   # 2: adapters follow their references; per-adapter CFG treatment
 REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",
@@ -89,7 +90,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
                              path=path, hint="pass the results.json a `gatebench run` wrote")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise GatebenchError(f"expected JSON, got {exc}", path=path) from None
     if not isinstance(results, dict):
         raise GatebenchError(f"expected a JSON object, got {type(results).__name__}", path=path)
@@ -102,7 +103,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise GatebenchError(f"expected results schema_version {SUPPORTED_SCHEMA[-1]}, got "
                              f"{results['schema_version']!r}", path=path,
                              hint="re-render with the gatebench version that wrote it")
-    return results
+    return validate_results(results, path)
 
 
 def load_run(path: str | Path, *, need_samples: bool = True) -> SavedRun:

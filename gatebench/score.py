@@ -7,8 +7,6 @@ number would read as a measurement.
 """
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Mapping, Sequence
@@ -28,6 +26,7 @@ from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import METRIC_NAMES, Protocol
+from gatebench.samples_io import _plain, read_samples_jsonl, write_samples_jsonl  # noqa: F401
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DETECTION_METRICS = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")
@@ -60,23 +59,6 @@ class ScoreResult:
                 "n_images": int(len(self.samples)), "info": _plain(self.info)}
 
 
-def _plain(value: Any) -> Any:
-    """numpy / NaN -> JSON-safe Python values (NaN becomes null)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(float(value)) else float(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _items(images: Sequence[Any]) -> list[ImageItem]:
     out = []
     for i, item in enumerate(images):
@@ -90,6 +72,13 @@ def _items(images: Sequence[Any]) -> list[ImageItem]:
         out.append(ImageItem(Path(path), layout, None if scale is None else float(scale),
                              None if ref is None else Path(ref)))
     return out
+
+
+def _detections_vocabulary(detections: Mapping[str, Sequence[Detection]] | None) -> frozenset[str]:
+    """A detections file's detector is unknown: every label it produced, plus COCO's 80 (so a
+    COCO class that was never detected still counts as a miss, not as unscorable)."""
+    found = {d.label for dets in (detections or {}).values() for d in dets}
+    return frozenset(COCO80_NAMES) | found
 
 
 def _load(path: Path) -> Any:
@@ -152,7 +141,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                               f"{len(missing)} (e.g. '{missing[0]}')",
                               hint='add {"image": NAME, "detections": []} for empty images')
     labels = frozenset(detector_labels) if detector_labels is not None else (
-        detector.labels if detector is not None and detections is None else frozenset(COCO80_NAMES))
+        detector.labels if detector is not None and detections is None else
+        _detections_vocabulary(detections))
     scoring = protocol.scoring
     class_map = protocol.detection.class_map
     rows: list[dict[str, Any]] = []
@@ -302,30 +292,6 @@ class _Context:
             out["kid"] = MetricValue(value, None, None, len(fake))
         ordered = {m: out[m] for m in METRIC_NAMES if m in out}
         return ordered, {m: skip[m] for m in METRIC_NAMES if m in skip}
-
-
-def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
-    """One JSON record per image, UTF-8 with Chinese kept readable; NaN -> null."""
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as fh:
-        for record in samples.to_dict(orient="records"):
-            fh.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
-    return path
-
-
-def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
-    """Read ``write_samples_jsonl`` output back (for re-rendering reports)."""
-    path = Path(path)
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise MetricError(f"expected a JSON sample record, got {exc.msg}", path=path,
-                                      line=number) from None
-    return pd.DataFrame(rows)
 
 
 def _pair(images_dir: Path, layouts: list[Layout], source: Path) -> list[ImageItem]:

@@ -14,6 +14,7 @@ import torch
 
 from gatebench.adapters.user import AdapterSet, Grounding, inject, resolve_config, uses_phrases
 from gatebench.checkpoint import CheckpointInfo, inspect_checkpoint, read_raw, strip_module_prefix
+from gatebench.adapter_fit import load_state_checked
 from gatebench.errors import CheckpointError
 
 
@@ -44,11 +45,7 @@ class UserAdapterRuntime:
                 hint="this checkpoint was trained on a different base model")
         self.info = info
         self.adapters = AdapterSet.from_config(self.config)
-        missing, unexpected = self.adapters.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"expected the user adapter layout, got missing keys "
-                                  f"{missing[:3]} and unexpected keys {unexpected[:3]}",
-                                  path=info.path)
+        load_state_checked(self.adapters, state, info.path)
         # float32 whatever the UNet's dtype, as the user's inference casts its adapter
         self.adapters.to(device=base.device, dtype=torch.float32).eval().requires_grad_(False)
         self.injection = inject(base.unet, self.adapters)

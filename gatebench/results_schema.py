@@ -1,0 +1,131 @@
+"""The boundary for a saved run's results.json: the shape `report` and `compare` read, checked
+once at load time.
+
+The renderers index results.json directly (``results["protocol"]["name"]``, ``row["metrics"]``):
+a hand-edited or foreign file whose ``results`` is a string or whose ``protocol`` is null must be
+one error naming the file and the field, not a TypeError deep inside a Markdown table.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from gatebench.errors import GatebenchError
+
+# field -> kind; "?" prefix: may be missing or null. Kinds: int, num, str, bool, dict, list, any.
+TOP: dict[str, str] = {
+    "schema_version": "int", "seed": "int", "n_layouts": "int", "protocol": "dict",
+    "results": "list", "targets": "list", "checkpoints": "list", "created": "str",
+    "versions": "dict", "device": "str", "models": "dict", "verdict": "str",
+    "layout_ids_sha256": "str", "protocol_sha256": "?str", "command": "?str",
+    "generation": "?dict", "timings": "?dict", "gate_findings": "?list",
+    "real_images_ceiling": "?dict", "dtype": "?str"}
+PROTOCOL: dict[str, str] = {"name": "str", "generation": "?dict", "scoring": "?dict",
+                            "data": "?dict"}
+ROW: dict[str, str] = {"checkpoint": "str", "gate_scale": "num", "metrics": "dict",
+                       "not_computed": "?dict", "label": "?str", "n_images": "?int",
+                       "nonfinite_images": "?int", "checkpoint_sha256": "?str"}
+METRIC: dict[str, str] = {"value": "?num", "ci_low": "?num", "ci_high": "?num", "n": "?int"}
+TARGET: dict[str, str] = {"checkpoint": "str", "gate_scale": "?num", "metric": "str",
+                          "op": "str", "threshold": "num", "value": "?num", "ci_low": "?num",
+                          "ci_high": "?num", "n": "?int", "passed": "bool", "computed": "bool",
+                          "ci_clear": "?bool", "note": "?str"}
+CHECKPOINT: dict[str, str] = {"path": "str", "step": "?int", "epoch": "?int", "stats": "?dict",
+                              "findings": "?list", "gates": "?list"}
+FINDING: dict[str, str] = {"code": "str", "severity": "str", "message": "str"}
+_NAMES = {"int": "an integer", "num": "a number", "str": "a string", "bool": "true or false",
+          "dict": "an object", "list": "a list", "any": "a value"}
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "any":
+        return True
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "num":       # a float may be NaN ("not measured"); an int must fit a float
+        return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                            and abs(value) < 1e308)
+    return isinstance(value, {"str": str, "bool": bool, "dict": dict, "list": list}[kind])
+
+
+def _check(obj: dict[str, Any], spec: dict[str, str], where: str, path: Path) -> None:
+    for key, kind in spec.items():
+        optional = kind.startswith("?")
+        kind = kind.lstrip("?")
+        name = f"{where}.{key}" if where else key
+        if key not in obj or obj[key] is None:
+            if optional:
+                continue
+            got = "null" if key in obj else "nothing"
+            raise GatebenchError(f"expected results.json field '{name}' to be {_NAMES[kind]}, "
+                                 f"got {got}", path=path, hint="re-run `gatebench run`, or restore "
+                                 "the file the run wrote")
+        if not _fits(obj[key], kind):
+            shown = repr(obj[key])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise GatebenchError(f"expected results.json field '{name}' to be {_NAMES[kind]}, "
+                                 f"got {type(obj[key]).__name__} {shown}", path=path,
+                                 hint="re-run `gatebench run`, or restore the file the run wrote")
+
+
+def _each(items: list[Any], spec: dict[str, str], where: str, path: Path) -> None:
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise GatebenchError(f"expected results.json field '{where}[{i}]' to be an object, "
+                                 f"got {type(item).__name__}", path=path,
+                                 hint="re-run `gatebench run`, or restore the file the run wrote")
+        _check(item, spec, f"{where}[{i}]", path)
+
+
+def validate_results(results: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Raise a GatebenchError naming the first field whose type the renderers cannot use."""
+    _check(results, TOP, "", path)
+    _check(results["protocol"], PROTOCOL, "protocol", path)
+    _each(results["results"], ROW, "results", path)
+    if not results["results"]:
+        raise GatebenchError("expected results.json field 'results' to hold at least one row, "
+                             "got an empty list", path=path, hint="re-run `gatebench run`")
+    for i, row in enumerate(results["results"]):
+        for name, metric in row["metrics"].items():
+            where = f"results[{i}].metrics.{name}"
+            if metric is not None and not isinstance(metric, dict):
+                raise GatebenchError(f"expected results.json field '{where}' to be an object "
+                                     f"{{value, ci_low, ci_high, n}}, got "
+                                     f"{type(metric).__name__}", path=path,
+                                     hint="re-run `gatebench run`, or restore the file the run wrote")
+            if metric is not None:
+                _check(metric, METRIC, where, path)
+    _each(results["targets"], TARGET, "targets", path)
+    _each(results["checkpoints"], CHECKPOINT, "checkpoints", path)
+    _each(results.get("gate_findings") or [], FINDING, "gate_findings", path)
+    ceiling = results.get("real_images_ceiling")
+    if ceiling is not None:
+        _check(ceiling, {"metrics": "dict", "n_images": "?int"}, "real_images_ceiling", path)
+    return results
+
+
+SAMPLE: dict[str, str] = {
+    "layout_id": "str", "gate_scale": "?num", "checkpoint": "?str", "image": "?str",
+    "image_path": "?str", "clip_score": "?num", "region_clip_score": "?num",
+    "garbled_score": "?num", "garbled": "?bool", "n_boxes": "?int", "n_scorable": "?int",
+    "n_matched": "?int", "iou_sum": "?num", "all_matched": "?bool", "boxes": "?list",
+    "detections": "?list", "reason": "?str", "caption": "?str"}
+
+
+def validate_sample(record: Any, path: Path, line: int) -> dict[str, Any]:
+    """One samples.jsonl record: an object whose Stable-name fields have their types."""
+    if not isinstance(record, dict):
+        raise GatebenchError(f"expected a JSON object per samples.jsonl line, got "
+                             f"{type(record).__name__}", path=path, line=line,
+                             hint="restore the samples.jsonl the run wrote")
+    for key, kind in SAMPLE.items():
+        value = record.get(key)
+        optional = kind.startswith("?")
+        if value is None and optional:
+            continue
+        if value is None or not _fits(value, kind.lstrip("?")):
+            got = "nothing" if key not in record else f"{type(value).__name__} {value!r:.40}"
+            raise GatebenchError(f"expected samples.jsonl field '{key}' to be "
+                                 f"{_NAMES[kind.lstrip('?')]}, got {got}", path=path, line=line,
+                                 hint="restore the samples.jsonl the run wrote")
+    return record

@@ -1,0 +1,65 @@
+"""samples.jsonl: one JSON record per scored image (DESIGN.md "Stable names"), written
+atomically and read back with every record's fields type-checked (the one boundary for it)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gatebench.errors import MetricError
+
+
+def _plain(value: Any) -> Any:
+    """numpy / NaN -> JSON-safe Python values (NaN becomes null)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(float(value)) else float(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
+    """One JSON record per image, UTF-8 with Chinese kept readable; NaN -> null."""
+    from gatebench.outputs import atomic_write_text  # noqa: PLC0415
+
+    lines = [json.dumps(_plain(record), ensure_ascii=False) + "\n"
+             for record in samples.to_dict(orient="records")]
+    return atomic_write_text(Path(path), "".join(lines))
+
+
+def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
+    """Read ``write_samples_jsonl`` output back (for re-rendering reports); each record's
+    fields are type-checked here, the one boundary for samples files."""
+    from gatebench.results_schema import validate_sample  # noqa: PLC0415
+
+    path = Path(path)
+    rows = []
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise MetricError(f"cannot read samples ({exc})", path=path) from None
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            if line.strip():
+                rows.append(validate_sample(json.loads(line), path, number))
+        except UnicodeDecodeError:
+            raise MetricError("expected UTF-8 text in samples.jsonl, got invalid bytes",
+                              path=path, line=number) from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise MetricError(f"expected a JSON sample record, got "
+                              f"{getattr(exc, 'msg', 'nesting too deep')}", path=path,
+                              line=number) from None
+    return pd.DataFrame(rows)
