@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from gatebench.adapters.registry import load_adapter  # noqa: E402
 from gatebench.adapters.user import AdapterSet, Grounding, attn2_widths, inject  # noqa: E402
-from gatebench.detect import COCO80_NAMES, YoloDetector, _import_ultralytics  # noqa: E402
+from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, _import_ultralytics  # noqa: E402
 from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,  # noqa: E402
                                 grounded_steps, layout_seed, resolve_uncond, write_png)
 from gatebench.layouts import Layout, LayoutObject  # noqa: E402

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and tests/
-from gatebench.cli_support import quiet_model_libraries
+from gatebench.cli.support import quiet_model_libraries
 quiet_model_libraries()
 import transformers.utils.logging as tl, diffusers.utils.logging as dl
 for m in (tl, dl): m.disable_progress_bar(); m.set_verbosity_error()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from gatebench.adapter_fit import load_state_checked
+from gatebench.adapters.fit import load_state_checked
 from gatebench.adapters.user import AdapterSet, Grounding, apply_init, inject
-from gatebench.checkpoint_header import check_user_state
+from gatebench.readers.checkpoint_header import check_user_state
 from gatebench.errors import CheckpointError, GatebenchError
 
 IDENTITY_TOL = 1e-6

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from gatebench.checkpoint_header import (check_user_state, parse_safetensors_header,
+from gatebench.readers.checkpoint_header import (check_user_state, parse_safetensors_header,
                                          validate_header)
 from gatebench.errors import CheckpointError, UnsafeCheckpointError
 

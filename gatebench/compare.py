@@ -25,7 +25,7 @@ import pandas as pd
 from gatebench.errors import NotComparableError
 from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.protocol import UNCOND_ALIASES
-from gatebench.saved_run import SavedRun, checkpoint_paths, label_map
+from gatebench.rundir.saved import SavedRun, checkpoint_paths, label_map
 
 SCHEMA_VERSION = 1
 PAIRED_METRICS = ("iou50_rate", "miou", "all_matched_rate", "clip_score", "region_clip_score",

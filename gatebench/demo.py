@@ -18,11 +18,11 @@ from rich.table import Table
 from gatebench.checkpoint import inspect_checkpoint
 from gatebench.errors import ModelFileError
 from gatebench.gates import analyse
-from gatebench.gates_render import plot_trajectory, render_findings, render_markdown
-from gatebench.logs import read_logs
+from gatebench.render.gates import plot_trajectory, render_findings, render_markdown
+from gatebench.readers.logs import read_logs
 from gatebench.protocol import ASSETS_DIR, load_protocol
 from gatebench.run import RunOptions, run_evaluation
-from gatebench.saved_run import label_map, label_of, row_label
+from gatebench.rundir.saved import label_map, label_of, row_label
 
 SERIES = ("good", "legacy", "deadlock")           # gates AND generation
 GATES_ONLY_SERIES = ("gligen",)                   # the init comparison: gate trajectory only

@@ -71,7 +71,7 @@ def import_collective_libraries(protocol: Any, world: int) -> None:
     """Import, on EVERY rank and at the same point, the libraries whose import is itself a
     collective (ultralytics: a barrier) before any rank can be inside another collective."""
     if world > 1 and protocol.models.detector:
-        from gatebench.detect import _import_ultralytics  # noqa: PLC0415
+        from gatebench.metrics.detect import _import_ultralytics  # noqa: PLC0415
 
         with collective("the ultralytics import (its settings barrier)"):
             _import_ultralytics()

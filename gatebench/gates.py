@@ -14,9 +14,9 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from gatebench.checkpoint import CheckpointInfo
-from gatebench.logs import LogSeries
+from gatebench.readers.logs import LogSeries
 from gatebench.protocol import GateThresholds
-from gatebench.saved_run import checkpoint_labels, training_run
+from gatebench.rundir.saved import checkpoint_labels, training_run
 
 SCHEMA_VERSION = 1
 Severity = Literal["fail", "warn"]

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Literal
 
 import ftfy
 
-from gatebench.bbox import (CLIP_TOLERANCE, SCALE_1000_ABOVE, Box, _BadRow,  # noqa: F401
+from gatebench.readers.bbox import (CLIP_TOLERANCE, SCALE_1000_ABOVE, Box, _BadRow,  # noqa: F401
                             bbox_scale_1000, parse_bbox)
 from gatebench.errors import LayoutError
 from gatebench.protocol import DataSpec

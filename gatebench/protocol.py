@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gatebench.errors import ProtocolError
-from gatebench.protocol_values import value_problem
+from gatebench.readers.protocol_values import value_problem
 
 if sys.version_info >= (3, 11):
     import tomllib

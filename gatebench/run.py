@@ -24,13 +24,13 @@ from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
 from gatebench.distributed import (barrier, distributed, import_collective_libraries,
                                    sum_over_ranks)
 from gatebench.errors import CheckpointError, GatebenchError, ModelFileError
-from gatebench.outputs import ensure_out_dir
+from gatebench.rundir.outputs import ensure_out_dir
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
                                 grounded_steps, layout_seed, read_png_meta, resolve_uncond)
 from gatebench.layouts import Layout, load_layouts
 from gatebench.protocol import Protocol
-from gatebench.saved_run import checkpoint_labels
+from gatebench.rundir.saved import checkpoint_labels
 from gatebench.score import ImageItem, score_images, write_samples_jsonl
 from gatebench.verdict import TargetRow, evaluate_targets
 
@@ -68,7 +68,7 @@ def _sum_over_ranks(stats: GenerationStats) -> None:
 
 
 def resolve_device(device: str) -> str:
-    from gatebench.protocol_values import DEVICE
+    from gatebench.readers.protocol_values import DEVICE
     if not DEVICE.match(device):
         raise GatebenchError(f"expected --device auto, cpu, mps, cuda or cuda:N, got {device!r}",
                              hint="use --device cpu or cuda")
@@ -251,7 +251,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                    eval_models: Any = None, base: Any = None,
                    progress_factory: Callable[[int], Any] | None = None) -> RunResult:
     """The whole `gatebench run` as a library call (the CLI only parses flags and renders)."""
-    from gatebench.evalmodels import load_eval_models
+    from gatebench.metrics.evalmodels import load_eval_models
     from gatebench.models import load_base_model
 
     timings: dict[str, float] = {}
@@ -347,7 +347,7 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                             layout_ids=[lay.layout_id for lay in layouts])
     paths = {"results": write_json(out / "results.json", results),
              "samples": write_samples_jsonl(samples, out / "samples.jsonl")}
-    from gatebench.report import write_report
+    from gatebench.render.markdown import write_report
     paths["report"] = write_report(results, samples, gate_report, out)
     exit_code = 1 if results["verdict"] == "fail" else 0
     return RunResult(results, samples, targets, gate_report, out, exit_code, paths)

@@ -14,7 +14,7 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.detect import COCO80_NAMES, Detection, Detector, gt_label
+from gatebench.metrics.detect import COCO80_NAMES, Detection, Detector, gt_label
 from gatebench.errors import LayoutError, MetricError
 from gatebench.layouts import Layout, load_layouts
 from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_scores
@@ -26,7 +26,7 @@ from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import METRIC_NAMES, Protocol
-from gatebench.samples_io import _plain, read_samples_jsonl, write_samples_jsonl  # noqa: F401
+from gatebench.rundir.samples import _plain, read_samples_jsonl, write_samples_jsonl  # noqa: F401
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 DETECTION_METRICS = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")
@@ -344,7 +344,7 @@ def score_folder(images_dir: str | Path, layouts_path: str | Path, protocol: Pro
     Unpaired images or layouts are errors (a silently smaller set changes every number).
     ``kwargs`` go to ``score_images`` (detector, clip, fid_extractor, real_images, ...).
     """
-    from gatebench.detect import load_detections  # noqa: PLC0415
+    from gatebench.metrics.detect import load_detections  # noqa: PLC0415
 
     images_dir, layouts_path = Path(images_dir), Path(layouts_path)
     if not images_dir.is_dir():

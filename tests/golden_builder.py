@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from gatebench.checkpoint import inspect_checkpoint
-from gatebench.detect import Detection
+from gatebench.metrics.detect import Detection
 from gatebench.gates import analyse
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import load_protocol

@@ -5,7 +5,7 @@ import torch
 
 from gatebench.checkpoint import inspect_checkpoint, save_checkpoint
 from gatebench.gates import analyse, to_json
-from gatebench.logs import read_logs
+from gatebench.readers.logs import read_logs
 from gatebench.protocol import GateThresholds
 from tests.builders import user_state, write_series, write_tensorboard, write_train_log
 
@@ -178,7 +178,7 @@ def test_checkpoints_from_different_runs_are_separate_series(tmp_path: Path) -> 
 
 
 def test_trajectory_plot_draws_one_line_per_run(tmp_path: Path) -> None:
-    from gatebench.gates_render import plot_trajectory
+    from gatebench.render.gates import plot_trajectory
 
     paths = write_series(tmp_path / "runA", RISING) + write_series(tmp_path / "runB", COLLAPSE)
     report = analyse([inspect_checkpoint(p) for p in paths], [], T)
@@ -198,7 +198,7 @@ def test_trajectory_plot_draws_one_line_per_run(tmp_path: Path) -> None:
 
 def test_gates_markdown_rows_keep_their_columns(tmp_path: Path) -> None:
     """The saturated finding's "|tanh(gate)|" must not add table cells."""
-    from gatebench.gates_render import render_markdown
+    from gatebench.render.gates import render_markdown
 
     path = tmp_path / "sat.pt"
     torch.save(user_state(3.0), path)

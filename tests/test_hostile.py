@@ -407,7 +407,7 @@ def test_perfect_detections_on_the_shapes_world_score_one(tmp_path: Path) -> Non
 
 
 def test_gt_label_prefers_names_over_a_non_coco_category_id() -> None:
-    from gatebench.detect import COCO80_NAMES, gt_label
+    from gatebench.metrics.detect import COCO80_NAMES, gt_label
     from gatebench.layouts import LayoutObject
     from gatebench.world import CLASS_NAMES_EN
 

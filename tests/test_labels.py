@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from gatebench.run_render import render_run
-from gatebench.saved_run import checkpoint_labels, label_map, row_label
+from gatebench.render.terminal import render_run
+from gatebench.rundir.saved import checkpoint_labels, label_map, row_label
 from gatebench.verdict import TargetRow
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "run"
@@ -80,8 +80,8 @@ def test_narrow_terminal_shows_headline_metrics_without_truncation() -> None:
 def test_no_metric_or_gate_line_joins_different_training_runs(tmp_path: Path) -> None:
     """runA/final.pt and runB/final.pt are two runs: no metric-vs-epoch or gate trajectory
     line may connect them; the golden run's two epochs of one folder keep theirs."""
-    from gatebench.report_plots import plot_gate_trajectory, plot_metric_vs_epoch
-    from gatebench.saved_run import is_one_training_run
+    from gatebench.render.plots import plot_gate_trajectory, plot_metric_vs_epoch
+    from gatebench.rundir.saved import is_one_training_run
 
     golden = json.loads((GOLDEN / "results.json").read_text(encoding="utf-8"))
     assert is_one_training_run(golden)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gatebench.detect import (COCO80_NAMES, COCO_ID_TO_NAME, Detection, YoloDetector, gt_label,
+from gatebench.metrics.detect import (COCO80_NAMES, COCO_ID_TO_NAME, Detection, YoloDetector, gt_label,
                               load_detections, write_detections_jsonl)
 from gatebench.errors import LayoutError, MetricError, ModelFileError
 from gatebench.layouts import LayoutObject
@@ -107,7 +107,7 @@ def test_yolo_missing_weights(tmp_path: Path) -> None:
 
 
 def test_yolo_plumbing_random_weights() -> None:
-    from gatebench.detect import _import_ultralytics
+    from gatebench.metrics.detect import _import_ultralytics
 
     yolo = _import_ultralytics().YOLO("yolov8n.yaml")          # config only: random weights
     detector = YoloDetector(yolo, DetectionSpec(imgsz=64, conf=0.0, batch_size=2), device="cpu")

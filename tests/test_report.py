@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from gatebench.cli import cli
-from gatebench.report import matching_comparison, rerender
-from gatebench.saved_run import checkpoint_axis, resolve_image
+from gatebench.render.markdown import matching_comparison, rerender
+from gatebench.rundir.saved import checkpoint_axis, resolve_image
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 RUN = GOLDEN / "run"
@@ -89,7 +89,7 @@ def test_grid_enlarges_tiny_images_with_nearest_neighbour(rendered) -> None:
 
 
 def test_html_is_one_self_contained_file(rendered) -> None:
-    from gatebench.report_html import markdown_to_html
+    from gatebench.render.html import markdown_to_html
 
     html = markdown_to_html(rendered["md"].read_text(encoding="utf-8"), rendered["dir"])
     assert html.startswith("<!DOCTYPE html>") and "<table>" in html
@@ -116,9 +116,9 @@ def test_report_command_and_its_errors(tmp_path: Path) -> None:
 
 
 def test_missing_images_are_reported_not_fatal_and_moved_runs_resolve(tmp_path: Path) -> None:
-    from gatebench.report import Figures, render_report
-    from gatebench.report_plots import sample_grid
-    from gatebench.saved_run import load_run
+    from gatebench.render.markdown import Figures, render_report
+    from gatebench.render.plots import sample_grid
+    from gatebench.rundir.saved import load_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(RUN, run_dir)

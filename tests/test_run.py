@@ -97,7 +97,7 @@ def test_run_writes_everything_and_resumes(world, tmp_path: Path) -> None:
 def test_same_file_name_in_two_folders_keeps_the_checkpoints_apart(world, tmp_path: Path) -> None:
     """Every training run writes final.pt: runA/final.pt and runB/final.pt must not mix."""
     from gatebench.compare import compare_runs
-    from gatebench.saved_run import load_run
+    from gatebench.rundir.saved import load_run
 
     protocol = load_protocol(world["protocol"]).replace(num_samples=2,
                                                         generation={"gate_scales": (0.0, 1.0)})

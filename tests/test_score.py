@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from gatebench.detect import Detection, write_detections_jsonl
+from gatebench.metrics.detect import Detection, write_detections_jsonl
 from gatebench.errors import LayoutError
 from gatebench.layouts import Layout, LayoutObject
 from gatebench.metrics import ModuleExtractor, TransformersClip

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from gatebench.checkpoint import inspect_checkpoint, read_raw
 from gatebench.cli import cli
 from gatebench.gates import analyse
-from gatebench.logs import read_logs
+from gatebench.readers.logs import read_logs
 from gatebench.protocol import GateThresholds
 from tests.builders import free_port
 from tests.run_builders import tiny_world

@@ -14,7 +14,7 @@ import torch
 
 from gatebench.adapters.user import AdapterSet, Grounding, inject, resolve_config, uses_phrases
 from gatebench.checkpoint import CheckpointInfo, inspect_checkpoint, read_raw, strip_module_prefix
-from gatebench.adapter_fit import load_state_checked
+from gatebench.adapters.fit import load_state_checked
 from gatebench.errors import CheckpointError
 
 

@@ -111,7 +111,7 @@ def load_eval_models(protocol: Protocol, *, device: str, layouts: Sequence[Layou
     m = protocol.models
     models = EvalModels()
     if m.detector:
-        from gatebench.detect import YoloDetector
+        from gatebench.metrics.detect import YoloDetector
         models.detector = YoloDetector.from_file(m.detector, protocol.detection, device=device)
         models.info["detector"] = _file_identity(Path(m.detector), backend="ultralytics")
     models.clip, clip_info = load_clip(protocol, device)

@@ -17,8 +17,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from gatebench import __version__, cli_eval
-from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats, parse_ints,
+from gatebench import __version__
+from gatebench.cli import evaluate as cli_eval
+from gatebench.cli.support import (RichProgress, consoles, finish, parse_floats, parse_ints,
                                    quiet_model_libraries)
 from gatebench.errors import GatebenchError
 
@@ -97,8 +98,8 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
     """
     from gatebench.checkpoint import inspect_checkpoint
     from gatebench.gates import analyse, to_json
-    from gatebench.gates_render import plot_trajectory, render_markdown, render_terminal
-    from gatebench.logs import read_logs
+    from gatebench.render.gates import plot_trajectory, render_markdown, render_terminal
+    from gatebench.readers.logs import read_logs
     from gatebench.protocol import GateThresholds, load_protocol
 
     if not paths and not logs:
@@ -111,7 +112,7 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
     report = analyse(infos, series, thresholds, scales)
     document = to_json(report)
     if out is not None:
-        from gatebench.outputs import atomic_write_text, check_not_input, ensure_out_dir
+        from gatebench.rundir.outputs import atomic_write_text, check_not_input, ensure_out_dir
         ensure_out_dir(out)
         for name in ("gates.json", "gates.md", "gate_trajectory.png"):
             check_not_input(out / name, [*checkpoint_paths, *logs])
@@ -207,7 +208,7 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
     gate scales 0/0.5/1/2, detection, CLIP, FID/KID, image health, verdicts and a report. Exit 0
     when the harness told the checkpoints apart as expected.
     """
-    from gatebench.cli_support import check_flag
+    from gatebench.cli.support import check_flag
     from gatebench.demo import run_demo
 
     for key, value in (("num_samples", num_samples), ("steps", steps), ("device", device)):

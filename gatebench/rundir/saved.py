@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from gatebench.errors import GatebenchError
-from gatebench.results_schema import validate_results
+from gatebench.rundir.schema import validate_results
 
 SUPPORTED_SCHEMA = (1, 2)   # 2: adapters follow their references; per-adapter CFG treatment
 REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gatebench.gates import Finding, GateReport, to_json
-from gatebench.report_sections import LIVE_STYLE, gates_markdown
+from gatebench.render.sections import LIVE_STYLE, gates_markdown
 
 _STYLE = {"fail": "bold red", "warn": "yellow", "pass": "bold green"}
 

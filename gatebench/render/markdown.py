@@ -17,10 +17,10 @@ from typing import Any
 import pandas as pd
 
 from gatebench.errors import GatebenchError
-from gatebench.outputs import atomic_write_text, check_not_input
-from gatebench.report_flagged import flagged_section, flagged_strip
-from gatebench.report_sections import gate_verdict, gates_section, samples_section
-from gatebench.saved_run import label_map, label_of
+from gatebench.rundir.outputs import atomic_write_text, check_not_input
+from gatebench.render.flagged import flagged_section, flagged_strip
+from gatebench.render.sections import gate_verdict, gates_section, samples_section
+from gatebench.rundir.saved import label_map, label_of
 
 DEFINITIONS = """\
 ## Definitions
@@ -148,8 +148,8 @@ def headline_table(results: dict[str, Any]) -> list[str]:
 
 def metrics_tables(results: dict[str, Any]) -> list[str]:
     """One table per checkpoint: a row per metric, a column per gate scale (value [95% CI])."""
-    from gatebench.report_plots import metric_names  # noqa: PLC0415
-    from gatebench.saved_run import checkpoint_axis  # noqa: PLC0415
+    from gatebench.render.plots import metric_names  # noqa: PLC0415
+    from gatebench.rundir.saved import checkpoint_axis  # noqa: PLC0415
 
     names = metric_names(results)
     axis, xs = checkpoint_axis(results)
@@ -202,7 +202,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
                   figures: Figures | None = None, samples: pd.DataFrame | None = None,
                   comparison: dict[str, Any] | None = None) -> str:
     """The whole Markdown report. ``gates_markdown`` None/empty: rendered from results.json."""
-    from gatebench.compare_render import render_markdown as comparison_markdown  # noqa: PLC0415
+    from gatebench.render.compare import render_markdown as comparison_markdown  # noqa: PLC0415
 
     figures = figures or Figures()
     protocol = results["protocol"]
@@ -286,7 +286,7 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
 def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir: Path,
                   out_dir: Path, gate_report: Any = None) -> Figures:
     """Draw every figure into ``out_dir``; images are looked up relative to ``results_dir``."""
-    from gatebench import report_plots as rp  # noqa: PLC0415
+    from gatebench.render import plots as rp  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = Figures()
@@ -297,7 +297,7 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
     path = rp.plot_gate_trajectory(results, out_dir / "gate_trajectory.png")
     if path is None and gate_report is not None:
         # one checkpoint: only the live GateReport knows its own gate history (not saved)
-        from gatebench.gates_render import plot_trajectory  # noqa: PLC0415
+        from gatebench.render.gates import plot_trajectory  # noqa: PLC0415
         path = plot_trajectory(gate_report, out_dir / "gate_trajectory.png")
     elif path is None and (results_dir / "gate_trajectory.png").is_file():
         path = _copy(results_dir / "gate_trajectory.png", out_dir)
@@ -355,7 +355,7 @@ def write_report(results: dict[str, Any], samples: pd.DataFrame, gate_report: An
 
 def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) -> Path:
     """`gatebench report`: re-render from saved outputs; figures go beside the output file."""
-    from gatebench.saved_run import load_run  # noqa: PLC0415
+    from gatebench.rundir.saved import load_run  # noqa: PLC0415
 
     if fmt_name not in ("md", "latex", "html"):
         raise GatebenchError(f"expected --format md, latex or html, got {fmt_name!r}")
@@ -367,7 +367,7 @@ def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) 
     check_not_input(out, [run.path, run.folder / "samples.jsonl"])
     comparison = matching_comparison(run.results, run.folder)
     if fmt_name == "latex":
-        from gatebench.report_latex import render_latex  # noqa: PLC0415
+        from gatebench.render.latex import render_latex  # noqa: PLC0415
         figures = build_figures(run.results, pd.DataFrame(), results_dir=run.folder,
                                 out_dir=out.parent)
         text = render_latex(run.results, figures=figures, comparison=comparison)
@@ -377,7 +377,7 @@ def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) 
         text = render_report(run.results, figures=figures, samples=run.samples,
                              comparison=comparison)
         if fmt_name == "html":
-            from gatebench.report_html import markdown_to_html  # noqa: PLC0415
+            from gatebench.render.html import markdown_to_html  # noqa: PLC0415
             text = markdown_to_html(text, out.parent, title=f"gatebench report: "
                                     f"{run.results['protocol']['name']}")
     out.parent.mkdir(parents=True, exist_ok=True)

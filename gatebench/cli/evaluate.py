@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gatebench.cli_support import (RichProgress, consoles, finish, parse_floats,
+from gatebench.cli.support import (RichProgress, consoles, finish, parse_floats,
                                    protocol_with_overrides)
-from gatebench.outputs import check_not_input, ensure_out_dir
+from gatebench.rundir.outputs import check_not_input, ensure_out_dir
 
 
 @click.command()
@@ -55,11 +55,11 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     gate check failed, 2 bad input.
     """
     from gatebench.run import RunOptions, run_evaluation
-    from gatebench.run_render import render_run
+    from gatebench.render.terminal import render_run
 
     base_run = None
     if baseline is not None:   # read it before hours of generation, not after
-        from gatebench.saved_run import load_run
+        from gatebench.rundir.saved import load_run
         base_run = load_run(baseline)
         check_not_input(out / "results.json", [base_run.path])
         check_not_input(out / "samples.jsonl", [base_run.folder / "samples.jsonl"])
@@ -103,10 +103,10 @@ def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
     """`run --baseline`: the paired regression gate on the run just written (compare.json and a
     report section); its exit code combines with the targets' (1 if either fails)."""
     from gatebench.compare import comparability_problems, compare_runs
-    from gatebench.compare_render import not_comparable_json, render_terminal, write_verdict
+    from gatebench.render.compare import not_comparable_json, render_terminal, write_verdict
     from gatebench.errors import NotComparableError
-    from gatebench.report import write_report
-    from gatebench.saved_run import load_run
+    from gatebench.render.markdown import write_report
+    from gatebench.rundir.saved import load_run
 
     candidate = load_run(result.paths["results"])
     verdict_path = result.out_dir / "compare.json"
@@ -145,10 +145,10 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
     (different protocol, seed, layouts or N; the reason is printed).
     """
     from gatebench.compare import comparability_problems, compare_runs
-    from gatebench.compare_render import (not_comparable_json, parse_metric_options,
+    from gatebench.render.compare import (not_comparable_json, parse_metric_options,
                                           render_terminal, write_verdict)
     from gatebench.errors import NotComparableError
-    from gatebench.saved_run import load_run
+    from gatebench.rundir.saved import load_run
 
     margins = parse_metric_options(metric_options)
     base_run, cand_run = load_run(baseline), load_run(candidate)
@@ -188,7 +188,7 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 
     Exit 0 when written (the run's verdict is in the report), 2 on unreadable input.
     """
-    from gatebench.report import rerender
+    from gatebench.render.markdown import rerender
 
     path = rerender(results, fmt_name, out)
     console, _ = consoles()
@@ -223,9 +223,9 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     """
     import dataclasses
 
-    from gatebench.evalmodels import load_eval_models
+    from gatebench.metrics.evalmodels import load_eval_models
     from gatebench.protocol import Protocol, load_protocol
-    from gatebench.report_flagged import write_score_report
+    from gatebench.render.flagged import write_score_report
     from gatebench.run import resolve_device, write_json
     from gatebench.score import score_folder, write_samples_jsonl
     from gatebench.verdict import evaluate_targets
@@ -244,7 +244,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     vocabulary = None
     if detections is not None:
         if proto.models.detector:   # the protocol's detector names the classes, not COCO
-            from gatebench.detect import YoloDetector
+            from gatebench.metrics.detect import YoloDetector
             vocabulary = YoloDetector.from_file(proto.models.detector, proto.detection).labels
         proto = proto.replace(models={"detector": None})
     models = load_eval_models(proto, device=dev) if protocol else None
@@ -269,7 +269,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
-        from gatebench.report import value_ci
+        from gatebench.render.markdown import value_ci
         console, _ = consoles()
         table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
         for column in ("metric", "value [95% CI]", "n"):

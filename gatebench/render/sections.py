@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import pandas as pd
 
-from gatebench.saved_run import checkpoint_position, label_map, label_of
+from gatebench.rundir.saved import checkpoint_position, label_map, label_of
 
 if TYPE_CHECKING:
-    from gatebench.report import Figures
+    from gatebench.render.markdown import Figures
 
 
 @dataclass(frozen=True)

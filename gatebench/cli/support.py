@@ -97,7 +97,7 @@ def check_flag(key: str, value: Any) -> None:
     """A flag's value in its protocol field's range (``--num-samples 0``, ``--device tpu9``):
     exit 2 naming the flag, before any model loads."""
     from gatebench.errors import GatebenchError
-    from gatebench.protocol_values import value_problem
+    from gatebench.readers.protocol_values import value_problem
 
     if key in _FLAG_FIELDS:
         problem = value_problem(*_FLAG_FIELDS[key], value)

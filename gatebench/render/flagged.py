@@ -43,8 +43,8 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
     go into the Markdown table under the strip."""
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
-    from gatebench.report_plots import _cell  # noqa: PLC0415
-    from gatebench.saved_run import resolve_image  # noqa: PLC0415
+    from gatebench.render.plots import _cell  # noqa: PLC0415
+    from gatebench.rundir.saved import resolve_image  # noqa: PLC0415
 
     flagged = flagged_records(samples)
     cells = []
@@ -90,7 +90,7 @@ def flagged_section(info: dict[str, Any] | None) -> list[str]:
 def write_score_report(document: dict[str, Any], samples: pd.DataFrame, images_root: Path,
                        out_dir: Path) -> Path:
     """`gatebench score --out`: report.md with the metrics (95% CI, N) and the flagged strip."""
-    from gatebench.report import value_ci  # noqa: PLC0415
+    from gatebench.render.markdown import value_ci  # noqa: PLC0415
 
     png, rows, total = flagged_strip(samples, images_root, out_dir / "flagged.png")
     lines = [f"# gatebench score: {document.get('images')}", "",

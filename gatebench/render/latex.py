@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gatebench.report import Figures, checkpoint_order, fmt, fmt_against, gate_verdict
-from gatebench.saved_run import label_map, label_of
+from gatebench.render.markdown import Figures, checkpoint_order, fmt, fmt_against, gate_verdict
+from gatebench.rundir.saved import label_map, label_of
 
 PRETTY = {"iou50_rate": r"IoU$>$0.5 rate $\uparrow$", "miou": r"mIoU $\uparrow$",
           "ap50": r"AP$_{50}$ $\uparrow$", "ap": r"AP $\uparrow$",
@@ -102,7 +102,7 @@ def _columns(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def metrics_table(results: dict[str, Any]) -> list[str]:
-    from gatebench.report_plots import metric_names  # noqa: PLC0415
+    from gatebench.render.plots import metric_names  # noqa: PLC0415
 
     names = metric_names(results)
     cols, labels = _columns(results), label_map(results)

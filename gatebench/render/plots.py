@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.saved_run import (checkpoint_axis, checkpoint_paths, is_one_training_run,
+from gatebench.rundir.saved import (checkpoint_axis, checkpoint_paths, is_one_training_run,
                                  label_map, label_of, resolve_image)
 
 CELL_PX = 192            # grid cells are enlarged to at least this many pixels

@@ -32,7 +32,7 @@ def _plain(value: Any) -> Any:
 
 def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
     """One JSON record per image, UTF-8 with Chinese kept readable; NaN -> null."""
-    from gatebench.outputs import atomic_write_text  # noqa: PLC0415
+    from gatebench.rundir.outputs import atomic_write_text  # noqa: PLC0415
 
     lines = [json.dumps(_plain(record), ensure_ascii=False) + "\n"
              for record in samples.to_dict(orient="records")]
@@ -42,7 +42,7 @@ def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
 def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
     """Read ``write_samples_jsonl`` output back (for re-rendering reports); each record's
     fields are type-checked here, the one boundary for samples files."""
-    from gatebench.results_schema import validate_sample  # noqa: PLC0415
+    from gatebench.rundir.schema import validate_sample  # noqa: PLC0415
 
     path = Path(path)
     rows = []

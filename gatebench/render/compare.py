@@ -166,7 +166,7 @@ def not_comparable_json(baseline: Path, candidate: Path, reasons: Sequence[str])
 
 
 def write_verdict(document: dict[str, Any], path: Path) -> Path:
-    from gatebench.outputs import atomic_write_text  # noqa: PLC0415
+    from gatebench.rundir.outputs import atomic_write_text  # noqa: PLC0415
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))

@@ -1,0 +1,1 @@
+"""Every output format: Markdown, LaTeX, HTML, terminal tables, plots (ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""The run folder: results.json, samples.jsonl, compare.json: schema, write, read (ARCHITECTURE.md)."""
