@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from gatebench.cli import cli
-from gatebench.render.markdown import matching_comparison, rerender
+from gatebench.render import rerender
+from gatebench.render.markdown import matching_comparison
 from gatebench.rundir.saved import checkpoint_axis, resolve_image
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

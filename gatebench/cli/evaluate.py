@@ -18,6 +18,7 @@ from rich.table import Table
 
 from gatebench.cli.support import (RichProgress, consoles, finish, parse_floats,
                                    protocol_with_overrides)
+from gatebench.render import FORMATS
 from gatebench.rundir.outputs import check_not_input, ensure_out_dir
 
 
@@ -177,7 +178,7 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
 
 @click.command()
 @click.argument("results", type=click.Path(path_type=Path))
-@click.option("--format", "fmt_name", type=click.Choice(["md", "latex", "html"]), default="md",
+@click.option("--format", "fmt_name", type=click.Choice(list(FORMATS)), default="md",
               show_default=True, help="md: report.md + PNGs; latex: booktabs tables (.tex); "
               "html: one self-contained file.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
@@ -188,7 +189,7 @@ def report(results: Path, fmt_name: str, out: Path | None) -> None:
 
     Exit 0 when written (the run's verdict is in the report), 2 on unreadable input.
     """
-    from gatebench.render.markdown import rerender
+    from gatebench.render import rerender
 
     path = rerender(results, fmt_name, out)
     console, _ = consoles()
@@ -269,7 +270,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
-        from gatebench.render.markdown import value_ci
+        from gatebench.render.format import value_ci
         console, _ = consoles()
         table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
         for column in ("metric", "value [95% CI]", "n"):

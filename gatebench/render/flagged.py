@@ -90,7 +90,7 @@ def flagged_section(info: dict[str, Any] | None) -> list[str]:
 def write_score_report(document: dict[str, Any], samples: pd.DataFrame, images_root: Path,
                        out_dir: Path) -> Path:
     """`gatebench score --out`: report.md with the metrics (95% CI, N) and the flagged strip."""
-    from gatebench.render.markdown import value_ci  # noqa: PLC0415
+    from gatebench.render.format import value_ci  # noqa: PLC0415
 
     png, rows, total = flagged_strip(samples, images_root, out_dir / "flagged.png")
     lines = [f"# gatebench score: {document.get('images')}", "",

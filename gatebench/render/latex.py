@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gatebench.render.markdown import Figures, checkpoint_order, fmt, fmt_against, gate_verdict
+from gatebench.render.format import Figures, checkpoint_order, fmt, fmt_against
+from gatebench.render.sections import gate_verdict
 from gatebench.rundir.saved import label_map, label_of
 
 PRETTY = {"iou50_rate": r"IoU$>$0.5 rate $\uparrow$", "miou": r"mIoU $\uparrow$",

@@ -19,6 +19,8 @@ import pandas as pd
 from gatebench.errors import GatebenchError
 from gatebench.rundir.outputs import atomic_write_text, check_not_input
 from gatebench.render.flagged import flagged_section, flagged_strip
+from gatebench.render.format import (Figures, _short, checkpoint_order, fmt, fmt_against,  # noqa: F401
+                                     scale_label, value_ci)
 from gatebench.render.sections import gate_verdict, gates_section, samples_section
 from gatebench.rundir.saved import label_map, label_of
 
@@ -55,67 +57,11 @@ SCORABLE_BOX_METRICS = ("iou50_rate", "miou", "ap50", "ap")
 SET_LEVEL = ("ap50", "ap", "fid", "kid")
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if abs(value) >= 1000:
-        return f"{value:.0f}"
-    return f"{value:.{digits if abs(value) < 10 else min(digits, 2)}f}"   # FID 47.93, not 47.930
-
-
-def value_ci(metric: dict[str, Any] | None) -> str:
-    if not metric or metric.get("value") is None:
-        return "not computed"
-    text = fmt(metric["value"])
-    if metric.get("ci_low") is not None:
-        text += f" [{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
-    return text
-
-
-def fmt_against(value: float, op: str, threshold: float) -> str:
-    """The value with enough decimals that its printed form agrees with pass/fail
-    (0.2497 vs >= 0.25 must not print as 0.250 next to a ✗)."""
-    from gatebench.verdict import compare_values  # noqa: PLC0415
-
-    truth = compare_values(op, value, threshold)
-    for digits in (3, 4, 5, 6):
-        text = fmt(value, digits)
-        if compare_values(op, float(text), threshold) == truth:
-            return text
-    return repr(value)
-
-
 def ci_text(metric: dict[str, Any]) -> str:
     if metric.get("ci_low") is None:
         return "- (set-level)" if metric.get("metric") in SET_LEVEL else "-"
     return f"[{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
 
-
-def scale_label(scale: float | None) -> str:
-    if scale is None:
-        return "-"
-    return "0 (base)" if scale == 0 else f"{scale:g}"
-
-
-def _short(sha: Any, n: int = 12) -> str:
-    return str(sha)[:n] if sha else "-"
-
-
-def checkpoint_order(results: dict[str, Any]) -> list[str]:
-    return list(dict.fromkeys(str(r["checkpoint"]) for r in results["results"]))
-
-
-@dataclass
-class Figures:
-    """File names (relative to the report) of what ``build_figures`` drew."""
-
-    metric_vs_scale: str | None = None
-    metric_vs_epoch: str | None = None
-    gate_trajectory: str | None = None
-    grids: list[dict[str, Any]] = field(default_factory=list)   # checkpoint, file, layouts, ...
-    flagged: dict[str, Any] | None = None                        # file, rows, total
 
 
 def headline_table(results: dict[str, Any]) -> list[str]:
@@ -351,34 +297,3 @@ def write_report(results: dict[str, Any], samples: pd.DataFrame, gate_report: An
                             gate_report=gate_report)
     text = render_report(results, figures=figures, samples=samples, comparison=comparison)
     return atomic_write_text(out_dir / "report.md", text)
-
-
-def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) -> Path:
-    """`gatebench report`: re-render from saved outputs; figures go beside the output file."""
-    from gatebench.rundir.saved import load_run  # noqa: PLC0415
-
-    if fmt_name not in ("md", "latex", "html"):
-        raise GatebenchError(f"expected --format md, latex or html, got {fmt_name!r}")
-    run = load_run(results_path, need_samples=False)
-    suffix = {"md": ".md", "latex": ".tex", "html": ".html"}[fmt_name]
-    out = out or run.folder / f"report{suffix}"
-    if out.exists() and out.is_dir():
-        out = out / f"report{suffix}"
-    check_not_input(out, [run.path, run.folder / "samples.jsonl"])
-    comparison = matching_comparison(run.results, run.folder)
-    if fmt_name == "latex":
-        from gatebench.render.latex import render_latex  # noqa: PLC0415
-        figures = build_figures(run.results, pd.DataFrame(), results_dir=run.folder,
-                                out_dir=out.parent)
-        text = render_latex(run.results, figures=figures, comparison=comparison)
-    else:
-        figures = build_figures(run.results, run.samples, results_dir=run.folder,
-                                out_dir=out.parent)
-        text = render_report(run.results, figures=figures, samples=run.samples,
-                             comparison=comparison)
-        if fmt_name == "html":
-            from gatebench.render.html import markdown_to_html  # noqa: PLC0415
-            text = markdown_to_html(text, out.parent, title=f"gatebench report: "
-                                    f"{run.results['protocol']['name']}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(out, text)

@@ -15,7 +15,7 @@ import pandas as pd
 from gatebench.rundir.saved import checkpoint_position, label_map, label_of
 
 if TYPE_CHECKING:
-    from gatebench.render.markdown import Figures
+    from gatebench.render.format import Figures
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gatebench.render.gates import render_findings
-from gatebench.render.markdown import fmt, value_ci
+from gatebench.render.format import fmt, value_ci
 from gatebench.rundir.saved import label_map, label_of, row_label
 
 HEADLINE = ("iou50_rate", "miou", "clip_score", "fid", "garbled_rate", "blank_rate")
