@@ -15,10 +15,8 @@ and nothing in it runs. Reading is memory-mapped, so only the gate tensors are p
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import pickle
 import re
 import zipfile
@@ -30,6 +28,7 @@ import torch
 
 from gatebench.readers.checkpoint_header import (check_user_state, parse_safetensors_header,
                                          validate_header)
+from gatebench.files import cache_dir, file_sha256  # noqa: F401 (re-exported)
 from gatebench.errors import CheckpointError, UnsafeCheckpointError
 
 GATEBENCH_FORMAT = "gatebench-adapter"
@@ -107,43 +106,6 @@ class CheckpointInfo:
         if self.format == "gatebench" and self.family == "user":
             return self.training.uncond_boxes or "off"
         return {"user": "grounded", "gligen": "null"}[self.family]
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) since hashing dominates `gates`."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache = cache_dir() / "sha256.json"
-    known: dict[str, str] = {}
-    if cache.is_file():
-        try:
-            known = json.loads(cache.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            known = {}
-    if key in known:
-        return known[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    known[key] = digest.hexdigest()
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known), encoding="utf-8")
-        tmp.replace(cache)
-    except OSError:
-        pass  # a read-only home only costs the next run a re-hash
-    return known[key]
-
-
-def cache_dir() -> Path:
-    """gatebench's cache folder: $GATEBENCH_CACHE, else $XDG_CACHE_HOME/gatebench, else ~/.cache."""
-    if os.environ.get("GATEBENCH_CACHE"):
-        return Path(os.environ["GATEBENCH_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gatebench"
 
 
 def _check_readable(path: Path) -> int:

@@ -144,7 +144,7 @@ def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> None:
 
 def precheck_protocol(base: dict[str, Any], protocol: Any) -> None:
     """Before an expensive `run --baseline`: what can be checked from the protocol alone."""
-    from gatebench.checkpoint import file_sha256  # noqa: PLC0415
+    from gatebench.files import file_sha256  # noqa: PLC0415
 
     source = Path(protocol.source) if protocol.source else None
     sha = file_sha256(source) if source is not None and source.is_file() else None

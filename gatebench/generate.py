@@ -29,6 +29,7 @@ from PIL import Image, PngImagePlugin
 
 from gatebench.adapters.user import Grounding
 from gatebench.errors import ProtocolError
+from gatebench.files import atomic_write_bytes
 from gatebench.layouts import Layout
 from gatebench.protocol import UNCOND_ALIASES, UNCOND_TREATMENTS
 
@@ -110,17 +111,11 @@ class ImageCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         manifest = self.folder / "recipe.json"
         if not manifest.exists():
-            _atomic_write_bytes(manifest, json.dumps(recipe, indent=2, sort_keys=True,
+            atomic_write_bytes(manifest, json.dumps(recipe, indent=2, sort_keys=True,
                                                      ensure_ascii=False, default=str).encode())
 
     def path_for(self, layout_id: str, gate_scale: float) -> Path:
         return self.folder / f"{_UNSAFE.sub('_', layout_id)}__s{gate_scale:g}.png"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ import torch
 
 from gatebench import __version__
 from gatebench.adapters.registry import load_adapter
-from gatebench.checkpoint import CheckpointInfo, file_sha256, inspect_checkpoint
+from gatebench.checkpoint import CheckpointInfo, inspect_checkpoint
+from gatebench.files import file_sha256
 from gatebench.distributed import (barrier, distributed, import_collective_libraries,
                                    sum_over_ranks)
 from gatebench.errors import CheckpointError, GatebenchError, ModelFileError

@@ -210,7 +210,7 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     reference = None
     if fid_extractor is not None and real_images is not None:
         if cache_dir is None:
-            from gatebench.checkpoint import cache_dir as gatebench_cache  # noqa: PLC0415
+            from gatebench.files import cache_dir as gatebench_cache  # noqa: PLC0415
 
             cache_dir = gatebench_cache() / "refstats"
         reference = real_images if isinstance(real_images, ReferenceStats) else reference_stats(

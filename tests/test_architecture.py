@@ -90,3 +90,12 @@ def test_dependency_rules() -> None:
 def test_top_level_holds_stages_and_subpackages() -> None:
     files = sorted(p.stem for p in PACKAGE.glob("*.py"))
     assert len(files) <= 20, files
+
+
+def test_hashing_and_atomic_writes_import_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, gatebench.files; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -170,7 +170,7 @@ class YoloDetector:
 
     @property
     def sha256(self) -> str | None:
-        from gatebench.checkpoint import file_sha256  # noqa: PLC0415 (imports torch)
+        from gatebench.files import file_sha256  # noqa: PLC0415
 
         return file_sha256(self.weights) if self.weights is not None else None
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from gatebench.checkpoint import cache_dir, file_sha256
+from gatebench.files import cache_dir, file_sha256
 from gatebench.errors import ModelFileError
 from gatebench.layouts import Layout
 from gatebench.protocol import Protocol

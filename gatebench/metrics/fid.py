@@ -170,7 +170,7 @@ def inception_extractor(weights_path: str | Path, device: str = "cpu") -> Module
                              "6726825d.pth there and set [models] inception_weights")
     from torchmetrics.image.fid import NoTrainInceptionV3  # noqa: PLC0415
 
-    from gatebench.checkpoint import file_sha256  # noqa: PLC0415
+    from gatebench.files import file_sha256  # noqa: PLC0415
 
     net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                              feature_extractor_weights_path=str(path)).to(device)

@@ -111,7 +111,7 @@ class BaseModel:
     def identity(self) -> dict:
         """{"kind", "path", "weights": {relative file: sha256}} over weight and tokenizer files."""
         if self._identity is None:
-            from gatebench.checkpoint import file_sha256
+            from gatebench.files import file_sha256
 
             files = [f for c in self.folder.components.values() for f in c.weights]
             files += list(self.folder.tokenizer_files)

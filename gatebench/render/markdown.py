@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from gatebench.errors import GatebenchError
-from gatebench.rundir.outputs import atomic_write_text, check_not_input
+from gatebench.rundir.outputs import atomic_write_text
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.format import (Figures, _short, checkpoint_order, fmt, fmt_against,  # noqa: F401
                                      scale_label, value_ci)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable
 
 from gatebench.errors import GatebenchError
+from gatebench.files import atomic_write_text  # noqa: F401 (re-exported)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -44,19 +45,3 @@ def ensure_out_dir(out: Path, flag: str = "--out") -> Path:
         raise GatebenchError(f"{flag}: cannot create the output folder ({exc.strerror})",
                              path=out, hint="check the path and its permissions") from None
     return out
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename (all or nothing)."""
-    path = Path(path)
-    if path.is_dir():
-        raise GatebenchError("expected an output file, got an existing folder", path=path,
-                             hint="name a file inside it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
