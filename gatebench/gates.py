@@ -107,6 +107,9 @@ class GateReport:
         out += [f for _, fs in self.logs for f in fs]
         return out + list(self.trajectory_findings) + list(self.extra_findings)
 
+    def to_json(self) -> dict[str, Any]:
+        return to_json(self)
+
     @property
     def verdict(self) -> str:
         severities = {f.severity for f in self.findings}

@@ -16,8 +16,8 @@ import ftfy
 
 from gatebench.readers.bbox import (CLIP_TOLERANCE, SCALE_1000_ABOVE, Box, _BadRow,  # noqa: F401
                             bbox_scale_1000, parse_bbox)
-from gatebench.errors import LayoutError
-from gatebench.protocol import DataSpec
+from gatebench.errors import GatebenchError, LayoutError, ModelFileError
+from gatebench.protocol import DataSpec, Protocol
 
 LayoutFormat = Literal["auto", "jsonl", "results", "coco"]
 
@@ -369,6 +369,21 @@ def load_layouts_for(spec: DataSpec, *, skip_bad: bool = False) -> LoadReport:
                         max_boxes=spec.max_boxes, skip_bad=skip_bad,
                         captions=spec.coco_captions, zh_captions=spec.zh_captions,
                         caption_language=spec.caption_language)
+
+
+def select_layouts(protocol: Protocol) -> tuple[list[Layout], dict[str, Any]]:
+    """The protocol's layouts: the first ``num_samples`` with boxes, in file order (stable)."""
+    d = protocol.data
+    if not d.layouts:
+        raise ModelFileError("expected [data] layouts in the protocol, got none",
+                             path=protocol.source, hint="set it or pass --layouts FILE")
+    report = load_layouts_for(d)
+    layouts = [lay for lay in report.layouts if lay.objects]
+    if protocol.num_samples is not None:
+        layouts = layouts[: protocol.num_samples]
+    if not layouts:
+        raise GatebenchError("expected at least one layout with boxes, got none", path=d.layouts)
+    return layouts, report.summary()
 
 
 def write_layouts_jsonl(layouts: Iterable[Layout], path: str | Path) -> Path:

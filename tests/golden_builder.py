@@ -27,7 +27,8 @@ from gatebench.metrics.detect import Detection
 from gatebench.gates import analyse
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import load_protocol
-from gatebench.run import RunOptions, build_results, select_layouts, write_json
+from gatebench.layouts import select_layouts
+from gatebench.rundir.results import build_results, write_json
 from gatebench.score import ImageItem, score_images, write_samples_jsonl
 from gatebench.verdict import evaluate_targets
 from tests.builders import user_state
@@ -197,9 +198,8 @@ def build(root: Path) -> dict:
                                 "recipe_sha256": sha("base-recipe")}]
                     + [{"adapter": f"ckpt/{n}.pt", "folder": f"images/{n}",
                         "recipe_sha256": sha(f"{n}-recipe")} for n in ckpts]},
-        options=RunOptions(out_dir=folder / "run", command=(
-            "gatebench run --ckpt ckpt/epoch_1.pt --ckpt ckpt/epoch_2.pt --protocol golden.toml "
-            "--out run")), device="cpu", ceiling=None, dtype=torch.float32,
+        command=("gatebench run --ckpt ckpt/epoch_1.pt --ckpt ckpt/epoch_2.pt --protocol "
+                 "golden.toml --out run"), device="cpu", ceiling=None, dtype=torch.float32,
         layout_ids=[lay.layout_id for lay in layouts])
     results.update(created="2025-01-01T00:00:00+00:00", protocol_sha256=sha("golden.toml"),
                    versions={"python": "3.11.7", "gatebench": "0.1.0", "torch": "2.4.0",

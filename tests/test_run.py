@@ -15,7 +15,9 @@ from gatebench.errors import CheckpointError
 from gatebench.generate import ImageJob, Sampler, layout_seed
 from gatebench.models import load_base_model
 from gatebench.protocol import load_protocol
-from gatebench.run import RunOptions, run_evaluation, sampler_settings, select_layouts
+from gatebench.layouts import select_layouts
+from gatebench.plan import sampler_settings
+from gatebench.run import RunOptions, run_evaluation
 from tests.builders import free_port
 from tests.run_builders import tiny_world, write_checkpoint
 

@@ -227,7 +227,8 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     from gatebench.metrics.evalmodels import load_eval_models
     from gatebench.protocol import Protocol, load_protocol
     from gatebench.render.flagged import write_score_report
-    from gatebench.run import resolve_device, write_json
+    from gatebench.models.device import resolve_device
+    from gatebench.rundir.results import exit_code, overall_verdict, write_json
     from gatebench.score import score_folder, write_samples_jsonl
     from gatebench.verdict import evaluate_targets
 
@@ -261,7 +262,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
                 "protocol": proto.name, **result.to_dict(),
                 "models": models.identity() if models else {},
                 "targets": [t.to_dict() for t in targets],
-                "verdict": "fail" if any(not t.passed for t in targets) else "pass"}
+                "verdict": overall_verdict(targets)}
     if out is not None:
         ensure_out_dir(out)
         write_samples_jsonl(result.samples, out / "samples.jsonl")
@@ -286,4 +287,4 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
         if out is not None:
             console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
                                  f"{out / 'report.md'}"))
-    finish(1 if document["verdict"] == "fail" else 0)
+    finish(exit_code(document["verdict"]))

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from gatebench.rundir.outputs import atomic_write_text
+from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.format import (Figures, _short, checkpoint_order, fmt, fmt_against,  # noqa: F401
                                      scale_label, value_ci)
@@ -136,9 +137,8 @@ def summary_line(results: dict[str, Any], comparison: dict[str, Any] | None) -> 
     parts = [f"{passed} of {len(targets)} targets pass", f"gate health {gate_verdict(results)}"]
     if comparison:
         parts.append(f"regression check {'fail' if comparison.get('regressions') else 'pass'}")
-    verdict = results["verdict"]
-    if comparison and comparison.get("regressions"):
-        verdict = "fail"
+    verdict = overall_verdict((), results["verdict"],
+                              regressions=bool(comparison and comparison.get("regressions")))
     return f"**Verdict: {verdict.upper()}** — " + "; ".join(parts) + "."
 
 

@@ -15,10 +15,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from gatebench.rundir.results import SUPPORTED_SCHEMA
 from gatebench.errors import GatebenchError
 from gatebench.rundir.schema import validate_results
 
-SUPPORTED_SCHEMA = (1, 2)   # 2: adapters follow their references; per-adapter CFG treatment
 REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",
                  "checkpoints")
 _NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")
