@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
@@ -324,6 +325,19 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
                       trajectory=tuple(points), trajectory_axis=axis,
                       trajectory_findings=tuple(traj),
                       extra_findings=tuple(architecture_findings(infos, box_counts)))
+
+
+def analyse_paths(paths: Sequence[Path], logs: Sequence[Path], thresholds: GateThresholds,
+                  gate_scales: Iterable[float] = ()) -> tuple[GateReport, list[Path]]:
+    """`gatebench gates PATHS --log LOG`: (the report, every input file it read)."""
+    from gatebench.checkpoint import inspect_checkpoint  # noqa: PLC0415
+    from gatebench.readers.logs import read_logs  # noqa: PLC0415
+    from gatebench.readers.paths import expand_paths  # noqa: PLC0415
+
+    checkpoint_paths, log_dirs = expand_paths(tuple(paths))
+    infos = [inspect_checkpoint(p) for p in checkpoint_paths]
+    series = [s for source in (*log_dirs, *logs) for s in read_logs(source)]
+    return analyse(infos, series, thresholds, gate_scales), [*checkpoint_paths, *logs]
 
 
 def to_json(report: GateReport) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Scoring a run's image sets: every checkpoint x gate scale (the shared scale 0 once), and the
-detector on the real images (the ceiling), into per-sample frames and results rows."""
+"""Scoring image sets: a run's (every checkpoint x gate scale, the shared scale 0 once, and the
+detector on the real images: the ceiling) and a folder made elsewhere (`gatebench score`)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -9,9 +10,10 @@ import pandas as pd
 
 from gatebench.checkpoint import CheckpointInfo
 from gatebench.generate import read_png_meta
-from gatebench.protocol import Protocol
+from gatebench.errors import ProtocolError
+from gatebench.protocol import Protocol, load_protocol
 from gatebench.rundir.saved import checkpoint_labels
-from gatebench.score import ImageItem, score_images
+from gatebench.score import ImageItem, score_folder, score_images
 
 CEILING_METRICS = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")   # detector-only
 
@@ -56,3 +58,68 @@ def detector_ceiling(protocol: Protocol, eval_models: Any) -> dict[str, Any] | N
                         protocol, detector=eval_models.detector)
     return {"n_images": len(eval_models.real_images),
             "metrics": {k: v.to_dict() for k, v in real.metrics.items() if k in CEILING_METRICS}}
+
+
+def health_thresholds(proto: Any, garbled: float | None, blank: float | None) -> Any:
+    """The protocol with the CLI's image-health thresholds (each in (0, 1)) where given."""
+    changes = {}
+    for flag, name, value in (("--garbled-threshold", "garbled_threshold", garbled),
+                              ("--blank-threshold", "blank_threshold", blank)):
+        if value is not None:
+            if not 0.0 < value < 1.0:
+                raise ProtocolError(f"expected {flag} between 0 and 1 (scores are in [0, 1]), "
+                                    f"got {value:g}")
+            changes[name] = value
+    return proto.replace(scoring=changes) if changes else proto
+
+
+def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detections: Path | None,
+                    *, device: str = "auto", skip_bad: bool = False,
+                    garbled_threshold: float | None = None,
+                    blank_threshold: float | None = None) -> tuple[dict[str, Any], Any, list]:
+    """`gatebench score`: (the score.json document, the ScoreResult, the target rows)."""
+    from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
+    from gatebench.models.device import resolve_device  # noqa: PLC0415
+    from gatebench.rundir.results import overall_verdict  # noqa: PLC0415
+    from gatebench.verdict import evaluate_targets  # noqa: PLC0415
+
+    proto = load_protocol(protocol) if protocol else Protocol(name="score")
+    # Targets of a generation protocol name gate scales; here every image counts once.
+    proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
+                                                     for t in proto.targets))
+    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
+    dev = resolve_device(device)
+    vocabulary = None
+    if detections is not None:
+        if proto.models.detector:   # the protocol's detector names the classes, not COCO
+            from gatebench.metrics.detect import YoloDetector  # noqa: PLC0415
+            vocabulary = YoloDetector.from_file(proto.models.detector, proto.detection).labels
+        proto = proto.replace(models={"detector": None})
+    models = load_eval_models(proto, device=dev) if protocol else None
+    kwargs = models.score_kwargs() if models else {}
+    if vocabulary is not None:
+        kwargs["detector_labels"] = vocabulary
+    result = score_folder(images, layouts, proto, detections, skip_bad=skip_bad, **kwargs)
+    row = {"checkpoint": str(images), "gate_scale": None, "n_images": len(result.samples),
+           "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
+           "not_computed": dict(result.not_computed)}
+    targets = evaluate_targets(proto.targets, [row])
+    document = {"schema_version": 1, "images": str(images), "layouts": str(layouts),
+                "protocol": proto.name, **result.to_dict(),
+                "models": models.identity() if models else {},
+                "targets": [t.to_dict() for t in targets],
+                "verdict": overall_verdict(targets)}
+    return document, result, targets
+
+
+def write_score_outputs(document: dict[str, Any], result: Any, images: Path, out: Path) -> None:
+    """samples.jsonl, score.json and report.md (with the flagged images) into ``out``."""
+    from gatebench.render.flagged import write_score_report  # noqa: PLC0415
+    from gatebench.rundir.outputs import ensure_out_dir  # noqa: PLC0415
+    from gatebench.rundir.results import write_json  # noqa: PLC0415
+    from gatebench.rundir.samples import write_samples_jsonl  # noqa: PLC0415
+
+    ensure_out_dir(out)
+    write_samples_jsonl(result.samples, out / "samples.jsonl")
+    write_json(out / "score.json", document)
+    write_score_report(document, result.samples, images, out)

@@ -23,7 +23,6 @@ from gatebench.cli.support import (RichProgress, consoles, finish, parse_floats,
                                    quiet_model_libraries)
 from gatebench.errors import GatebenchError
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
 
 
 class GatebenchGroup(click.Group):
@@ -58,25 +57,6 @@ def cli(debug: bool) -> None:
     """
 
 
-def _expand_paths(paths: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
-    """Files stay as given; a folder contributes its checkpoints and its training logs."""
-    checkpoints: list[Path] = []
-    log_dirs: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
-            checkpoints += found
-            if (any(path.glob("*.log")) or any(path.glob("*.jsonl"))
-                    or any(path.rglob("events.out.tfevents*"))):
-                log_dirs.append(path)
-            if not found and path not in log_dirs:
-                raise GatebenchError("expected checkpoints (*.pt, *.safetensors, ...) or training "
-                                     "logs in the folder, found neither", path=path)
-        else:
-            checkpoints.append(path)
-    return checkpoints, log_dirs
-
-
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--log", "logs", multiple=True, type=click.Path(path_type=Path),
@@ -96,29 +76,18 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
     TensorBoard / JSONL logs inside it). No GPU needed. Exit 0 healthy or warnings only,
     1 on any `fail` finding, 2 on unreadable input.
     """
-    from gatebench.checkpoint import inspect_checkpoint
-    from gatebench.gates import analyse, to_json
-    from gatebench.render.gates import plot_trajectory, render_markdown, render_terminal
-    from gatebench.readers.logs import read_logs
+    from gatebench.gates import analyse_paths
     from gatebench.protocol import GateThresholds, load_protocol
+    from gatebench.render.gates import render_terminal, write_gate_outputs
 
     if not paths and not logs:
         raise click.UsageError("give at least one checkpoint path or --log FILE")
     thresholds = load_protocol(protocol).gates if protocol else GateThresholds()
-    checkpoint_paths, log_dirs = _expand_paths(paths)
-    infos = [inspect_checkpoint(p) for p in checkpoint_paths]
-    series = [s for source in (*log_dirs, *logs) for s in read_logs(source)]
     scales = parse_floats(gate_scales, "--gate-scales") if gate_scales else ()
-    report = analyse(infos, series, thresholds, scales)
-    document = to_json(report)
+    report, inputs = analyse_paths(paths, logs, thresholds, scales)
+    document = report.to_json()
     if out is not None:
-        from gatebench.rundir.outputs import atomic_write_text, check_not_input, ensure_out_dir
-        ensure_out_dir(out)
-        for name in ("gates.json", "gates.md", "gate_trajectory.png"):
-            check_not_input(out / name, [*checkpoint_paths, *logs])
-        plot = plot_trajectory(report, out / "gate_trajectory.png")
-        atomic_write_text(out / "gates.json", json.dumps(document, indent=2, ensure_ascii=False))
-        atomic_write_text(out / "gates.md", render_markdown(report, plot.name if plot else None))
+        write_gate_outputs(report, out, inputs)
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:

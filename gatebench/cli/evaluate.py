@@ -57,6 +57,7 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     """
     from gatebench.run import RunOptions, run_evaluation
     from gatebench.render.terminal import render_run
+    from gatebench.score_run import health_thresholds
 
     base_run = None
     if baseline is not None:   # read it before hours of generation, not after
@@ -83,21 +84,6 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
         if base_run is not None:
             code = max(code, _baseline_check(base_run, result, console))
     finish(code)
-
-
-def health_thresholds(proto: Any, garbled: float | None, blank: float | None) -> Any:
-    """The protocol with the CLI's image-health thresholds (each in (0, 1)) where given."""
-    from gatebench.errors import ProtocolError
-
-    changes = {}
-    for flag, name, value in (("--garbled-threshold", "garbled_threshold", garbled),
-                              ("--blank-threshold", "blank_threshold", blank)):
-        if value is not None:
-            if not 0.0 < value < 1.0:
-                raise ProtocolError(f"expected {flag} between 0 and 1 (scores are in [0, 1]), "
-                                    f"got {value:g}")
-            changes[name] = value
-    return proto.replace(scoring=changes) if changes else proto
 
 
 def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
@@ -222,52 +208,18 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     Metrics whose model is not configured are reported as not computed, never as a number:
     with only --detections, the grounding metrics alone. Exit 1 when a protocol target fails.
     """
-    import dataclasses
-
-    from gatebench.metrics.evalmodels import load_eval_models
-    from gatebench.protocol import Protocol, load_protocol
-    from gatebench.render.flagged import write_score_report
-    from gatebench.models.device import resolve_device
-    from gatebench.rundir.results import exit_code, overall_verdict, write_json
-    from gatebench.score import score_folder, write_samples_jsonl
-    from gatebench.verdict import evaluate_targets
+    from gatebench.score_run import score_elsewhere, write_score_outputs
 
     if out is not None:
         ensure_out_dir(out)
         inputs = [layouts, *([detections] if detections is not None else [])]
         check_not_input(out / "samples.jsonl", inputs)
         check_not_input(out / "score.json", inputs)
-    proto = load_protocol(protocol) if protocol else Protocol(name="score")
-    # Targets of a generation protocol name gate scales; here every image counts once.
-    proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
-                                                     for t in proto.targets))
-    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
-    dev = resolve_device(device)
-    vocabulary = None
-    if detections is not None:
-        if proto.models.detector:   # the protocol's detector names the classes, not COCO
-            from gatebench.metrics.detect import YoloDetector
-            vocabulary = YoloDetector.from_file(proto.models.detector, proto.detection).labels
-        proto = proto.replace(models={"detector": None})
-    models = load_eval_models(proto, device=dev) if protocol else None
-    kwargs = models.score_kwargs() if models else {}
-    if vocabulary is not None:
-        kwargs["detector_labels"] = vocabulary
-    result = score_folder(images, layouts, proto, detections, skip_bad=skip_bad, **kwargs)
-    row = {"checkpoint": str(images), "gate_scale": None, "n_images": len(result.samples),
-           "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
-           "not_computed": dict(result.not_computed)}
-    targets = evaluate_targets(proto.targets, [row])
-    document = {"schema_version": 1, "images": str(images), "layouts": str(layouts),
-                "protocol": proto.name, **result.to_dict(),
-                "models": models.identity() if models else {},
-                "targets": [t.to_dict() for t in targets],
-                "verdict": overall_verdict(targets)}
+    document, result, targets = score_elsewhere(
+        images, layouts, protocol, detections, device=device, skip_bad=skip_bad,
+        garbled_threshold=garbled_threshold, blank_threshold=blank_threshold)
     if out is not None:
-        ensure_out_dir(out)
-        write_samples_jsonl(result.samples, out / "samples.jsonl")
-        write_json(out / "score.json", document)
-        write_score_report(document, result.samples, images, out)
+        write_score_outputs(document, result, images, out)
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
@@ -287,4 +239,5 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
         if out is not None:
             console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
                                  f"{out / 'report.md'}"))
+    from gatebench.rundir.results import exit_code
     finish(exit_code(document["verdict"]))

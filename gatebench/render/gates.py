@@ -112,3 +112,18 @@ def plot_trajectory(report: GateReport, out: Path) -> Path | None:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def write_gate_outputs(report: GateReport, out: Path, inputs: list[Path]) -> None:
+    """gates.json, gates.md and gate_trajectory.png into ``out`` (never onto an input)."""
+    import json  # noqa: PLC0415
+
+    from gatebench.rundir.outputs import atomic_write_text, check_not_input, ensure_out_dir  # noqa: PLC0415
+
+    ensure_out_dir(out)
+    for name in ("gates.json", "gates.md", "gate_trajectory.png"):
+        check_not_input(out / name, inputs)
+    plot = plot_trajectory(report, out / "gate_trajectory.png")
+    atomic_write_text(out / "gates.json", json.dumps(report.to_json(), indent=2,
+                                                     ensure_ascii=False))
+    atomic_write_text(out / "gates.md", render_markdown(report, plot.name if plot else None))
