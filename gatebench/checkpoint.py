@@ -3,7 +3,7 @@
 Three formats are recognised:
 
 * ``user``: the user's bare ``torch.save(state_dict)`` of per-width adapters
-  (``dim_{D}.gated_attn.gate``; optional DDP ``module.`` prefix), see shared/seed/formats.md;
+  (``dim_{D}.gated_attn.gate``; optional DDP ``module.`` prefix), see ARCHITECTURE.md ("The user's formats");
 * ``gligen``: diffusers / original GLIGEN fuser weights (``...fuser.alpha_attn``/``alpha_dense``);
 * ``gatebench``: our own file: a dict ``{"format": "gatebench-adapter", "format_version", "family",
   "adapter_config", "base_model", "training", "state_dict"}`` of plain types and tensors, loadable

@@ -111,7 +111,7 @@ class ScoringSpec:
 
 @dataclass(frozen=True)
 class GateThresholds:
-    """The user's validation guide values (shared/seed/formats.md) as defaults."""
+    """The user's validation guide values (ARCHITECTURE.md, "The user's formats") as defaults."""
 
     near_zero: float = 0.01             # |raw gate| below this is near zero
     saturated: float = 0.9              # |tanh(gate)| above this is saturated

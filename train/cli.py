@@ -1,4 +1,4 @@
-"""`gatebench train` / `python -m train`: the user's flags (shared/seed/quick-start-after-fix.md)."""
+"""`gatebench train` / `python -m train`: the user's flags (README "Training")."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-# The user's own warnings (shared/seed/quick-start-after-fix.md, "Warnings").
+# The user's own warnings (README "Training").
 GATE_INIT_WARNING = ("do not set --gate-init-value: the gate is initialised by the init scheme "
                      "(0 for gligen); a large initial gate with a random to_out is how the old "
                      "checkpoints collapsed (3.0 -> 0.29)")

@@ -1,7 +1,7 @@
 """The user's adapter family: one gated box-attention adapter per UNet width, at every attn2.
 
-By default this IS the user's own module (shared/seed/formats.md, "The reference forward of the
-user family"; tested against an independent restatement in tests/test_parity_user.py). At each
+By default this IS the user's own module (ARCHITECTURE.md, "The user's formats"; restated
+independently in tests/reference_user.py and held to it by tests/test_parity_*.py). At each
 cross-attention (attn2) of width D, with ``h`` = attn2's OUTPUT (before the block's residual)::
 
     fourier = [sin(2 pi f c), cos(2 pi f c)] for c in x1, y1, x2, y2, f = the ``freqs`` buffer

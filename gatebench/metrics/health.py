@@ -24,7 +24,7 @@ structure survives is not flagged, while a region turned to garbage (structure l
 counts. Colour speckle is never excused.
 
 Calibration (``bench/health_calibration.py``; 18 real 1024 px Kolors outputs in
-``shared/seed/garbled-calibration``, labelled by eye). ``colour_edges`` at 256 px:
+the user's real outputs, labelled by eye; downscaled copies in tests/data/health). ``colour_edges`` at 256 px:
 garbled 8.9, 9.0, 11.4, 11.6, 26.2; clean 0.7-3.7 for 10 of 12, learned_02 (dense engraving
 texture) 6.0, learned_04 (vivid purple circuit-board pattern) 22.7; blank 0.6. Cues tried and
 dropped (a one-off study at 256 px; no threshold separated garbled from clean): BRISQUE (the

@@ -1,6 +1,6 @@
 """Box values of layout and detection rows: one list of four numbers -> a normalised xyxy box.
 
-The scale of a box (normalised or 0-1000, shared/seed/formats.md) is decided from all four of its
+The scale of a box (normalised or 0-1000, ARCHITECTURE.md "The user's formats") is decided from all four of its
 values, and a row never mixes scales (layouts.py checks the row); a value that fits neither is
 an error naming the box, never a silent reinterpretation.
 """

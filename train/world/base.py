@@ -1,6 +1,6 @@
 """Train the shapes world's text-conditioned pixel-space base diffusion model (no boxes).
 
-Design (see shared/notes/shapes-world-measurements.md): 32x32 RGB, diffusers
+Design (see train/world/README.md): 32x32 RGB, diffusers
 UNet2DConditionModel with cross-attention at 8x8 only (attention at 16x16 costs ~2.7x per step
 on a CPU), plus two CoordConv input channels (x, y ramps) so that image tokens know where they
 are: without absolute position a box adapter has nothing to match box coordinates against, which
