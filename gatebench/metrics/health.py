@@ -23,8 +23,8 @@ colour-edge increases excused pixel by pixel, so a clean image recoloured or cha
 structure survives is not flagged, while a region turned to garbage (structure lost) still
 counts. Colour speckle is never excused.
 
-Calibration (``bench/health_calibration.py``; 18 real 1024 px Kolors outputs in
-the user's real outputs, labelled by eye; downscaled copies in tests/data/health). ``colour_edges`` at 256 px:
+Calibration (``bench/health_calibration.py``; 18 real 1024 px Kolors outputs of the user's model,
+labelled by eye; downscaled copies in tests/data/health). ``colour_edges`` at 256 px:
 garbled 8.9, 9.0, 11.4, 11.6, 26.2; clean 0.7-3.7 for 10 of 12, learned_02 (dense engraving
 texture) 6.0, learned_04 (vivid purple circuit-board pattern) 22.7; blank 0.6. Cues tried and
 dropped (a one-off study at 256 px; no threshold separated garbled from clean): BRISQUE (the
