@@ -11,10 +11,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# Eager: the function shares its submodule's name, and a lazy name would lose to the submodule
+# attribute Python sets on first import of ``gatebench.metrics.coco_ap`` (numpy only; light).
+from gatebench.metrics.coco_ap import APImage, coco_ap
+
 _WHERE = {
     "clip_score": ("ClipBackend", "OpenClip", "TransformersClip", "clip_scores", "crop_box",
                    "region_clip_scores"),
-    "coco_ap": ("APImage", "coco_ap"),
     "fid": ("FeatureExtractor", "ModuleExtractor", "ReferenceStats", "extract_features",
             "feature_stats", "fid_from_features", "frechet_distance", "inception_extractor",
             "kid", "mmd2_unbiased", "reference_stats"),
@@ -25,7 +28,7 @@ _WHERE = {
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
-__all__ = sorted(_MODULE_OF)
+__all__ = sorted([*_MODULE_OF, "APImage", "coco_ap"])
 
 
 def __getattr__(name: str) -> Any:
