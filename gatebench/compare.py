@@ -341,11 +341,12 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
     for row in rows:
         if row.status == "not compared" and row.gated:
             warnings.append(f"{row.metric} at gate scale {row.gate_scale:g}: {row.note}")
+    rising = ", ".join(metric_spec.LOWER_IS_BETTER)
     settings = {"n_boot": n_boot, "ci_level": level, "seed": seed, "resampling_unit": "layout",
                 "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m, OTHER_MARGIN))
                             for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
-                        f"margin on the bad side (a rise for {', '.join(metric_spec.LOWER_IS_BETTER)})"}
+                        f"margin on the bad side (a rise for {rising})"}
     rows = [replace(r, baseline_label=b_labels[r.baseline_checkpoint],
                     candidate_label=c_labels[r.candidate_checkpoint]) for r in rows]
     return Comparison(_identity(baseline), _identity(candidate), rows, settings, warnings)

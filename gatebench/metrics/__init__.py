@@ -13,7 +13,7 @@ from typing import Any
 
 # Eager: the function shares its submodule's name, and a lazy name would lose to the submodule
 # attribute Python sets on first import of ``gatebench.metrics.coco_ap`` (numpy only; light).
-from gatebench.metrics.coco_ap import APImage, coco_ap
+from gatebench.metrics.coco_ap import APImage as APImage, coco_ap as coco_ap
 
 _WHERE = {
     "clip_score": ("ClipBackend", "OpenClip", "TransformersClip", "clip_scores", "crop_box",
@@ -28,7 +28,7 @@ _WHERE = {
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
 
-__all__ = sorted([*_MODULE_OF, "APImage", "coco_ap"])
+__all__ = ["APImage", "coco_ap", *_MODULE_OF]  # noqa: PLE0604, PLE0605
 
 
 def __getattr__(name: str) -> Any:

@@ -158,7 +158,7 @@ def join_names(names: tuple[str, ...] | list[str], last: str = " and ") -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + last + names[-1]
 
 
-def _column(frame: "pd.DataFrame", column: str) -> "pd.Series":
+def _column(frame: pd.DataFrame, column: str) -> pd.Series:
     import numpy as np  # noqa: PLC0415
     import pandas as pd  # noqa: PLC0415
 
@@ -166,7 +166,7 @@ def _column(frame: "pd.DataFrame", column: str) -> "pd.Series":
         pd.Series(np.nan, index=frame.index)
 
 
-def units(frame: "pd.DataFrame", ratio: Ratio) -> "pd.DataFrame":
+def units(frame: pd.DataFrame, ratio: Ratio) -> pd.DataFrame:
     """Per-image ``layout_id``, ``num``, ``den`` of the images that count (``where``).
 
     The one place the numerator/denominator rule is applied: score bootstraps these rows,
@@ -188,7 +188,7 @@ def units(frame: "pd.DataFrame", ratio: Ratio) -> "pd.DataFrame":
     return out
 
 
-def aggregate_value(frame: "pd.DataFrame", name: str) -> float | None:
+def aggregate_value(frame: pd.DataFrame, name: str) -> float | None:
     """The point value of per-image metric ``name`` over ``frame`` (None: nothing counts)."""
     ratio = METRICS[name].ratio
     if ratio is None:
