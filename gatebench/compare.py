@@ -23,19 +23,18 @@ import numpy as np
 import pandas as pd
 
 from gatebench.errors import NotComparableError
+from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.protocol import UNCOND_ALIASES
 from gatebench.rundir.saved import SavedRun, checkpoint_paths, label_map
 
 SCHEMA_VERSION = 1
-PAIRED_METRICS = ("iou50_rate", "miou", "all_matched_rate", "clip_score", "region_clip_score",
-                  "garbled_rate", "blank_rate")
-SET_METRICS = ("ap50", "ap", "fid", "kid")
-LOWER_IS_BETTER = frozenset({"fid", "kid", "garbled_rate", "blank_rate"})
-DEFAULT_MARGINS: dict[str, float] = {"iou50_rate": 0.02, "clip_score": 0.005,
-                                     "garbled_rate": 0.02, "blank_rate": 0.02}
-RATE_COLUMNS = {"garbled_rate": "garbled", "blank_rate": "blank"}   # per-sample bool columns
-OTHER_MARGIN = 0.02
+# All read from the metric table (gatebench.metrics.spec); kept here under their old names.
+PAIRED_METRICS = metric_spec.IMAGE_METRICS
+SET_METRICS = metric_spec.SET_METRICS
+LOWER_IS_BETTER = frozenset(metric_spec.LOWER_IS_BETTER)
+DEFAULT_MARGINS: dict[str, float] = dict(metric_spec.DEFAULT_MARGINS)
+OTHER_MARGIN = metric_spec.NAMED_MARGIN
 MIN_BOOT = 1000
 
 
@@ -96,7 +95,7 @@ class Comparison:
 
 
 def direction(metric: str) -> str:
-    return "lower" if metric in LOWER_IS_BETTER else "higher"
+    return "higher" if metric_spec.higher_is_better(metric) else "lower"
 
 
 def _identity(run: SavedRun) -> dict[str, Any]:
@@ -215,31 +214,19 @@ def _check_samples(run: SavedRun) -> None:
                                  f"got none", path=where)
 
 
-def _num(frame: pd.DataFrame, column: str) -> pd.Series:
-    return pd.to_numeric(frame[column], errors="coerce") if column in frame.columns else \
-        pd.Series(np.nan, index=frame.index)
-
-
 def metric_units(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
-    """Per-layout (numerator, denominator) of one per-image metric; None when not recorded."""
-    scorable = _num(df, "n_scorable")
-    if metric in ("iou50_rate", "miou"):
-        num = _num(df, "n_matched" if metric == "iou50_rate" else "iou_sum")
-        keep, den = num.notna() & (scorable > 0), scorable
-    elif metric == "all_matched_rate":
-        num = _num(df, "all_matched")
-        keep, den = num.notna() & (scorable > 0), pd.Series(1.0, index=df.index)
-    elif metric == "region_clip_score":
-        den = _num(df, "n_boxes")
-        num = _num(df, "region_clip_score") * den
-        keep = num.notna() & (den > 0)
-    else:
-        num = _num(df, RATE_COLUMNS.get(metric, metric))
-        keep, den = num.notna(), pd.Series(1.0, index=df.index)
-    if not keep.any():
+    """Per-layout (numerator, denominator) of one per-image metric; None when not recorded.
+
+    The images and their (num, den) come from ``spec.units``, the rule score aggregates by;
+    here images without a recorded value or with nothing to average are left out of the pairs.
+    """
+    ratio = metric_spec.METRICS[metric].ratio
+    assert ratio is not None, f"{metric} is set-level"
+    units = metric_spec.units(df, ratio)
+    units = units[units["num"].notna() & (units["den"] > 0)]
+    if units.empty:
         return None
-    units = pd.DataFrame({"layout_id": df["layout_id"][keep].astype(str),
-                          "num": num[keep].astype(float), "den": den[keep].astype(float)})
+    units = units.assign(layout_id=units["layout_id"].astype(str))
     return units.groupby("layout_id", sort=True)[["num", "den"]].sum()
 
 
@@ -259,7 +246,7 @@ def _status(metric: str, diff: float | None, low: float | None, high: float | No
     """Regression: the whole CI (or, without one, the point) beyond the margin, bad side."""
     if diff is None:
         return "not compared"
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0        # + = better
+    sign = 1.0 if metric_spec.higher_is_better(metric) else -1.0        # + = better
     good_low, good_high = (low, high) if sign > 0 else (
         (None if high is None else -high), (None if low is None else -low))
     best, worst = (good_high, good_low) if good_low is not None else (sign * diff, sign * diff)
@@ -354,11 +341,12 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
     for row in rows:
         if row.status == "not compared" and row.gated:
             warnings.append(f"{row.metric} at gate scale {row.gate_scale:g}: {row.note}")
+    rising = ", ".join(metric_spec.LOWER_IS_BETTER)
     settings = {"n_boot": n_boot, "ci_level": level, "seed": seed, "resampling_unit": "layout",
                 "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m, OTHER_MARGIN))
                             for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
-                        "margin on the bad side (a rise for fid, kid, garbled_rate, blank_rate)"}
+                        f"margin on the bad side (a rise for {rising})"}
     rows = [replace(r, baseline_label=b_labels[r.baseline_checkpoint],
                     candidate_label=c_labels[r.candidate_checkpoint]) for r in rows]
     return Comparison(_identity(baseline), _identity(candidate), rows, settings, warnings)

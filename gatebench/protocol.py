@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gatebench.errors import ProtocolError
+from gatebench.metrics import spec as metric_spec
 from gatebench.readers.protocol_values import value_problem
 
 if sys.version_info >= (3, 11):
@@ -37,8 +38,7 @@ def resolve_builtin(value: str | None) -> str | None:
         return str(ASSETS_DIR / value[len(BUILTIN):])
     return value
 
-METRIC_NAMES = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "clip_score",
-                "region_clip_score", "fid", "kid", "garbled_rate", "blank_rate")
+METRIC_NAMES = metric_spec.METRIC_NAMES      # the metric table's names (validation reads it live)
 COMPARISONS = (">", ">=", "<", "<=")
 
 
@@ -303,9 +303,10 @@ def parse_protocol(text: str, path: Path) -> Protocol:
                 raise ProtocolError("expected [[targets]] entries", path=path)
             for i, entry in enumerate(value):
                 target = _build(Target, entry, "targets", path, locate, occurrence=i)
-                if target.metric not in METRIC_NAMES:
+                names = metric_spec.metric_names()
+                if target.metric not in names:
                     raise ProtocolError(
-                        f"expected a metric in {', '.join(METRIC_NAMES)}, got '{target.metric}'",
+                        f"expected a metric in {', '.join(names)}, got '{target.metric}'",
                         path=path, line=locate.line_of("targets", "metric", i))
                 targets.append(target)
         elif key in _TOP_LEVEL:

@@ -24,12 +24,13 @@ from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_fea
 from gatebench.metrics.health import assess
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
-from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
-from gatebench.protocol import METRIC_NAMES, Protocol
+from gatebench.metrics import spec as metric_spec
+from gatebench.metrics.stats import MetricValue, bootstrap_ci
+from gatebench.protocol import Protocol
 from gatebench.rundir.samples import _plain, read_samples_jsonl, write_samples_jsonl  # noqa: F401
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DETECTION_METRICS = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")
+DETECTION_METRICS = metric_spec.DETECTOR_METRICS
 _CHUNK = 32
 
 
@@ -247,51 +248,43 @@ class _Context:
 
     def aggregate(self, df: pd.DataFrame, ap_images: list[APImage],
                   idx: np.ndarray) -> tuple[dict[str, MetricValue], dict[str, str]]:
+        """Every metric of the table over ``df``: per-image ones by their spec's ratio (the same
+        ``spec.units`` compare pairs), set-level ones by their own computation."""
         s = self.protocol.scoring
-        kw = {"groups": list(df["layout_id"]), "n_boot": s.bootstrap, "level": s.ci_level,
-              "seed": self.protocol.seed}
+        kw = {"n_boot": s.bootstrap, "level": s.ci_level, "seed": self.protocol.seed}
+        have = {"detector": self.has_det, "clip": self.has_clip, "none": True,
+                "fid": self.reference is not None and self.fake_feats is not None}
         out: dict[str, MetricValue] = {}
         skip: dict[str, str] = {}
+        for m in metric_spec.METRICS.values():
+            if not have[m.needs]:
+                skip[m.name] = metric_spec.NEED_REASONS[m.needs]
+            elif m.ratio is not None:
+                u = metric_spec.units(df, m.ratio)
+                if m.ratio.empty_reason and not u["den"].sum() > 0:
+                    skip[m.name] = m.ratio.empty_reason
+                    continue
+                denom = u["den"].to_numpy() if m.ratio.denominator is not None else None
+                out[m.name] = bootstrap_ci(u["num"].to_numpy(), denom,
+                                           groups=list(u["layout_id"]), **kw)
         scorable = df["n_scorable"].to_numpy(dtype=float)
-        if not self.has_det:
-            skip.update({m: "no detector or detections configured" for m in DETECTION_METRICS})
-        elif scorable.sum() == 0:
-            skip.update({m: "no ground-truth box has a class the detector can name"
-                         for m in DETECTION_METRICS})
-        else:
-            out["iou50_rate"] = bootstrap_ci(df["n_matched"].to_numpy(dtype=float), scorable, **kw)
-            out["miou"] = bootstrap_ci(df["iou_sum"].to_numpy(dtype=float), scorable, **kw)
-            has = scorable > 0
-            out["all_matched_rate"] = mean_ci(
-                df["all_matched"].to_numpy()[has].astype(float),
-                **{**kw, "groups": list(df["layout_id"][has])})
+        if self.has_det and scorable.sum() == 0:
+            skip["ap50"] = skip["ap"] = metric_spec.NO_SCORABLE
+        elif self.has_det:
             ap = coco_ap(ap_images)
             n_boxes = int(scorable.sum())
             out["ap50"] = MetricValue(ap["ap50"], None, None, n_boxes)
             out["ap"] = MetricValue(ap["ap"], None, None, n_boxes)
-        if self.has_clip:
-            out["clip_score"] = mean_ci(df["clip_score"].to_numpy(dtype=float), **kw)
-            counts = df["n_boxes"].to_numpy(dtype=float)
-            if counts.sum() > 0:
-                sums = np.nan_to_num(df["region_clip_score"].to_numpy(dtype=float)) * counts
-                out["region_clip_score"] = bootstrap_ci(sums, counts, **kw)
-            else:
-                skip["region_clip_score"] = "no ground-truth boxes"
-        else:
-            skip["clip_score"] = skip["region_clip_score"] = "no CLIP model configured"
-        out["garbled_rate"] = mean_ci(df["garbled"].to_numpy(dtype=float), **kw)
-        out["blank_rate"] = mean_ci(df["blank"].to_numpy(dtype=float), **kw)
-        if self.reference is None or self.fake_feats is None:
-            skip["fid"] = skip["kid"] = "no FID feature extractor and real images configured"
-        else:
+        if have["fid"]:
+            assert self.reference is not None and self.fake_feats is not None
             fake = self.fake_feats[idx]
             mu, sigma = feature_stats(fake)
             out["fid"] = MetricValue(frechet_distance(self.reference.mu, self.reference.sigma,
                                                       mu, sigma), None, None, len(fake))
             value, _ = kid(self.reference.features, fake, seed=self.protocol.seed)
             out["kid"] = MetricValue(value, None, None, len(fake))
-        ordered = {m: out[m] for m in METRIC_NAMES if m in out}
-        return ordered, {m: skip[m] for m in METRIC_NAMES if m in skip}
+        names = metric_spec.METRICS
+        return ({m: out[m] for m in names if m in out}, {m: skip[m] for m in names if m in skip})
 
 
 def _pair(images_dir: Path, layouts: list[Layout], source: Path) -> list[ImageItem]:

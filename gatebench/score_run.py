@@ -10,12 +10,12 @@ import pandas as pd
 
 from gatebench.checkpoint import CheckpointInfo
 from gatebench.generate import read_png_meta
+from gatebench.metrics.spec import DETECTOR_METRICS
 from gatebench.errors import ProtocolError
 from gatebench.protocol import Protocol, load_protocol
 from gatebench.rundir.saved import checkpoint_labels
 from gatebench.score import ImageItem, score_folder, score_images
 
-CEILING_METRICS = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate")   # detector-only
 
 
 def nonfinite_count(items: Sequence[ImageItem]) -> int:
@@ -57,7 +57,7 @@ def detector_ceiling(protocol: Protocol, eval_models: Any) -> dict[str, Any] | N
     real = score_images([ImageItem(path, lay) for lay, path in eval_models.real_images],
                         protocol, detector=eval_models.detector)
     return {"n_images": len(eval_models.real_images),
-            "metrics": {k: v.to_dict() for k, v in real.metrics.items() if k in CEILING_METRICS}}
+            "metrics": {k: v.to_dict() for k, v in real.metrics.items() if k in DETECTOR_METRICS}}
 
 
 def health_thresholds(proto: Any, garbled: float | None, blank: float | None) -> Any:

@@ -16,6 +16,7 @@ from rich.table import Table
 from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SCHEMA_VERSION,
                                SET_METRICS, Comparison, CompareRow)
 from gatebench.errors import GatebenchError
+from gatebench.metrics.spec import LOWER_IS_BETTER, join_names
 
 _STYLE = {"regression": "bold red", "improved": "green", "ok": "", "not gated": "dim",
           "not compared": "yellow"}
@@ -100,7 +101,7 @@ def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool 
                       f"[{style}]{_MARK[row.status]}[/]" if style else _MARK[row.status])
     console.print(table)
     if any(r.kind == "set" for r in comparison.rows):
-        console.print("[dim]ap50, ap, fid, kid are set-level: point differences without a "
+        console.print(f"[dim]{', '.join(SET_METRICS)} are set-level: point differences without a "
                       "paired CI, gated only when named with --metric[/dim]")
     for note in sorted({r.note for r in comparison.rows if r.note and r.kind == "paired"}):
         console.print(f"[dim]note: {escape(note)}[/dim]")
@@ -127,8 +128,8 @@ def render_markdown(document: dict[str, Any]) -> str:
              f"Candidate - baseline on the same layouts and seeds, paired bootstrap over layouts "
              f"({s.get('ci_level', 0.95):.0%} CI, {s.get('n_boot')} replicates, seed "
              f"{s.get('seed')}). A regression is a change in the bad direction whose whole CI "
-             f"lies beyond the allowed margin; fid, kid, garbled_rate and blank_rate regress by rising. "
-             f"ap50/ap/fid/kid are set-level: point differences, no CI, gated only when "
+             f"lies beyond the allowed margin; {join_names(LOWER_IS_BETTER)} regress by rising. "
+             f"{'/'.join(SET_METRICS)} are set-level: point differences, no CI, gated only when "
              f"named with `--metric`.", ""]
     level = f"{s.get('ci_level', 0.95):.0%}"
     header = [f"| checkpoint | gate scale | metric | baseline | candidate | Δ [{level} CI] | "

@@ -9,16 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from gatebench.metrics import spec as metric_spec
 from gatebench.render.format import Figures, checkpoint_order, fmt, fmt_against
 from gatebench.render.sections import gate_verdict
 from gatebench.rundir.saved import label_map, label_of
 
-PRETTY = {"iou50_rate": r"IoU$>$0.5 rate $\uparrow$", "miou": r"mIoU $\uparrow$",
-          "ap50": r"AP$_{50}$ $\uparrow$", "ap": r"AP $\uparrow$",
-          "all_matched_rate": r"All-matched rate $\uparrow$",
-          "clip_score": r"CLIP score $\uparrow$", "region_clip_score": r"Region CLIP $\uparrow$",
-          "fid": r"FID $\downarrow$", "kid": r"KID $\downarrow$",
-          "garbled_rate": r"Garbled rate $\downarrow$", "blank_rate": r"Blank rate $\downarrow$"}
+PRETTY = {m.name: m.tex_label for m in metric_spec.METRICS.values()}   # TeX name + arrow
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
             "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
             "^": r"\textasciicircum{}"}

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.outputs import atomic_write_text
 from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
@@ -52,8 +53,23 @@ DEFINITIONS = """\
   gate scales or checkpoints are paired (same layouts, same seeds).
 """
 
-SCORABLE_BOX_METRICS = ("iou50_rate", "miou", "ap50", "ap")
-SET_LEVEL = ("ap50", "ap", "fid", "kid")
+SET_LEVEL = metric_spec.SET_METRICS
+
+
+def definitions() -> str:
+    """DEFINITIONS, plus the table's one-line definition of any metric the prose does not name
+    (so a new metric is defined in the report without editing this module)."""
+    extra = [f"- **{m.name}** ({'higher' if m.higher_is_better else 'lower'} is better"
+             f"{', set-level' if m.level == 'set' else ''}): {m.definition}."
+             for m in metric_spec.METRICS.values()
+             if not re.search(rf"\b{re.escape(m.name)}\b", DEFINITIONS)]
+    return DEFINITIONS + "".join(line + "\n" for line in extra)
+
+
+def n_unit(name: str) -> str:
+    """What a metric's N counts (``images`` for a name outside the table)."""
+    spec = metric_spec.get(name)
+    return spec.n_of if spec is not None else "images"
 
 
 def ci_text(metric: dict[str, Any]) -> str:
@@ -111,8 +127,7 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
         for name in names:
             ns = list(dict.fromkeys(str((r["metrics"].get(name) or {}).get("n", "-"))
                                     for r in rows))
-            unit = "scorable boxes" if name in SCORABLE_BOX_METRICS else (
-                "boxes" if name == "region_clip_score" else "images")
+            unit = n_unit(name)
             cells = [value_ci(r["metrics"].get(name)) for r in rows]
             lines.append(f"| {name} | {'/'.join(ns)} {unit} | " + " | ".join(cells) + " |")
         bad = [r for r in rows if r.get("nonfinite_images")]
@@ -171,7 +186,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     out += samples_section(results, samples if samples is not None else pd.DataFrame(), figures)
     out += flagged_section(figures.flagged)
     out += [gates_markdown or gates_section(results, figures.gate_trajectory), "",
-            DEFINITIONS, *reproducibility(results)]
+            definitions(), *reproducibility(results)]
     return "\n".join(out) + "\n"
 
 

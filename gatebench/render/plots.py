@@ -18,6 +18,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.saved import (checkpoint_axis, checkpoint_paths, is_one_training_run,
                                  label_map, label_of, resolve_image)
 
@@ -94,8 +95,8 @@ def _draw_targets(ax: Any, results: dict[str, Any], name: str) -> None:
 
 def _title(name: str) -> str:
     """Metric name with its direction, and (no CI) for set-level metrics."""
-    arrow = "↓ better" if name in ("fid", "kid", "garbled_rate", "blank_rate") else "↑ better"
-    extra = ", set-level, no CI" if name in ("fid", "kid", "ap50", "ap") else ""
+    arrow = "↑ better" if metric_spec.higher_is_better(name) else "↓ better"
+    extra = ", set-level, no CI" if metric_spec.is_set_level(name) else ""
     return f"{name} ({arrow}{extra})"
 
 

@@ -13,11 +13,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gatebench.metrics import spec as metric_spec
 from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
 from gatebench.rundir.saved import label_map, label_of, row_label
 
-HEADLINE = ("iou50_rate", "miou", "clip_score", "fid", "garbled_rate", "blank_rate")
+HEADLINE = metric_spec.HEADLINE       # the table's headline metrics, in its order
 COLUMN_CHARS = 9        # a metric column: a 5-7 character value plus borders and padding
 
 
