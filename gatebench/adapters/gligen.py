@@ -14,6 +14,7 @@ for image in tests/test_parity_pipelines.py), so we do what it does:
 * scheduled sampling: fusers on for the first int(beta * steps) steps (generate.grounded_steps).
 
 The gate scale s blends each fuser's residual, ``x + s * (fuser(x) - x)``: s = 1 is the pipeline.
+``GLIGEN_FAMILY`` (end of file) is how gatebench.checkpoint recognises and reads these files.
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def recognise(keys: Sequence[str]) -> bool:
 def read_gates(state: Mapping[str, Any], path: Path) -> tuple[GateEntry, ...]:
     """Two gates per fuser (attention and dense), in file order; the width is the fuser's."""
     gates: list[GateEntry] = []
-    for key in state.keys():
+    for key in state:
         match = _GLIGEN_GATE.match(key)
         if match:
             prefix = key[: -len(match.group(3))]

@@ -69,7 +69,7 @@ def recognise(keys: Sequence[str]) -> bool:
 def read_gates(state: Mapping[str, Any], path: Path) -> tuple[GateEntry, ...]:
     """One gate per width, sorted by width; ``to_out`` is the projection the gate multiplies."""
     gates: list[GateEntry] = []
-    for key in state.keys():
+    for key in state:
         match = _USER_GATE.match(key)
         if match:
             width = int(match.group(1))
