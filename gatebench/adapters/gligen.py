@@ -14,19 +14,22 @@ for image in tests/test_parity_pipelines.py), so we do what it does:
 * scheduled sampling: fusers on for the first int(beta * steps) steps (generate.grounded_steps).
 
 The gate scale s blends each fuser's residual, ``x + s * (fuser(x) - x)``: s = 1 is the pipeline.
+``GLIGEN_FAMILY`` (end of file) is how gatebench.checkpoint recognises and reads these files.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from gatebench.adapters.family import AdapterFamily, all_zero, gate_value
+from gatebench.adapters.types import CheckpointInfo, GateEntry
 from gatebench.adapters.user import Grounded, Grounding
 from gatebench.errors import CheckpointError
 
-if TYPE_CHECKING:
-    from gatebench.checkpoint import CheckpointInfo
-
+_GLIGEN_GATE = re.compile(r"^(?:module\.)?(.*\.)?(fuser)\.(alpha_attn|alpha_dense)$")
 
 GLIGEN_SLOTS = 30           # the pipeline's max_objs
 GLIGEN_CONFIG = {"family": "gligen", "reference": "diffusers StableDiffusionGLIGENPipeline",
@@ -39,7 +42,7 @@ class GligenAdapterRuntime(Grounded):
     fixed_slots = GLIGEN_SLOTS
     config = GLIGEN_CONFIG
 
-    def __init__(self, info: "CheckpointInfo", state: dict[str, torch.Tensor], base: Any) -> None:
+    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
         from diffusers import UNet2DConditionModel
 
         if base.kind not in ("sd", "pixel"):
@@ -111,3 +114,50 @@ class GligenAdapterRuntime(Grounded):
         for handle in self.handles:
             handle.remove()
         self.base.unet = self._original
+
+
+def recognise(keys: Sequence[str]) -> bool:
+    """Any ``...fuser.alpha_attn`` / ``...fuser.alpha_dense`` key makes a file a GLIGEN one."""
+    return any(_GLIGEN_GATE.match(key) for key in keys)
+
+
+def read_gates(state: Mapping[str, Any], path: Path) -> tuple[GateEntry, ...]:
+    """Two gates per fuser (attention and dense), in file order; the width is the fuser's."""
+    gates: list[GateEntry] = []
+    for key in state:
+        match = _GLIGEN_GATE.match(key)
+        if match:
+            prefix = key[: -len(match.group(3))]
+            kind = match.group(3)
+            if kind == "alpha_attn":
+                proj = [prefix + "attn.to_out.0.weight", prefix + "attn.to_out.0.bias",
+                        prefix + "attn.to_out.weight", prefix + "attn.to_out.bias"]
+                width_key = prefix + "attn.to_q.weight"
+            else:
+                proj = [prefix + "ff.net.2.weight", prefix + "ff.net.2.bias"]
+                width_key = prefix + "ff.net.2.weight"
+            width_tensor = state.get(width_key)
+            width = (int(width_tensor.shape[0]) if isinstance(width_tensor, torch.Tensor)
+                     and width_tensor.ndim >= 1 else None)
+            layer = prefix.rstrip(".").removeprefix("module.")
+            gates.append(GateEntry(key=key, layer=layer, kind=kind, width=width,
+                                   raw=gate_value(state[key], key, path),
+                                   out_proj_key=next((p for p in proj if p in state), None),
+                                   out_proj_zero=all_zero(state, proj, path)))
+    return tuple(gates)
+
+
+def forward_config(header: Mapping[str, Any], state: Mapping[str, Any]) -> dict:
+    """The pipeline's forward, with whatever a gatebench file recorded on top."""
+    return {**GLIGEN_CONFIG, **dict(header.get("adapter_config") or {})}
+
+
+def reference_uncond(info: CheckpointInfo) -> str:
+    """diffusers' GLIGEN pipeline gives the unconditional half null objects."""
+    return "null"
+
+
+GLIGEN_FAMILY = AdapterFamily(name="gligen", example_key="...fuser.alpha_attn",
+                              recognise=recognise, read_gates=read_gates,
+                              forward_config=forward_config, reference_uncond=reference_uncond,
+                              runtime=GligenAdapterRuntime)

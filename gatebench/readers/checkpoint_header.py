@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from gatebench.errors import CheckpointError
 
@@ -20,6 +20,8 @@ _INT_FIELDS = ("step", "epoch")
 _FLOAT_FIELDS = ("gate_init", "scale_min", "scale_max")
 _STR_FIELDS = ("init_scheme", "data_sha256")
 HISTORY_ROW = "[step, mean, std, min, max]"
+# The built-in families; this module stays torch-free, so it does not import the registry.
+FAMILY_NAMES = ("user", "gligen")
 
 
 def _bad(field: str, expected: str, value: Any, path: Path) -> CheckpointError:
@@ -31,7 +33,8 @@ def _bad(field: str, expected: str, value: Any, path: Path) -> CheckpointError:
                            "gatebench.checkpoint.save_checkpoint")
 
 
-def parse_safetensors_header(text: str, path: Path) -> dict[str, Any]:
+def parse_safetensors_header(text: str, path: Path, *,
+                             families: tuple[str, ...] = FAMILY_NAMES) -> dict[str, Any]:
     """The JSON under a .safetensors file's ``gatebench`` metadata key, as a checked dict."""
     try:
         header = json.loads(text)
@@ -42,25 +45,33 @@ def parse_safetensors_header(text: str, path: Path) -> dict[str, Any]:
                               "save_checkpoint, or drop the 'gatebench' metadata key") from None
     if not isinstance(header, dict):
         raise _bad("gatebench", "a JSON object", header, path)
-    return validate_header(header, path)
+    return validate_header(header, path, families=families)
 
 
-def validate_header(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    """Check the types of a gatebench header's top-level fields (mappings, family, version)."""
+def either(names: Iterable[str]) -> str:
+    """``'a' or 'b'`` / ``'a', 'b' or 'c'``: how error messages list the accepted names."""
+    quoted = [f"'{name}'" for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def validate_header(header: Mapping[str, Any], path: Path, *,
+                    families: tuple[str, ...] = FAMILY_NAMES) -> dict[str, Any]:
+    """Check the types of a gatebench header's top-level fields (mappings, family, version).
+    ``families``: the accepted family names (gatebench.checkpoint passes the registry's)."""
     header = dict(header)
     version = header.get("format_version", 1)
     if isinstance(version, bool) or not isinstance(version, int):
         raise _bad("format_version", "an integer", version, path)
     family = header.get("family")
-    if family is not None and family not in ("user", "gligen"):
-        raise _bad("family", "'user' or 'gligen'", family, path)
+    if family is not None and family not in families:
+        raise _bad("family", either(families), family, path)
     for name in _MAPPINGS:
         value = header.get(name)
         if value is not None and not isinstance(value, Mapping):
             raise _bad(name, "a mapping", value, path)
     if header.get("training") is not None:
         header["training"] = validate_training(header["training"], path)
-    if header.get("adapter_config") and family != "gligen":
+    if header.get("adapter_config") and family in (None, "user"):
         validate_user_config(header["adapter_config"], path)
     return header
 
