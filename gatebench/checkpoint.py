@@ -16,6 +16,7 @@ and nothing in it runs. Reading is memory-mapped, so only the gate tensors are p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -181,11 +182,13 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
         family = header.get("family", family)
     else:
         fmt = family
-    return CheckpointInfo(path=path, sha256=sha256 or file_sha256(path),
+    info = CheckpointInfo(path=path, sha256=sha256 or file_sha256(path),
                           size_bytes=path.stat().st_size, format=fmt, family=family, gates=gates,
                           training=TrainingMeta.from_dict(header.get("training")),
                           adapter_config=_forward_config(family, found, header, state),
                           base_model=dict(header.get("base_model") or {}))
+    rule = FAMILIES.get(family) or FAMILIES[found]
+    return dataclasses.replace(info, reference_uncond=rule.reference_uncond(info))
 
 
 def _forward_config(family: str, found: str, header: Mapping[str, Any],

@@ -8,7 +8,7 @@ for image in tests/test_parity_pipelines.py), so we do what it does:
 * objects padded to a fixed 30 slots: masked slots become the position net's learned null
   features and still take part in every fuser's self-attention;
 * the unconditional CFG half gets null objects (mask 0) with the fusers ON
-  (CheckpointInfo.reference_uncond);
+  (its family's reference_uncond rule);
 * phrases: a layout's phrases tokenized together (padding to the longest, the attention mask
   passed) -> the CLIP text encoder's ``pooler_output``;
 * scheduled sampling: fusers on for the first int(beta * steps) steps (generate.grounded_steps).

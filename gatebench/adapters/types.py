@@ -66,19 +66,12 @@ class CheckpointInfo:
     training: TrainingMeta = field(default_factory=TrainingMeta)
     adapter_config: Mapping[str, Any] = field(default_factory=dict)
     base_model: Mapping[str, Any] = field(default_factory=dict)
+    # The CFG treatment this adapter was made for (``uncond_boxes = "reference"``), set by
+    # checkpoint.inspect_checkpoint from its family's rule: the user's inference grounds both
+    # halves; diffusers' GLIGEN pipeline gives the unconditional half null objects; a gatebench
+    # checkpoint says how its caption-dropped samples trained (before 0.2: adapter off).
+    reference_uncond: str = "grounded"
 
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(sorted({g.width for g in self.gates if g.width is not None}))
-
-    @property
-    def reference_uncond(self) -> str:
-        """The CFG treatment this adapter was made for (``uncond_boxes = "reference"``): the
-        user's inference grounds both halves; diffusers' GLIGEN pipeline gives the unconditional
-        half null objects; a gatebench checkpoint says how its caption-dropped samples trained
-        (before gatebench 0.2 its trainer switched the adapter off for them). Each family's
-        ``reference_uncond`` says which."""
-        # imported here: the families import this module for GateEntry
-        from gatebench.adapters.families import FAMILIES  # noqa: PLC0415
-
-        return FAMILIES[self.family].reference_uncond(self)

@@ -3,7 +3,7 @@ the forward config a file implies, and the runtime that hooks its adapters onto 
 
 Kept apart from adapters/user.py, which is the adapter module itself (and near 400 lines).
 Files: the user's bare ``torch.save(state_dict)`` of per-width adapters,
-``dim_{D}.gated_attn.gate`` (optional DDP ``module.`` prefix), see shared/seed/formats.md.
+``dim_{D}.gated_attn.gate`` (optional DDP ``module.`` prefix), see ARCHITECTURE.md ("The user's formats").
 """
 from __future__ import annotations
 
