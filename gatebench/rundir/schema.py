@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gatebench.errors import GatebenchError
+from gatebench.protocol import COMPARISONS
 
 # field -> kind; "?" prefix: may be missing or null. Kinds: int, num, str, bool, dict, list, any.
 TOP: dict[str, str] = {
@@ -20,7 +21,7 @@ TOP: dict[str, str] = {
     "layout_ids_sha256": "str", "protocol_sha256": "?str", "command": "?str",
     "generation": "?dict", "timings": "?dict", "gate_findings": "?list",
     "real_images_ceiling": "?dict", "dtype": "?str"}
-PROTOCOL: dict[str, str] = {"name": "str", "generation": "?dict", "scoring": "?dict",
+PROTOCOL: dict[str, str] = {"name": "str", "generation": "dict", "scoring": "dict",
                             "data": "?dict"}
 ROW: dict[str, str] = {"checkpoint": "str", "gate_scale": "num", "metrics": "dict",
                        "not_computed": "?dict", "label": "?str", "n_images": "?int",
@@ -96,6 +97,15 @@ def validate_results(results: dict[str, Any], path: Path) -> dict[str, Any]:
             if metric is not None:
                 _check(metric, METRIC, where, path)
     _each(results["targets"], TARGET, "targets", path)
+    for i, target in enumerate(results["targets"]):
+        if target["op"] not in COMPARISONS:
+            raise GatebenchError(f"expected results.json field 'targets[{i}].op' in "
+                                 f"{', '.join(COMPARISONS)}, got {target['op']!r}", path=path,
+                                 hint="re-run `gatebench run`, or restore the file the run wrote")
+        if target["computed"] and target.get("value") is None:
+            raise GatebenchError(f"expected results.json field 'targets[{i}].value' to be a "
+                                 f"number for a computed target, got null", path=path,
+                                 hint="re-run `gatebench run`, or restore the file the run wrote")
     _each(results["checkpoints"], CHECKPOINT, "checkpoints", path)
     _each(results.get("gate_findings") or [], FINDING, "gate_findings", path)
     ceiling = results.get("real_images_ceiling")
