@@ -182,20 +182,15 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
         family = header.get("family", family)
     else:
         fmt = family
+    # how the adapter will be run (every forward choice, the reference it follows, the CFG
+    # treatment it was made for), as its family says: the header's family, else its keys'
+    rule = FAMILIES.get(family) or FAMILIES[found]
     info = CheckpointInfo(path=path, sha256=sha256 or file_sha256(path),
                           size_bytes=path.stat().st_size, format=fmt, family=family, gates=gates,
                           training=TrainingMeta.from_dict(header.get("training")),
-                          adapter_config=_forward_config(family, found, header, state),
+                          adapter_config=rule.forward_config(header, state),
                           base_model=dict(header.get("base_model") or {}))
-    rule = FAMILIES.get(family) or FAMILIES[found]
     return dataclasses.replace(info, reference_uncond=rule.reference_uncond(info))
-
-
-def _forward_config(family: str, found: str, header: Mapping[str, Any],
-                    state: Mapping[str, Any]) -> dict:
-    """How this checkpoint's adapter will be run: every forward choice and the reference it
-    follows, as its family says (the header's ``family``, else the one its keys are)."""
-    return FAMILIES.get(family, FAMILIES[found]).forward_config(header, state)
 
 
 def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:

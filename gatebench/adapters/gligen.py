@@ -40,7 +40,6 @@ class GligenAdapterRuntime(Grounded):
     family = "gligen"
     phrase_key = "gligen-pooler"
     fixed_slots = GLIGEN_SLOTS
-    config = GLIGEN_CONFIG
 
     def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
         from diffusers import UNet2DConditionModel

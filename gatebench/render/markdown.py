@@ -19,7 +19,7 @@ from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.outputs import atomic_write_text
 from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
-from gatebench.render.format import (Figures, _short, checkpoint_order, fmt, fmt_against,  # noqa: F401
+from gatebench.render.format import (Figures, _short, checkpoint_order, fmt, fmt_against,
                                      scale_label, value_ci)
 from gatebench.render.sections import gate_verdict, gates_section, samples_section
 from gatebench.rundir.saved import label_map, label_of
