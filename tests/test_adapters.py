@@ -70,7 +70,7 @@ def test_user_key_layout() -> None:
 
 def test_null_slot_lets_a_single_box_be_localised() -> None:
     """Without a null slot, one box gives every token the same value; with it, tokens differ."""
-    from gatebench.adapters.user import GatedAttention
+    from gatebench.adapters.box_attention import GatedAttention
 
     torch.manual_seed(0)
     h = torch.randn(1, 16, 32)
@@ -91,7 +91,7 @@ def test_null_slot_lets_a_single_box_be_localised() -> None:
 
 
 def test_token_box_mask_marks_cells_inside_each_box() -> None:
-    from gatebench.adapters.user import token_box_mask
+    from gatebench.adapters.box_attention import token_box_mask
 
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.6, 0.6, 0.62, 0.62]]])
     region = token_box_mask(boxes, 64)

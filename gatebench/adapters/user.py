@@ -10,10 +10,12 @@ cross-attention (attn2) of width D, with ``h`` = attn2's OUTPUT (before the bloc
     out     = h + tanh(gate) * to_out(attn)
     result  = h + s * (out - h)                                        (s: the inference gate scale)
 
-The user's -1e4 logits are computed here as a boolean attention mask plus zeroing the rows with
-no valid box: the same numbers, because masked boxes' context is zero and ``to_v`` has no bias,
-so a layout with no valid box attends (uniformly) to zero values and the adapter adds
-``s * tanh(gate) * to_out.bias``. A layout with ONE box gives every image token the same value
+The attention itself (adapters/box_attention.py) is computed at the cost of the box tokens: the
+box keys and values are folded through ``to_q`` and ``to_out`` once per grounding and width, so
+each image token costs two T x D x 8N products instead of two T x D x D projections (same
+numbers up to float32 rounding). A masked box never counts; a layout with no valid box adds
+``s * tanh(gate) * to_out.bias`` alone, as in the user's code (masked context is zero and
+``to_v`` has no bias). A layout with ONE box gives every image token the same value
 (softmax over one key), which the gates finding ``single_box_unlocalisable`` reports. On a
 non-Kolors base the user's inference passes no phrase vectors (``phrases = "kolors-only"``): the
 context is then the boxes' position features alone.
@@ -37,9 +39,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from gatebench.errors import CheckpointError, ProtocolError
+from gatebench.adapters.box_attention import BoxKeys, GatedAttention, token_box_mask
+from gatebench.errors import CheckpointError
 
 INIT_SCHEMES = {
     # name: (gate value, zero to_out?)  -- the user's history, see formats.md
@@ -87,68 +89,6 @@ class PositionNet(nn.Module):
         return self.fourier_embedder(features.to(self.fourier_embedder[0].weight.dtype))
 
 
-class GatedAttention(nn.Module):
-    """Image tokens attend to box tokens; returns the gated residual tanh(gate) * to_out(attn)."""
-
-    def __init__(self, dim: int, heads: int = 8, null_slot: bool = False) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"expected width divisible by {heads} heads, got {dim}")
-        self.heads = heads
-        self.null_slot = null_slot
-        self.to_q = nn.Linear(dim, dim, bias=False)
-        self.to_k = nn.Linear(dim, dim, bias=False)
-        self.to_v = nn.Linear(dim, dim, bias=False)
-        self.to_out = nn.Linear(dim, dim)
-        self.gate = nn.Parameter(torch.zeros(1))
-
-    def forward(self, h: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
-                region: torch.Tensor | None = None) -> torch.Tensor:
-        """``region`` (B, L, N), optional: which boxes each token may attend to (box_mask)."""
-        b, length, dim = h.shape
-        split = lambda x: x.view(b, -1, self.heads, dim // self.heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.to_q(h)), split(self.to_k(context)), split(self.to_v(context))
-        valid = mask.bool()[:, None, None, :]                              # (B, 1, 1, N)
-        if region is not None:
-            valid = valid & region.bool()[:, None, :, :]                   # (B, 1, L, N)
-        if self.null_slot:
-            # A constant zero key/value every token may attend to instead of a box. Without it a
-            # layout with ONE box cannot be localised: softmax over a single key is 1 everywhere,
-            # so every token receives the same value wherever the box is.
-            zeros = q.new_zeros(b, self.heads, 1, dim // self.heads)
-            k, v = torch.cat([k, zeros], dim=2), torch.cat([v, zeros], dim=2)
-            valid = torch.cat([valid, valid.new_ones(*valid.shape[:-1], 1)], dim=-1)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=valid)
-        # A row with no valid box attends to nothing: its output is 0, not NaN.
-        attn = torch.where(valid.any(-1, keepdim=True), attn, torch.zeros_like(attn))
-        attn = attn.transpose(1, 2).reshape(b, length, dim)
-        return torch.tanh(self.gate) * self.to_out(attn)
-
-
-def token_box_mask(boxes: torch.Tensor, length: int, aspect: float = 1.0) -> torch.Tensor:
-    """(B, N, 4) normalised xyxy boxes -> (B, L, N): token cell centre inside the box.
-
-    The token grid is recovered from L and the image's height/width ``aspect``. A box too small
-    to contain any cell centre at this resolution still owns the cell holding its own centre.
-    """
-    rows = max(1, round(math.sqrt(length * aspect)))
-    cols = length // rows
-    if rows * cols != length:
-        raise ProtocolError(f"expected {length} image tokens to form a grid of aspect "
-                            f"{aspect:.3g} for box_mask, got {rows}x{cols}",
-                            hint="use a [generation] height and width divisible by the UNet's "
-                                 "total downsampling")
-    ys = (torch.arange(rows, device=boxes.device, dtype=boxes.dtype) + 0.5) / rows
-    xs = (torch.arange(cols, device=boxes.device, dtype=boxes.dtype) + 0.5) / cols
-    cy, cx = (c.reshape(1, -1, 1) for c in torch.meshgrid(ys, xs, indexing="ij"))
-    x0, y0, x1, y1 = (boxes[..., i].unsqueeze(1) for i in range(4))   # (B, 1, N)
-    inside = (cx >= x0) & (cx <= x1) & (cy >= y0) & (cy <= y1)
-    row = ((y0 + y1) / 2 * rows).long().clamp(0, rows - 1)
-    col = ((x0 + x1) / 2 * cols).long().clamp(0, cols - 1)
-    token = torch.arange(length, device=boxes.device).view(1, -1, 1)
-    return inside | (token == row * cols + col)
-
-
 class SpatialAdapter(nn.Module):
     def __init__(self, dim: int, text_dim: int, heads: int = 8, num_freqs: int = 8,
                  null_slot: bool = False, box_mask: bool = False, fourier: str = "user",
@@ -174,17 +114,19 @@ class SpatialAdapter(nn.Module):
                                  else self.text_proj(phrases))
         return context * grounding.mask.to(context.dtype).unsqueeze(-1)
 
-    def delta(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
+    def prepare(self, grounding: "Grounding") -> BoxKeys:
+        """The grounding's box keys and values at this width: once per grounding, not per site."""
+        return self.gated_attn.prepare(self.context(grounding), grounding.mask, grounding.scale)
+
+    def delta(self, h: torch.Tensor, grounding: "Grounding",
+              box: BoxKeys | None = None) -> torch.Tensor:
         """s * tanh(gate) * to_out(attention(h -> boxes)) in the adapter's dtype (float32, as the
-        user's inference casts its adapter); the caller adds it to ``h`` in that dtype too."""
+        user's inference casts its adapter); the caller adds it to ``h`` in that dtype too.
+        ``box``: ``prepare(grounding)`` computed earlier (the hooks share it between sites)."""
         dtype = self.text_proj.weight.dtype
         region = (token_box_mask(grounding.boxes, h.shape[1], grounding.aspect)
                   if self.box_mask else None)
-        delta = self.gated_attn(h.to(dtype), self.context(grounding), grounding.mask, region)
-        scale = grounding.scale
-        if isinstance(scale, torch.Tensor):
-            scale = scale.to(dtype).view(-1, 1, 1)
-        return scale * delta
+        return self.gated_attn.attend(h.to(dtype), box or self.prepare(grounding), region)
 
     def forward(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
         """h + s * (out - h), summed in float32 and cast to h's dtype once, as the user's code."""
@@ -345,6 +287,10 @@ class Injection(Grounded):
         self.grounding: Grounding | None = None
         self.handles = []
         self.query = adapters.config["query"]
+        # BoxKeys per width for the grounding last set: every site and step of one width shares
+        # them (the grounding is constant over a sampling run), recomputed when it changes
+        self._boxes_for: Grounding | None = None
+        self._boxes: dict[int, tuple[tuple, BoxKeys]] = {}
         modules = dict(unet.named_modules())
         for name, width in sites.items():
             adapter = adapters[f"dim_{width}"]
@@ -356,7 +302,26 @@ class Injection(Grounded):
                     raise CheckpointError(f"expected a transformer block with norm2 around {name} "
                                           f"for query='stream', got {type(block).__name__}")
                 self.handles.append(norm.register_forward_pre_hook(self._capture(stream)))
-            self.handles.append(modules[name].register_forward_hook(self._hook(adapter, stream)))
+            self.handles.append(modules[name].register_forward_hook(
+                self._hook(adapter, width, stream)))
+
+    @contextmanager
+    def grounded(self, grounding: Grounding | None) -> Iterator[None]:
+        if grounding is not None and grounding is not self._boxes_for:
+            self._boxes_for, self._boxes = grounding, {}
+        with super().grounded(grounding):
+            yield
+
+    def _box_keys(self, adapter: SpatialAdapter, width: int, grounding: Grounding) -> BoxKeys:
+        """The cached ``adapter.prepare(grounding)``, unless a tensor changed in place since (an
+        optimizer step, an edited grounding) or autograd was switched on or off."""
+        stamp = (torch.is_grad_enabled(), _versions(adapter.parameters()),
+                 _versions(t for t in (grounding.boxes, grounding.phrases, grounding.mask,
+                                       grounding.scale) if isinstance(t, torch.Tensor)))
+        cached = self._boxes.get(width)
+        if cached is None or cached[0] != stamp:
+            cached = self._boxes[width] = (stamp, adapter.prepare(grounding))
+        return cached[1]
 
     def _capture(self, stream: dict[str, torch.Tensor]):
         def hook(_module: nn.Module, inputs: tuple) -> None:
@@ -364,19 +329,34 @@ class Injection(Grounded):
                 stream["x"] = inputs[0]       # the residual stream entering the cross-attention
         return hook
 
-    def _hook(self, adapter: SpatialAdapter, stream: dict[str, torch.Tensor]):
+    def _hook(self, adapter: SpatialAdapter, width: int, stream: dict[str, torch.Tensor]):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self.grounding is None:
+            grounding = self.grounding
+            if grounding is None:
                 return None
-            h = stream.pop("x") + output if self.query == "stream" else output
+            x = output.float()
+            h = stream.pop("x") + output if self.query == "stream" else x
+            box = self._box_keys(adapter, width, grounding)
             # summed in float32, cast once (the user's h + s*(out - h) at the UNet's dtype)
-            return (output.float() + adapter.delta(h, self.grounding)).to(output.dtype)
+            return (x + adapter.delta(h, grounding, box)).to(output.dtype)
         return hook
 
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+
+
+def _versions(tensors: Iterator[torch.Tensor]) -> tuple[int, ...]:
+    """In-place version counters (inference tensors keep none: they cannot change in place
+    outside inference mode, so they count as unchanged)."""
+    out = []
+    for tensor in tensors:
+        try:
+            out.append(tensor._version)
+        except RuntimeError:
+            out.append(-1)
+    return tuple(out)
 
 
 def inject(unet: nn.Module, adapters: AdapterSet) -> Injection:
