@@ -118,6 +118,11 @@ class GatedAttention(nn.Module):
 
         ``region`` (B, T, N), optional: which boxes each token may attend to (box_mask).
         """
+        return self.attend_with_probs(h, box, region)[0]
+
+    def attend_with_probs(self, h: torch.Tensor, box: BoxKeys, region: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``attend`` and the attention probabilities (B, T, heads, slots) it used."""
         b, length, _ = h.shape
         logits = torch.baddbmm(box.logit_bias, h, box.keys.transpose(1, 2))
         logits = logits.view(b, length, box.heads, box.slots)
@@ -131,7 +136,7 @@ class GatedAttention(nn.Module):
             probs = logits.masked_fill(~allowed, float("-inf")).softmax(-1)
             # a token with no allowed box attends to nothing: 0 before to_out, not NaN
             probs = torch.where(allowed.any(-1, keepdim=True), probs, torch.zeros_like(probs))
-        return torch.baddbmm(box.bias, probs.view(b, length, -1), box.values)
+        return torch.baddbmm(box.bias, probs.view(b, length, -1), box.values), probs
 
     def forward(self, h: torch.Tensor, context: torch.Tensor, mask: torch.Tensor,
                 region: torch.Tensor | None = None) -> torch.Tensor:

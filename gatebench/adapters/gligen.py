@@ -107,7 +107,10 @@ class GligenAdapterRuntime(Grounded):
             return None
         x = args[0]
         scale = g.scale.to(x.dtype).view(-1, 1, 1) if isinstance(g.scale, torch.Tensor) else g.scale
-        return x + scale * (output - x)
+        delta = scale * (output - x)
+        if self.meter is not None:    # the fuser self-attends: no box attention to read here
+            self.meter.record(delta, x, g)
+        return x + delta
 
     def remove(self) -> None:
         for handle in self.handles:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from gatebench.adapters.families import FAMILIES, family_of, recognise, register_family
 from gatebench.adapters.user import Grounding
 from gatebench.adapters.user_runtime import UserAdapterRuntime
+from gatebench.adapters.write_meter import WriteMeter
 from gatebench.checkpoint import CheckpointInfo, inspect_checkpoint, read_raw, strip_module_prefix
 
 __all__ = ["FAMILIES", "AdapterRuntime", "UserAdapterRuntime", "family_of", "load_adapter",
@@ -24,6 +25,8 @@ class AdapterRuntime(Protocol):
     info: CheckpointInfo
 
     def grounded(self, grounding: Grounding | None) -> AbstractContextManager[None]: ...
+
+    def measuring(self, meter: WriteMeter | None) -> AbstractContextManager[None]: ...
 
     def remove(self) -> None: ...
 

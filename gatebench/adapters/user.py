@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from gatebench.adapters.box_attention import BoxKeys, GatedAttention, token_box_mask
+from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import CheckpointError
 
 INIT_SCHEMES = {
@@ -123,10 +124,16 @@ class SpatialAdapter(nn.Module):
         """s * tanh(gate) * to_out(attention(h -> boxes)) in the adapter's dtype (float32, as the
         user's inference casts its adapter); the caller adds it to ``h`` in that dtype too.
         ``box``: ``prepare(grounding)`` computed earlier (the hooks share it between sites)."""
+        return self.delta_with_probs(h, grounding, box)[0]
+
+    def delta_with_probs(self, h: torch.Tensor, grounding: "Grounding",
+                         box: BoxKeys | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``delta`` and its box attention (B, T, heads, slots), for the write diagnostics."""
         dtype = self.text_proj.weight.dtype
         region = (token_box_mask(grounding.boxes, h.shape[1], grounding.aspect)
                   if self.box_mask else None)
-        return self.gated_attn.attend(h.to(dtype), box or self.prepare(grounding), region)
+        return self.gated_attn.attend_with_probs(h.to(dtype), box or self.prepare(grounding),
+                                                 region)
 
     def forward(self, h: torch.Tensor, grounding: "Grounding") -> torch.Tensor:
         """h + s * (out - h), summed in float32 and cast to h's dtype once, as the user's code."""
@@ -260,9 +267,19 @@ def attn2_widths(unet: nn.Module) -> dict[str, int]:
 
 
 class Grounded:
-    """Holds the grounding of the UNet call in progress; hooks read ``self.grounding``."""
+    """Holds the grounding of the UNet call in progress (hooks read ``self.grounding``) and the
+    ``WriteMeter`` that records where the adapter writes, when one is set."""
 
     grounding: Grounding | None = None
+    meter: WriteMeter | None = None
+
+    @contextmanager
+    def measuring(self, meter: WriteMeter | None) -> Iterator[None]:
+        previous, self.meter = self.meter, meter
+        try:
+            yield
+        finally:
+            self.meter = previous
 
     @contextmanager
     def grounded(self, grounding: Grounding | None) -> Iterator[None]:
@@ -337,8 +354,14 @@ class Injection(Grounded):
             x = output.float()
             h = stream.pop("x") + output if self.query == "stream" else x
             box = self._box_keys(adapter, width, grounding)
+            meter = self.meter
+            if meter is None:
+                delta = adapter.delta(h, grounding, box)
+            else:
+                delta, probs = adapter.delta_with_probs(h, grounding, box)
+                meter.record(delta, x, grounding, probs)
             # summed in float32, cast once (the user's h + s*(out - h) at the UNet's dtype)
-            return (x + adapter.delta(h, grounding, box)).to(output.dtype)
+            return (x + delta).to(output.dtype)
         return hook
 
     def remove(self) -> None:

@@ -19,6 +19,7 @@ from gatebench.adapters.family import AdapterFamily, all_zero, gate_value
 from gatebench.adapters.fit import load_state_checked
 from gatebench.adapters.types import CheckpointInfo, GateEntry
 from gatebench.adapters.user import AdapterSet, Grounding, inject, resolve_config, uses_phrases
+from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import CheckpointError
 from gatebench.readers.checkpoint_header import check_user_state
 
@@ -56,6 +57,9 @@ class UserAdapterRuntime:
         if grounding is not None and not self.uses_phrases:
             grounding = dataclasses.replace(grounding, phrases=None)
         return self.injection.grounded(grounding)
+
+    def measuring(self, meter: WriteMeter | None) -> AbstractContextManager[None]:
+        return self.injection.measuring(meter)
 
     def remove(self) -> None:
         self.injection.remove()
