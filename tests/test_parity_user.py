@@ -127,8 +127,14 @@ def test_saved_bare_file_loads_with_module_prefix(setup) -> None:
 
 def test_low_precision_unet_adapter_in_float32(setup) -> None:
     """The user's inference casts its adapter to float32 and sums h + s*(out - h) there, then
-    casts once to the UNet's dtype. On a bf16 UNet that agrees with the restated reference
-    (measured: exactly); an adapter run in bf16 is off by ~2% of its effect and fails the bound."""
+    casts once to the UNet's dtype. On a bf16 UNet that agrees with the restated reference to
+    the UNet's own rounding; an adapter run in bf16 is ~10x further off and fails the bound.
+
+    Measured as the MEAN error over the output: the maximum is one bf16 ulp wherever a float32
+    difference of 1e-7 flips a rounding, which any reordering of float32 sums does (issue 19
+    measured over 6 adapter seeds: max error / effect 0.006-0.015 for the reassociated adapter,
+    0-0.013 for the old textbook form, 0.016-0.027 for a bf16 adapter, so no max bound separates
+    them; mean error / effect 3.9e-4-9.5e-4 vs 3.3e-3-5.2e-3 does)."""
     unet, inputs, phrases, state, path = setup
     low = tiny_unet(WIDTHS, cross_attention_dim=16).eval()
     low.load_state_dict(unet.state_dict())
@@ -149,10 +155,10 @@ def test_low_precision_unet_adapter_in_float32(setup) -> None:
         injection = inject(low, adapters.to(dtype))
         try:
             with injection.grounded(Grounding(BOXES, phrases, MASK, 1.0)):
-                errors[dtype] = (_unet(low, args).float() - reference).abs().max() / effect
+                errors[dtype] = (_unet(low, args).float() - reference).abs().mean() / effect
         finally:
             injection.remove()
-    assert errors[torch.float32] <= 2e-3 < errors[torch.bfloat16], errors
+    assert errors[torch.float32] <= 1.5e-3 < 3e-3 <= errors[torch.bfloat16], errors
 
 
 def test_reference_cfg_treatment_is_what_the_checkpoint_was_made_for(setup) -> None:
