@@ -7,7 +7,6 @@ Thresholds come from the protocol's ``[gates]`` table (defaults: the user's vali
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Literal, Sequence
@@ -17,7 +16,8 @@ import numpy as np
 from gatebench.checkpoint import CheckpointInfo
 from gatebench.readers.logs import LogSeries
 from gatebench.protocol import GateThresholds
-from gatebench.rundir.saved import checkpoint_labels, training_run
+from gatebench.readers.series import Member, Series, gate_fingerprint, order_runs
+from gatebench.rundir.saved import checkpoint_labels
 
 SCHEMA_VERSION = 1
 Severity = Literal["fail", "warn"]
@@ -82,8 +82,11 @@ class TrajectoryPoint:
     x: int               # step (or epoch / number parsed from the file name, see ``axis``)
     gate_mean: float     # mean raw gate, like the user's train.log
     effective_mean: float | None = None
-    label: str = ""
+    label: str = ""      # the file name; identical files joined: "step_30.pt = final.pt = ..."
     series: str = ""     # the training run (checkpoint folder) when several are analysed together
+    labels: tuple[str, ...] = ()   # each file at this point (readers.series: identical gates)
+    placed_by: str = ""  # why it stands here: step / epoch / file name / final name / newest file
+    final: bool = False  # no position of its own: after the run's last point (x repeats that x)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class GateReport:
     trajectory: tuple[TrajectoryPoint, ...] = ()
     trajectory_axis: str = "step"
     trajectory_findings: tuple[Finding, ...] = ()
+    unplaced: tuple[str, ...] = ()   # checkpoints with no place in their run's series (paths)
     extra_findings: tuple[Finding, ...] = field(default_factory=tuple)
 
     @property
@@ -185,7 +189,7 @@ def trajectory_findings(points: Sequence[TrajectoryPoint], t: GateThresholds, su
     values = [p.gate_mean for p in points]
     if any(not math.isfinite(v) for v in values):
         first = next(p for p in points if not math.isfinite(p.gate_mean))
-        return [Finding("nan", "fail", f"gate mean is NaN/Inf at {axis} {first.x}; "
+        return [Finding("nan", "fail", f"gate mean is NaN/Inf at {_at(first, axis)}; "
                         f"{HINTS['nan']}", subject)]
     if len(points) < 2:
         return []
@@ -197,8 +201,8 @@ def trajectory_findings(points: Sequence[TrajectoryPoint], t: GateThresholds, su
     if (peak_i < len(points) - 1 and peak >= t.collapse_min_peak
             and last < (1.0 - t.collapse_fraction) * peak):
         out.append(Finding("collapse", "fail", f"gate mean fell from its peak {values[peak_i]:.3g} "
-                           f"({axis} {points[peak_i].x}) to {values[-1]:.3g} ({axis} "
-                           f"{points[-1].x}), a {1 - last / peak:.0%} drop (limit "
+                           f"({_at(points[peak_i], axis)}) to {values[-1]:.3g} "
+                           f"({_at(points[-1], axis)}), a {1 - last / peak:.0%} drop (limit "
                            f"{t.collapse_fraction:.0%}); trajectory {path}; {HINTS['collapse']}",
                            subject))
     else:
@@ -223,25 +227,18 @@ def trajectory_findings(points: Sequence[TrajectoryPoint], t: GateThresholds, su
     return out
 
 
+def _at(point: TrajectoryPoint, axis: str) -> str:
+    """Where a point stands, for messages: "step 2000", or the final file that has no step."""
+    if point.final:
+        return f"{point.labels[0] if point.labels else point.label}, the run's final file"
+    return f"{axis} {point.x}"
+
+
 def _thin(values: Sequence[float], keep: int = 8) -> list[float]:
     if len(values) <= keep:
         return list(values)
     idx = np.linspace(0, len(values) - 1, keep).round().astype(int)
     return [values[i] for i in idx]
-
-
-_NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")
-
-
-def order_key(info: CheckpointInfo) -> tuple[str, int]:
-    """Checkpoints are ordered by recorded step, else epoch, else the number in the file name."""
-    if info.training.step is not None:
-        return "step", info.training.step
-    if info.training.epoch is not None:
-        return "epoch", info.training.epoch
-    found = _NUMBER_IN_NAME.search(info.path.stem)
-    kind = "epoch" if "epoch" in info.path.stem.lower() else "checkpoint number"
-    return kind, int(found.group(1)) if found else 0
 
 
 def scale_findings(info: CheckpointInfo, gate_scales: Iterable[float]) -> list[Finding]:
@@ -286,45 +283,68 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
             box_counts: Sequence[int] | None = None) -> GateReport:
     """The whole `gatebench gates` analysis over checkpoints and logs; ``box_counts`` (boxes per
     evaluated layout, from `run`) sizes the architecture findings."""
-    scales = tuple(gate_scales)
-    reports = []
-    for info in infos:
+    scales, members = tuple(gate_scales), [_member(info) for info in infos]
+    reports: dict[int, CheckpointReport] = {}
+    for info, member in zip(infos, members):
         stats = gate_stats(info, thresholds)
         findings = checkpoint_findings(info, stats, thresholds) + scale_findings(info, scales)
-        reports.append(CheckpointReport(info, stats, tuple(findings)))
-    ordered = sorted(reports, key=lambda r: order_key(r.info)[1])
-    # Checkpoints of different training runs are separate series (saved_run.training_run).
-    runs: dict[str, list[CheckpointReport]] = {}
-    for r in ordered:
-        runs.setdefault(training_run(r.info.path), []).append(r)
-    names = {folder: label + "/" for folder, label in checkpoint_labels(list(runs)).items()}
-    axes = {order_key(r.info)[0] for r in ordered}
+        reports[id(member)] = CheckpointReport(info, stats, tuple(findings))
+    # One series per training run (folder), ordered by the rule readers.series documents.
+    runs = order_runs(members)
+    names = {f: label + "/" for f, label in checkpoint_labels([r.run for r in runs]).items()}
+    axes = {p.axis for run in runs for p in run.points if p.axis is not None}
     axis = axes.pop() if len(axes) == 1 else "checkpoint"
+    ordered: list[CheckpointReport] = []
     points: list[TrajectoryPoint] = []
     traj: list[Finding] = []
-    for folder, members in runs.items():
-        name = names[folder] if len(runs) > 1 else ""
+    for run in runs:
+        ordered += [reports[id(m)] for p in run.points for m in p.members]
+        ordered += [reports[id(m)] for m in run.unplaced]
+        name = names[run.run] if len(runs) > 1 else ""
         subject = f"checkpoint series {name}".strip()
-        run_points = [TrajectoryPoint(order_key(r.info)[1] if axis != "checkpoint" else i,
-                                      r.stats.raw_mean, r.stats.mean, r.info.path.name, name)
-                      for i, r in enumerate(members)]
+        run_points = _run_points(run, reports, axis, name)
         # A single checkpoint of ours carries its own history: analyse it as a trajectory too.
-        if len(members) == 1 and members[0].info.training.gate_history and axis == "step":
+        own = [reports[id(m)].info for m in run.points[0].members] if len(run.points) == 1 else []
+        if axis == "step" and (history := [i for i in own if i.training.gate_history]):
             run_points = [TrajectoryPoint(int(row[0]), row[1], series=name)
-                          for row in members[0].info.training.gate_history]
-            subject = f"{members[0].info.path.name} history"
+                          for row in history[0].training.gate_history]
+            subject = f"{history[0].path.name} history"
         if len(run_points) > 1:
             traj += trajectory_findings(run_points, thresholds, subject, axis)
         points += run_points
     log_reports = []
-    for series in logs:
-        frame = series.gate_points
+    for log in logs:
+        frame = log.gate_points
         pts = [TrajectoryPoint(int(s), float(m)) for s, m in zip(frame["step"], frame["gate_mean"])]
-        log_reports.append((series, tuple(trajectory_findings(pts, thresholds, str(series.source)))))
+        log_reports.append((log, tuple(trajectory_findings(pts, thresholds, str(log.source)))))
     return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports),
                       trajectory=tuple(points), trajectory_axis=axis,
                       trajectory_findings=tuple(traj),
+                      unplaced=tuple(m.key for run in runs for m in run.unplaced),
                       extra_findings=tuple(architecture_findings(infos, box_counts)))
+
+
+def _member(info: CheckpointInfo) -> Member:
+    """What the series rule reads of a checkpoint (mtime: a file written last is the final one)."""
+    try:
+        mtime: float | None = info.path.stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    return Member(str(info.path), info.training.step, info.training.epoch,
+                  gate_fingerprint((g.layer, g.raw) for g in info.gates), mtime)
+
+
+def _run_points(run: Series, reports: dict[int, CheckpointReport], axis: str,
+                name: str) -> list[TrajectoryPoint]:
+    """One point per place in the run's series; a final file repeats the previous point's x."""
+    out: list[TrajectoryPoint] = []
+    for i, p in enumerate(run.points):
+        stats = reports[id(p.members[0])].stats
+        x = i if axis == "checkpoint" else p.x if p.x is not None else (out[-1].x if out else 0)
+        labels = tuple(dict.fromkeys(m.name for m in p.members))
+        out.append(TrajectoryPoint(x, stats.raw_mean, stats.mean, " = ".join(labels), name,
+                                   labels, p.placed_by, p.final))
+    return out
 
 
 def analyse_paths(paths: Sequence[Path], logs: Sequence[Path], thresholds: GateThresholds,
@@ -341,7 +361,7 @@ def analyse_paths(paths: Sequence[Path], logs: Sequence[Path], thresholds: GateT
 
 
 def to_json(report: GateReport) -> dict[str, Any]:
-    """The ``gates --json`` document (DESIGN.md "Stable names")."""
+    """The ``gates --json`` document (README "Gate diagnostics" lists the trajectory's keys)."""
     checkpoints = []
     for c in report.checkpoints:
         info = c.info
@@ -366,8 +386,10 @@ def to_json(report: GateReport) -> dict[str, Any]:
             "trajectory": {"axis": report.trajectory_axis,
                            "points": [{"x": p.x, "gate_mean": _num(p.gate_mean),
                                        "effective_mean": _num(p.effective_mean), "label": p.label,
-                                       "series": p.series}
-                                      for p in report.trajectory]},
+                                       "labels": list(p.labels), "series": p.series,
+                                       "placed_by": p.placed_by, "final": p.final}
+                                      for p in report.trajectory],
+                           "unplaced": list(report.unplaced)},
             "findings": [f.to_dict() for f in report.findings], "verdict": report.verdict}
 
 

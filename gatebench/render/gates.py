@@ -52,8 +52,12 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
         table.add_column("source")
         for p in report.trajectory:
             eff = "-" if p.effective_mean is None else _fmt(p.effective_mean, 3)
-            table.add_row(str(p.x), _fmt(p.gate_mean, 3), eff, escape(f"{p.series}{p.label}"))
+            table.add_row("final" if p.final else str(p.x), _fmt(p.gate_mean, 3), eff,
+                          escape(f"{p.series}{p.label}"))
         console.print(table)
+    if report.unplaced:
+        console.print(f"not in the trajectory (no step, epoch or number, not the final file): "
+                      f"{escape(', '.join(report.unplaced))}", soft_wrap=True, highlight=False)
     for series, _ in report.logs:
         last = series.gate_points.iloc[-1]
         console.print(f"[bold]{escape(str(series.source))}[/bold] ({series.kind}, {len(series.gate_points)} gate "

@@ -8,7 +8,6 @@ committed); ``resolve_image`` finds either.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Iterable
@@ -17,11 +16,12 @@ import pandas as pd
 
 from gatebench.rundir.results import SUPPORTED_SCHEMA
 from gatebench.errors import GatebenchError
+from gatebench.readers.series import (Member, gate_fingerprint, order_runs, plot_positions,
+                                       position, training_run)
 from gatebench.rundir.schema import validate_results
 
 REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",
                  "checkpoints")
-_NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")
 
 
 @dataclass
@@ -143,23 +143,9 @@ def resolve_image(value: Any, folder: Path) -> Path | None:
 
 def checkpoint_position(entry: dict[str, Any]) -> tuple[str, int | None]:
     """(axis, x) of a results.json checkpoint: recorded step, else epoch, else the number in its
-    file name (the same rule as `gatebench gates` uses to order checkpoints)."""
-    if entry.get("step") is not None:
-        return "step", int(entry["step"])
-    if entry.get("epoch") is not None:
-        return "epoch", int(entry["epoch"])
-    stem = Path(str(entry.get("path", ""))).stem
-    found = _NUMBER_IN_NAME.search(stem)
-    if not found:
-        return "checkpoint", None
-    return ("epoch" if "epoch" in stem.lower() else "checkpoint number"), int(found.group(1))
-
-
-def training_run(path: str | Path) -> str:
-    """The training run a checkpoint belongs to: its folder (one run writes into one folder).
-    Checkpoints of different runs (the demo's good/legacy/deadlock, runA vs runB) must never be
-    joined into one trajectory: that would report collapses and trends that never happened."""
-    return str(PurePath(str(path)).parent)
+    file name (readers.series.position, the rule `gatebench gates` orders by); x None: none."""
+    found = position(str(entry.get("path", "")), entry.get("step"), entry.get("epoch"))
+    return found if found is not None else ("checkpoint", None)
 
 
 def is_one_training_run(results: dict[str, Any]) -> bool:
@@ -169,15 +155,18 @@ def is_one_training_run(results: dict[str, Any]) -> bool:
 
 
 def checkpoint_axis(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """The x axis for metric-vs-epoch plots: {checkpoint path: x}, ordered like the run's rows.
+    """The x axis for metric-vs-epoch plots and table headings: {checkpoint path: x}.
 
-    Mixed or missing positions fall back to the command-line order (axis "checkpoint").
+    The run's checkpoints ordered as `gatebench gates` orders them (readers.series): positions
+    when all have one on one axis, else axis "checkpoint" with 1, 2, ... in that order (a final
+    file with no number last, identical files sharing an x).
     """
     by_path = {str(c["path"]): c for c in results.get("checkpoints", [])}
-    paths = checkpoint_paths(results)
-    found = [checkpoint_position(by_path.get(p, {"path": p})) for p in paths]
-    axes = {axis for axis, _ in found}
-    if len(axes) == 1 and all(x is not None for _, x in found) and \
-            len({x for _, x in found}) == len(found):
-        return axes.pop(), {p: float(x) for p, (_, x) in zip(paths, found)}
-    return "checkpoint", {p: float(i + 1) for i, p in enumerate(paths)}
+    members = []
+    for path in checkpoint_paths(results):
+        entry = by_path.get(path, {})
+        gates = [(str(g.get("layer", g.get("key"))), g["raw"]) for g in entry.get("gates") or []
+                 if isinstance(g, dict) and "raw" in g]
+        members.append(Member(path, entry.get("step"), entry.get("epoch"),
+                              gate_fingerprint(gates)))
+    return plot_positions(order_runs(members))
