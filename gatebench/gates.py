@@ -381,6 +381,8 @@ def to_json(report: GateReport) -> dict[str, Any]:
             "findings": [f.to_dict() for f in c.findings]})
     logs = [{"path": str(s.source), "kind": s.kind, "points": int(len(s.gate_points)),
              "last": {k: _num(v) for k, v in s.frame.iloc[-1].to_dict().items()},
+             "writes": [{k: _num(v) for k, v in row.items()}
+                        for row in s.write_points.to_dict("records")],
              "findings": [f.to_dict() for f in fs]} for s, fs in report.logs]
     return {"schema_version": SCHEMA_VERSION, "checkpoints": checkpoints, "logs": logs,
             "trajectory": {"axis": report.trajectory_axis,

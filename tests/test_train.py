@@ -55,6 +55,21 @@ def test_gligen_init_opens_the_gates_and_logs_what_gates_reads(world, tmp_path: 
                                       str(tmp_path / "tensorboard"), "--json"])
     doc = json.loads(result.output)
     assert [log["points"] for log in doc["logs"]] == [4, 4]
+    assert [len(log["writes"]) for log in doc["logs"]] == [0, 4]   # train.log has no such lines
+    assert set(doc["logs"][1]["writes"][0]) >= {"step", "effect_in_boxes", "effect_norm"}
+    shown = CliRunner().invoke(cli, ["gates", "--log", str(tmp_path / "train_log.jsonl")])
+    assert "where the adapter writes" in shown.output and "effect_lift" in shown.output
+    # where the adapter writes, from the training forward's own hooks, every log step
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(0 <= r["effect_in_boxes"] <= 1 and r["effect_norm"] > 0
+                                  and r["effect_lift"] > 0 for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/effect_in_boxes", "train/effect_lift", "train/effect_norm"} <= tags
+    assert [e.step for e in events.Scalars("train/effect_norm")] == [5, 10, 15, 20]
 
 
 def test_deadlock_init_never_moves_and_is_flagged(world, tmp_path: Path) -> None:
@@ -62,6 +77,8 @@ def test_deadlock_init_never_moves_and_is_flagged(world, tmp_path: Path) -> None
     for adapter in trainer.adapters.values():
         assert float(adapter.gated_attn.gate) == 0.0
         assert not adapter.gated_attn.to_out.weight.any()
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["effect_norm"] == 0.0 and "effect_in_boxes" not in r for r in rows)
     report = analyse([inspect_checkpoint(tmp_path / "final.pt")], [], GateThresholds())
     assert "deadlock" in {f.code for f in report.findings}
     assert CliRunner().invoke(cli, ["gates", str(tmp_path / "final.pt")]).exit_code == 1

@@ -21,6 +21,7 @@ from torch import nn
 
 from gatebench.adapters.user import (AdapterSet, Grounding, apply_init, attn2_widths, inject,
                                      uses_phrases)
+from gatebench.adapters.write_meter import WriteMeter
 from gatebench.checkpoint import save_checkpoint, torch_load_safe
 from gatebench.errors import CheckpointError
 from train.config import TrainConfig
@@ -36,8 +37,10 @@ class GroundedUNet(nn.Module):
         self.adapters = adapters
         self.injection = inject(unet, adapters)
 
-    def forward(self, sample, timestep, hidden, grounding: Grounding, unet_kwargs: dict) -> torch.Tensor:
-        with self.injection.grounded(grounding):
+    def forward(self, sample, timestep, hidden, grounding: Grounding, unet_kwargs: dict,
+                meter: WriteMeter | None = None) -> torch.Tensor:
+        """``meter``: where the adapter writes, read from this very forward (no extra pass)."""
+        with self.injection.grounded(grounding), self.injection.measuring(meter):
             return self.unet(sample, timestep, encoder_hidden_states=hidden, **unet_kwargs).sample
 
 
@@ -48,6 +51,19 @@ class TrainState:
     micro_index: int = 0                 # next micro-batch within the epoch
     nonfinite_skipped: int = 0
     gate_history: list[list[float]] = field(default_factory=list)
+
+
+WRITE_FIELDS = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
+
+
+def write_summary(rows: list[dict]) -> dict[str, float]:
+    """Mean of each write diagnostic over the rows where it was computed (absent: none was)."""
+    out = {}
+    for name in WRITE_FIELDS:
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if values:
+            out[name] = sum(values) / len(values)
+    return out
 
 
 def gate_stats(adapters: AdapterSet) -> dict[str, float]:
@@ -78,7 +94,9 @@ class Logs:
             self.text.flush()
 
     def record(self, step: int, epoch: int, loss: float, lr: float, stats: dict[str, float],
-               per_width: dict[str, float], skipped: int) -> None:
+               per_width: dict[str, float], skipped: int, writes: dict[str, float]) -> None:
+        """``writes``: the step's write diagnostics (``write_summary``), logged beside the gates
+        so a run shows whether control grows, not only whether the gate does."""
         if not self.enabled:
             return
         if self.gate_lines:
@@ -87,10 +105,11 @@ class Logs:
                       f"{stats['gate_max']:.6g}")
         self.line(f"Step {step}: loss: {loss:.6g}, lr: {lr:.3g}")
         self.jsonl.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "lr": lr, **stats,
-                                     "gates": per_width, "nonfinite_skipped": skipped}) + "\n")
+                                     **writes, "gates": per_width,
+                                     "nonfinite_skipped": skipped}) + "\n")
         self.jsonl.flush()
         if self.tb is not None:
-            for key, value in {"loss": loss, "lr": lr, **stats}.items():
+            for key, value in {"loss": loss, "lr": lr, **stats, **writes}.items():
                 self.tb.add_scalar(f"train/{key}", value, step)
             for name, value in per_width.items():
                 self.tb.add_scalar(f"train/gate/{name}", value, step)
@@ -176,7 +195,9 @@ class Trainer:
         size = self.config.batch_size
         return [order[i:i + size] for i in range(0, len(order), size)]
 
-    def _loss(self, indices: list[int]) -> torch.Tensor:
+    def _loss(self, indices: list[int], writes: list[dict] | None = None) -> torch.Tensor:
+        """The step's loss; ``writes``: when given, each grounded row's write diagnostics are
+        appended to it (read from this forward's own hooks)."""
         c, g, base = self.config, self.generator, self.base
         examples = [self.data[i] for i in indices]
         b = len(examples)
@@ -213,8 +234,12 @@ class Trainer:
                               mask.to(self.device), scale.to(self.device))
         kwargs = base.unet_kwargs(emb, self.resolution, self.resolution)
         amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision)
+        meter = WriteMeter(b, n, self.device) if writes is not None else None
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            pred = self.model(noisy, timesteps, emb.hidden, grounding, kwargs)
+            pred = self.model(noisy, timesteps, emb.hidden, grounding, kwargs, meter)
+        if meter is not None:          # rows the adapter was off for (scale 0) say nothing
+            rows = [r for r in range(b) if float(scale[r]) > 0]
+            writes.extend(meter.results(rows, grounding.mask) if rows else [])
         return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -284,8 +309,10 @@ class Trainer:
                     group = batches[s.micro_index:s.micro_index + c.grad_accum]
                     self.optimizer.zero_grad(set_to_none=True)
                     losses = []
+                    logged = (s.step + 1) % c.log_every == 0 or s.step + 1 == total
+                    writes: list[dict] = []
                     for indices in group:
-                        loss = self._loss(indices)
+                        loss = self._loss(indices, writes if logged else None)
                         losses.append(float(loss.detach()))
                         if math.isfinite(losses[-1]):
                             self.scaler.scale(loss / len(group)).backward()
@@ -312,7 +339,7 @@ class Trainer:
                                                stats["gate_min"], stats["gate_max"]])
                         per_width = {k: float(v.detach()) for k, v in self.adapters.gates().items()}
                         logs.record(s.step, s.epoch, mean_loss, self.schedule.get_last_lr()[0],
-                                    stats, per_width, s.nonfinite_skipped)
+                                    stats, per_width, s.nonfinite_skipped, write_summary(writes))
                     if progress is not None:
                         progress(s.step, total, mean_loss, stats["gate_mean"])
                     if c.save_every and s.step % c.save_every == 0:

@@ -1,8 +1,10 @@
 """Training-log readers: the user's train.log, TensorBoard event files, gatebench's JSONL log.
 
 Each reader returns a ``LogSeries``: a DataFrame with one row per logged step and the columns
-``step, gate_mean, gate_std, gate_min, gate_max, loss, lr`` (missing values are NaN), so gate
-trajectories from logs and from checkpoints are analysed by the same code.
+``step, gate_mean, gate_std, gate_min, gate_max, loss, lr`` and the write diagnostics
+``effect_in_boxes, effect_lift, box_attention_kappa, effect_norm`` that ``gatebench train`` logs
+(missing values are NaN), so gate trajectories from logs and from checkpoints are analysed by the
+same code, and a log that has them also shows whether control grows, not only the gate.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import pandas as pd
 
 from gatebench.errors import LogFormatError
 
-COLUMNS = ("step", "gate_mean", "gate_std", "gate_min", "gate_max", "loss", "lr")
+WRITE_COLUMNS = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
+COLUMNS = ("step", "gate_mean", "gate_std", "gate_min", "gate_max", "loss", "lr", *WRITE_COLUMNS)
 _NUMBER = r"([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|-inf))"
 GATE_LINE = re.compile(
     rf"Step\s+(\d+):\s*Gate stats\s*-\s*mean:\s*{_NUMBER},\s*std:\s*{_NUMBER},"
@@ -24,7 +27,8 @@ GATE_LINE = re.compile(
 LOSS_LINE = re.compile(rf"Step\s+(\d+):.*?\bloss[:=]\s*{_NUMBER}", re.IGNORECASE)
 TB_TAGS = {"train/gate_mean": "gate_mean", "train/gate_std": "gate_std",
            "train/gate_min": "gate_min", "train/gate_max": "gate_max",
-           "train/loss": "loss", "train/lr": "lr"}
+           "train/loss": "loss", "train/lr": "lr",
+           **{f"train/{column}": column for column in WRITE_COLUMNS}}
 
 
 MAX_STEP = 2 ** 63 - 1             # steps are stored as int64
@@ -45,6 +49,13 @@ class LogSeries:
         if self.gate_steps is None:
             return self.frame.dropna(subset=["gate_mean"])[columns]
         return self.frame[self.frame["step"].isin(self.gate_steps)][columns]
+
+    @property
+    def write_points(self) -> pd.DataFrame:
+        """Steps that logged a write diagnostic: ``step`` and the diagnostics logged at all."""
+        present = [c for c in WRITE_COLUMNS if self.frame[c].notna().any()]
+        return self.frame.dropna(subset=present, how="all")[["step", *present]] if present \
+            else self.frame.iloc[0:0][["step"]]
 
 
 def _step(value: object, path: Path, line: int | None) -> int:

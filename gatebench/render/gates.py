@@ -63,6 +63,15 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
         console.print(f"[bold]{escape(str(series.source))}[/bold] ({series.kind}, {len(series.gate_points)} gate "
                       f"points): last step {int(last['step'])}, mean {_fmt(last['gate_mean'], 3)}, "
                       f"min {_fmt(last['gate_min'], 3)}, max {_fmt(last['gate_max'], 3)}")
+        writes = series.write_points
+        if len(writes):
+            table = Table(title="where the adapter writes (train forward, by step)",
+                          title_justify="left", show_edge=False)
+            for column in writes.columns:
+                table.add_column(column.replace("box_attention_", ""), justify="right")
+            for row in writes.itertuples(index=False):
+                table.add_row(str(int(row[0])), *(_fmt(v, 3) if v == v else "-" for v in row[1:]))
+            console.print(table)
     render_findings(report.findings, console)
     console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict.upper()}[/]")
 
