@@ -20,7 +20,9 @@ from gatebench.layouts import Layout, load_layouts
 from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_scores
 from gatebench.metrics.coco_ap import APImage, coco_ap
 from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
-                                   feature_stats, frechet_distance, kid, reference_stats)
+                                   reference_stats)
+from gatebench.metrics.fid_maths import (feature_stats, fid_from_features, fid_route,
+                                         frechet_distance, kid, kid_route)
 from gatebench.metrics.health import assess
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
@@ -218,8 +220,11 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
             list(real_images), fid_extractor, cache_dir=cache_dir, resize=scoring.fid_resize)
         fake_feats = extract_features([it.image_path for it in items], fid_extractor,
                                       resize=scoring.fid_resize)
-    ctx = _Context(protocol, has_det, clip is not None, reference, fake_feats)
+    fid_device = getattr(fid_extractor, "device", None)
+    ctx = _Context(protocol, has_det, clip is not None, reference, fake_feats,
+                   None if fid_device is None or str(fid_device) == "cpu" else str(fid_device))
     metrics, not_computed = ctx.aggregate(samples, ap_images, np.arange(len(items)))
+    fid_routes = {"all": ctx.fid_route}
     by_scale: dict[float | None, dict[str, MetricValue]] = {}
     scales = list(dict.fromkeys(it.gate_scale for it in items))
     if any(s is not None for s in scales):
@@ -227,11 +232,14 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
             idx = np.array([i for i, it in enumerate(items) if it.gate_scale == scale])
             by_scale[scale] = ctx.aggregate(samples.iloc[idx], [ap_images[i] for i in idx],
                                             idx)[0]
+            fid_routes["none" if scale is None else f"{scale:g}"] = ctx.fid_route
     info = {"detection": "detections file" if detections is not None else (
                 "detector" if detector is not None else None),
             "detector_labels": len(labels), "clip": getattr(clip, "name", None),
             "fid_extractor": getattr(fid_extractor, "name", None),
             "fid_reference": dict(reference.recipe) if reference is not None else None,
+            # how each FID/KID number was computed (all images, then each gate scale's)
+            "fid_route": fid_routes if reference is not None else None,
             "match_iou": scoring.match_iou, "bootstrap": scoring.bootstrap,
             "ci_level": scoring.ci_level, "garbled_threshold": scoring.garbled_threshold,
             "blank_threshold": scoring.blank_threshold}
@@ -245,6 +253,8 @@ class _Context:
     has_clip: bool
     reference: ReferenceStats | None
     fake_feats: np.ndarray | None
+    fid_device: str | None = None          # the scoring device for FID/KID maths (None: numpy)
+    fid_route: dict[str, Any] | None = None   # the last ``aggregate``'s FID/KID routes
 
     def aggregate(self, df: pd.DataFrame, ap_images: list[APImage],
                   idx: np.ndarray) -> tuple[dict[str, MetricValue], dict[str, str]]:
@@ -277,12 +287,20 @@ class _Context:
             out["ap"] = MetricValue(ap["ap"], None, None, n_boxes)
         if have["fid"]:
             assert self.reference is not None and self.fake_feats is not None
-            fake = self.fake_feats[idx]
-            mu, sigma = feature_stats(fake)
-            out["fid"] = MetricValue(frechet_distance(self.reference.mu, self.reference.sigma,
-                                                      mu, sigma), None, None, len(fake))
-            value, _ = kid(self.reference.features, fake, seed=self.protocol.seed)
+            fake, ref, dev = self.fake_feats[idx], self.reference, self.fid_device
+            route = fid_route(len(ref.features), len(fake), fake.shape[1])
+            if route == "nuclear-norm":      # both sets' features are at hand: no D x D maths
+                value = fid_from_features(ref.features, fake, device=dev)
+            else:                            # one eigendecomposition with the cached sqrt(S_ref)
+                mu, sigma = feature_stats(fake)
+                value = frechet_distance(ref.mu, ref.sigma, mu, sigma,
+                                         sqrt_sigma1=ref.sigma_sqrt(dev), device=dev)
+            out["fid"] = MetricValue(value, None, None, len(fake))
+            value, _ = kid(ref.features, fake, seed=self.protocol.seed, device=dev)
             out["kid"] = MetricValue(value, None, None, len(fake))
+            self.fid_route = {"fid": route, "kid": kid_route(len(ref.features), len(fake)),
+                              "device": dev or "cpu", "n_real": len(ref.features),
+                              "n_fake": len(fake)}
         names = metric_spec.METRICS
         return ({m: out[m] for m in names if m in out}, {m: skip[m] for m in names if m in skip})
 

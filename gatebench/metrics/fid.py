@@ -2,117 +2,26 @@
 
 FID is only comparable when everything behind it is: the reference images, their count N, the
 resize and the feature extractor. So reference statistics are cached under a name that encodes all
-four, and the report states them. The Fréchet distance itself follows the float64
-``scipy.linalg.sqrtm`` reference (pytorch-fid / clean-fid), including their eps fix-up for
-near-singular products.
+four, and the report states them. The maths (exact, no sqrtm, which route a number takes) is in
+``fid_maths``.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
-import scipy.linalg
 
 from gatebench.errors import MetricError, ModelFileError
+from gatebench.metrics.fid_maths import feature_stats, sqrt_factor
 from gatebench.metrics.images import to_pil_rgb
 
 _log = logging.getLogger(__name__)
 ResizeMode = Literal["bilinear", "bicubic", "clean"]
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     eps: float = 1e-6) -> float:
-    """||mu1-mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) in float64.
-
-    As pytorch-fid/clean-fid: if sqrtm of the product is singular or not finite, retry with
-    ``eps * I`` added to both covariances; a significant imaginary part (numerical error beyond
-    1e-3) is an error rather than a silently wrong number.
-    """
-    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
-    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
-    s1 = np.atleast_2d(np.asarray(sigma1, np.float64))
-    s2 = np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise MetricError(f"expected means (D,) and covariances (D, D) of one D, got {mu1.shape}, "
-                          f"{s1.shape}, {mu2.shape}, {s2.shape}")
-    diff = mu1 - mu2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")      # scipy's LinAlgWarning: we check the result instead
-        covmean = scipy.linalg.sqrtm(s1 @ s2)
-    if not np.isfinite(covmean).all():
-        _log.warning("FID: sqrtm of the covariance product is singular; adding %g to the "
-                     "diagonals", eps)
-        offset = np.eye(s1.shape[0]) * eps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            covmean = scipy.linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise MetricError(f"expected a real matrix square root, got an imaginary component "
-                              f"{np.max(np.abs(covmean.imag)):.3g} (too few images for the "
-                              f"feature dimension?)")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
-
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance (float64); needs >= 2 rows; warns when N < D."""
-    feats = np.asarray(features, dtype=np.float64)
-    if feats.ndim != 2 or feats.shape[0] < 2:
-        raise MetricError(f"expected at least 2 images' features for FID, got shape "
-                          f"{feats.shape}")
-    n, d = feats.shape
-    if n < d:
-        message = (f"FID from N={n} images with feature dimension {d}: the covariance is rank "
-                   f"deficient and FID is strongly biased upwards; compare only at equal N")
-        warnings.warn(message, stacklevel=2)
-    return feats.mean(axis=0), np.cov(feats, rowvar=False)
-
-
-def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    return frechet_distance(*feature_stats(real), *feature_stats(fake))
-
-
-def _poly_kernel(x: np.ndarray, y: np.ndarray, degree: int, gamma: float | None,
-                 coef: float) -> np.ndarray:
-    gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    return (x @ y.T * gamma + coef) ** degree
-
-
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None,
-                  coef: float = 1.0) -> float:
-    """Unbiased squared MMD with the polynomial kernel (KID's estimator; sizes may differ)."""
-    m, n = x.shape[0], y.shape[0]
-    kxx = _poly_kernel(x, x, degree, gamma, coef)
-    kyy = _poly_kernel(y, y, degree, gamma, coef)
-    kxy = _poly_kernel(x, y, degree, gamma, coef)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-                 + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
-
-
-def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-        degree: int = 3, gamma: float | None = None, coef: float = 1.0,
-        seed: int = 0) -> tuple[float, float]:
-    """KID mean and std over random subsets (as torchmetrics), float64, seeded."""
-    real = np.asarray(real, dtype=np.float64)
-    fake = np.asarray(fake, dtype=np.float64)
-    if min(real.shape[0], fake.shape[0]) < 2:
-        raise MetricError(f"expected at least 2 real and 2 generated images for KID, got "
-                          f"{real.shape[0]} and {fake.shape[0]}")
-    size = min(subset_size, real.shape[0], fake.shape[0])
-    if size < subset_size:
-        _log.info("KID: subset_size %d reduced to %d (fewest images in a set)", subset_size,
-                     size)
-    rng = np.random.default_rng(seed)
-    values = [mmd2_unbiased(real[rng.choice(real.shape[0], size, replace=False)],
-                            fake[rng.choice(fake.shape[0], size, replace=False)],
-                            degree, gamma, coef) for _ in range(subsets)]
-    return float(np.mean(values)), float(np.std(values))
 
 
 class FeatureExtractor(Protocol):
@@ -226,31 +135,56 @@ def data_hash(paths: Iterable[str | Path]) -> str:
 
 @dataclass
 class ReferenceStats:
-    """Real-image features for FID/KID plus the recipe that made them."""
+    """Real-image features for FID/KID plus the recipe that made them.
+
+    ``sigma_sqrt()`` (sqrt of the covariance, for the ``eigen`` route) is computed once per
+    object and saved with it when known; files saved without it still load.
+    """
 
     mu: np.ndarray
     sigma: np.ndarray
     features: np.ndarray
     n: int
     recipe: dict[str, str]
+    _sigma_sqrt: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def sigma_sqrt(self, device: str | None = None) -> np.ndarray:
+        """R (D x rank) with R R^T = sigma: the ``eigen`` route's reference half, so a set then
+        costs one symmetric eigendecomposition (``fid_maths.sqrt_factor``)."""
+        if self._sigma_sqrt is None:
+            self._sigma_sqrt = sqrt_factor(self.sigma, device)
+        return self._sigma_sqrt
 
     @staticmethod
     def file_name(data_digest: str, n: int, resize: str, extractor_digest: str) -> str:
         return f"refstats_data-{data_digest[:12]}_n{n}_{resize}_feat-{extractor_digest[:12]}.npz"
 
     def save(self, path: str | Path) -> Path:
+        """Atomically; features as float32 when that is lossless (Inception's own dtype), so a
+        cached run scores exactly as the run that computed them."""
+        from gatebench.files import atomic_write_bytes  # noqa: PLC0415
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, mu=self.mu, sigma=self.sigma, features=self.features.astype(np.float32),
-                 n=self.n, recipe=np.array([f"{k}={v}" for k, v in sorted(self.recipe.items())]))
-        return path
+        feats = np.asarray(self.features, np.float64)
+        small = feats.astype(np.float32)
+        arrays: dict[str, Any] = {
+            "mu": self.mu, "sigma": self.sigma, "n": self.n,
+            "features": small if np.array_equal(small, feats) else feats,
+            "recipe": np.array([f"{k}={v}" for k, v in sorted(self.recipe.items())])}
+        if self._sigma_sqrt is not None:
+            arrays["sigma_sqrt"] = self._sigma_sqrt
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> "ReferenceStats":
         with np.load(Path(path), allow_pickle=False) as data:
             recipe = dict(str(item).split("=", 1) for item in data["recipe"])
+            root = data["sigma_sqrt"] if "sigma_sqrt" in data.files else None
             return cls(data["mu"], data["sigma"], data["features"].astype(np.float64),
-                       int(data["n"]), recipe)
+                       int(data["n"]), recipe, root)
 
 
 def reference_stats(paths: Sequence[str | Path], extractor: FeatureExtractor, *,
