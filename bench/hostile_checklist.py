@@ -1,12 +1,18 @@
 """Rerun every case of issue 14 (hostile input) through the CLI: one PASS/FAIL row per case and
-the counts. `python bench/hostile_checklist.py` from the repository root (about a minute on CPU)."""
+the counts. `python bench/hostile_checklist.py [--out FILE.json]` (about 10-60 s on CPU).
+Exit 0 when every check passes, 1 when one fails (a crash is a traceback)."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+_parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+_parser.add_argument("--out", type=Path, default=None, help="write the rows and counts as JSON here")
+ARGS = _parser.parse_args()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and tests/
 from gatebench.cli.support import quiet_model_libraries
@@ -145,8 +151,18 @@ for label, state, field in [("text_dim", user_state(0.3, widths=(16, 32), text_d
     rows.append((not list(out.rglob("*.png")), f"  ... and no image generated ({label})", "-", "-", False, ""))
 for ok, label, exp, got, tb, last in rows:
     print(f"{'PASS' if ok else 'FAIL'} | {label} | expect {exp} got {got} | tb={tb} | {last}")
-print(f"\n{sum(r[0] for r in rows)}/{len(rows)} checks pass; "
-      f"{sum(1 for r in rows if r[2] == 2 and r[3] == 2 and r[0])} invalid inputs exit 2 with one "
-      f"line; tracebacks: {sum(r[4] for r in rows)}")
+counts = {"checks": len(rows), "passed": sum(bool(r[0]) for r in rows),
+          "invalid_inputs_exit_2_one_line": sum(1 for r in rows if r[2] == 2 and r[3] == 2 and r[0]),
+          "tracebacks": sum(bool(r[4]) for r in rows)}
+print(f"\n{counts['passed']}/{counts['checks']} checks pass; "
+      f"{counts['invalid_inputs_exit_2_one_line']} invalid inputs exit 2 with one "
+      f"line; tracebacks: {counts['tracebacks']}")
+if ARGS.out:
+    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
+    ARGS.out.write_text(json.dumps({**counts, "rows": [
+        {"passed": bool(ok), "case": label, "expected_exit": exp, "exit": got, "traceback": bool(tb),
+         "last_line": last.replace(str(R), "$TMP")} for ok, label, exp, got, tb, last in rows]},
+        indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"wrote {ARGS.out}")
 shutil.rmtree(R, ignore_errors=True)
 sys.exit(0 if all(r[0] for r in rows) else 1)

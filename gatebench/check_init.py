@@ -5,14 +5,17 @@ The user's history shows both matter: a random ``to_out`` with gate 3.0 garbled 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gatebench.adapters.fit import load_state_checked
 from gatebench.adapters.user import AdapterSet, Grounding, apply_init, inject
+from gatebench.checkpoint import adapter_state
 from gatebench.readers.checkpoint_header import check_user_state
 from gatebench.errors import CheckpointError, GatebenchError
 
@@ -53,6 +56,11 @@ class InitCheck:
     @property
     def ok(self) -> bool:
         return self.identity_ok and self.gradient_ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """`check-init --json`: the measurements and the three verdicts."""
+        return {**dataclasses.asdict(self), "identity_ok": self.identity_ok,
+                "gradient_ok": self.gradient_ok, "ok": self.ok}
 
 
 def tiny_unet(widths: tuple[int, ...], cross_attention_dim: int, sample_size: int = 8):
@@ -141,8 +149,11 @@ def check_init(*, schemes: tuple[str, ...], widths: tuple[int, ...] = (32, 64),
     With ``base_model`` the adapter is sized from that model (its UNet widths and phrase width)
     and fed its real prompt conditioning; otherwise a tiny UNet with ``widths`` is built (with
     ``state_dict`` and no base model: the checkpoint's own widths and phrase width).
-    ``checkpoint`` only names the file in errors.
+    ``checkpoint`` alone: its adapter's weights are checked (`check-init --ckpt`); it also
+    names the file in errors.
     """
+    if state_dict is None and checkpoint is not None:
+        state_dict = adapter_state(checkpoint)
     generator = torch.Generator().manual_seed(seed)
     config = None
     if state_dict is not None:

@@ -22,22 +22,25 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from gatebench.adapters.families import FAMILIES, recognise
+from gatebench.adapters.families import FAMILIES, family_of, recognise
 from gatebench.adapters.types import CheckpointInfo, GateEntry, TrainingMeta
-from gatebench.readers.checkpoint_header import parse_safetensors_header, validate_header
 from gatebench.errors import CheckpointError, UnsafeCheckpointError
-from gatebench.files import cache_dir, file_sha256  # noqa: F401 (re-exported)
+from gatebench.files import file_sha256
+from gatebench.readers.checkpoint_header import parse_safetensors_header, validate_header
+
+if TYPE_CHECKING:
+    from gatebench.adapters.registry import AdapterRuntime
 
 GATEBENCH_FORMAT = "gatebench-adapter"
 GATEBENCH_FORMAT_VERSION = 1
 
-__all__ = ["GATEBENCH_FORMAT", "GATEBENCH_FORMAT_VERSION", "CheckpointInfo", "GateEntry",
-           "TrainingMeta", "cache_dir", "file_sha256", "find_gates", "inspect_checkpoint",
-           "read_raw", "save_checkpoint", "strip_module_prefix", "torch_load_safe"]
+__all__ = ["GATEBENCH_FORMAT", "GATEBENCH_FORMAT_VERSION", "adapter_state", "find_gates",
+           "inspect_checkpoint", "load_adapter", "read_raw", "save_checkpoint",
+           "strip_module_prefix", "torch_load_safe"]
 
 
 def _check_readable(path: Path) -> int:
@@ -196,6 +199,20 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
 def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     """DDP saves keys as ``module.x``; the adapters expect ``x``."""
     return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def adapter_state(path: str | Path) -> dict[str, Any]:
+    """The adapter's tensors under the names its modules use (any supported file)."""
+    raw, _ = read_raw(Path(path))
+    return strip_module_prefix(raw)
+
+
+def load_adapter(path: str | Path, base: Any, info: CheckpointInfo | None = None) -> AdapterRuntime:
+    """A checkpoint's adapter attached to ``base`` (a gatebench.models.BaseModel) by its family's
+    runtime. It lives with the reader, not in adapters/, because it reads the file: adapters/
+    never imports gatebench.checkpoint (no package-level cycle)."""
+    info = info or inspect_checkpoint(path)
+    return family_of(info.family, info.path).runtime(info, adapter_state(path), base)
 
 
 def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *, family: str,

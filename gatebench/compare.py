@@ -23,10 +23,12 @@ import numpy as np
 import pandas as pd
 
 from gatebench.errors import NotComparableError
+from gatebench.files import atomic_write_text
 from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.protocol import UNCOND_ALIASES
-from gatebench.rundir.saved import SavedRun, checkpoint_paths, label_map
+from gatebench.rundir.outputs import check_not_input
+from gatebench.rundir.saved import SavedRun, checkpoint_paths, label_map, load_run
 
 SCHEMA_VERSION = 1
 # All read from the metric table (gatebench.metrics.spec); kept here under their old names.
@@ -159,6 +161,50 @@ def precheck_protocol(base: dict[str, Any], protocol: Any) -> None:
         raise NotComparableError("expected the baseline's protocol and seed, got different "
                                  + "; ".join(problems), hint="rerun the baseline with this "
                                  "protocol or pass the baseline's --protocol/--seed")
+
+
+def load_baseline(path: Path, out_dir: Path) -> SavedRun:
+    """`run --baseline`: the baseline read and checked before hours of generation, not after;
+    the run's results.json / samples.jsonl may not replace the baseline's."""
+    base = load_run(path)
+    check_not_input(out_dir / "results.json", [base.path])
+    check_not_input(out_dir / "samples.jsonl", [base.folder / "samples.jsonl"])
+    return base
+
+
+def regression_gate(baseline: SavedRun, candidate: SavedRun,
+                    margins: dict[str, float | None] | None = None,
+                    verdict_path: Path | None = None) -> Comparison:
+    """The regression gate of `compare` and `run --baseline`: the comparison, with its verdict
+    document written to ``verdict_path`` (never onto an input). When the runs are not
+    comparable the document says why (CI reads it) and the NotComparableError is re-raised."""
+    if verdict_path is not None:
+        check_not_input(verdict_path, [baseline.path, candidate.path,
+                                       baseline.folder / "samples.jsonl",
+                                       candidate.folder / "samples.jsonl"])
+    try:
+        comparison = compare_runs(baseline, candidate, margins)
+    except NotComparableError as exc:
+        if verdict_path is not None:
+            reasons = comparability_problems(baseline.results, candidate.results) or [exc.message]
+            write_verdict(not_comparable_json(baseline.path, candidate.path, reasons),
+                          verdict_path)
+        raise
+    if verdict_path is not None:
+        write_verdict(comparison.to_json(), verdict_path)
+    return comparison
+
+
+def not_comparable_json(baseline: Path, candidate: Path, reasons: Sequence[str]) -> dict[str, Any]:
+    """The verdict document for exit code 2 (CI can still read why)."""
+    return {"schema_version": SCHEMA_VERSION, "comparable": False, "verdict": "not_comparable",
+            "baseline": {"results": str(baseline)}, "candidate": {"results": str(candidate)},
+            "reasons": list(reasons)}
+
+
+def write_verdict(document: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))
 
 
 def model_warnings(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:

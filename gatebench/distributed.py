@@ -71,10 +71,10 @@ def import_collective_libraries(protocol: Any, world: int) -> None:
     """Import, on EVERY rank and at the same point, the libraries whose import is itself a
     collective (ultralytics: a barrier) before any rank can be inside another collective."""
     if world > 1 and protocol.models.detector:
-        from gatebench.metrics.detect import _import_ultralytics  # noqa: PLC0415
+        from gatebench.metrics.detect import import_ultralytics  # noqa: PLC0415
 
         with collective("the ultralytics import (its settings barrier)"):
-            _import_ultralytics()
+            import_ultralytics()
 
 
 def sum_over_ranks(stats: Any, counts: tuple[str, ...], seconds: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ user can find and fix the input without reading a traceback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 
 class GatebenchError(Exception):
@@ -69,5 +70,14 @@ class NotComparableError(GatebenchError):
     """Two result sets cannot be compared (different protocol, layouts, seeds or N)."""
 
 
-class NotAvailableError(GatebenchError):
-    """A command or feature that this version does not provide yet."""
+class MissingInputsError(ModelFileError):
+    """Inputs a protocol names are missing: all of them in one block, each on its own line, so
+    a new machine is set up in one go instead of one missing file per run."""
+
+    def __init__(self, heading: str, items: Sequence[str], *, hint: str | None = None) -> None:
+        self.items = list(items)
+        super().__init__(heading, hint=hint)
+
+    def render(self) -> str:
+        lines = [self.message, *(f"  - {item}" for item in self.items)]
+        return "\n".join(lines + ([f"hint: {self.hint}"] if self.hint else []))

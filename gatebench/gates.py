@@ -13,7 +13,7 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from gatebench.checkpoint import CheckpointInfo
+from gatebench.adapters.types import CheckpointInfo
 from gatebench.readers.logs import LogSeries
 from gatebench.protocol import GateThresholds
 from gatebench.readers.series import Member, Series, gate_fingerprint, order_runs

@@ -14,8 +14,7 @@ from typing import Any, Iterable, Literal
 
 import ftfy
 
-from gatebench.readers.bbox import (CLIP_TOLERANCE, SCALE_1000_ABOVE, Box, _BadRow,  # noqa: F401
-                            bbox_scale_1000, parse_bbox)
+from gatebench.readers.bbox import SCALE_1000_ABOVE, BadRow, Box, parse_bbox
 from gatebench.errors import GatebenchError, LayoutError, ModelFileError
 from gatebench.protocol import DataSpec, Protocol
 
@@ -104,7 +103,7 @@ def _text(value: Any, what: str, required: bool = True) -> str | None:
     if value is None and not required:
         return None
     if not isinstance(value, str):
-        raise _BadRow(f"expected {what} to be a string, got {type(value).__name__} {value!r}")
+        raise BadRow(f"expected {what} to be a string, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -115,30 +114,30 @@ def _keep_box(box: Box, clean: _Cleaning) -> bool:
 
 def _objects(raw: Any, clean: _Cleaning, report: LoadReport, line: int) -> tuple[LayoutObject, ...]:
     if not isinstance(raw, list):
-        raise _BadRow(f"expected 'objects' to be a list, got {type(raw).__name__}")
+        raise BadRow(f"expected 'objects' to be a list, got {type(raw).__name__}")
     kept: list[LayoutObject] = []
     clipped_here = 0
     scales: dict[bool, int] = {}     # one row, one scale: normalised and 0-1000 boxes don't mix
     for i, obj in enumerate(raw):
         if not isinstance(obj, dict):
-            raise _BadRow(f"expected objects[{i}] to be an object, got {type(obj).__name__}")
+            raise BadRow(f"expected objects[{i}] to be an object, got {type(obj).__name__}")
         name = _text(obj.get("name", obj.get("name_en")), f"objects[{i}].name")
         name_en = _text(obj.get("name_en"), f"objects[{i}].name_en", required=False)
         cat = obj.get("category_id")
         if cat is not None and (isinstance(cat, bool) or not isinstance(cat, int)):
-            raise _BadRow(f"expected objects[{i}].category_id to be an integer, got {cat!r}")
+            raise BadRow(f"expected objects[{i}].category_id to be an integer, got {cat!r}")
         if "bbox" in obj:
             box, clipped = parse_bbox(obj["bbox"])
             values = obj["bbox"]
             scales.setdefault(max(float(v) for v in values) > SCALE_1000_ABOVE, i)
             if len(scales) > 1:
-                raise _BadRow(f"expected every bbox of a row on one scale, got objects"
-                              f"[{scales[False]}] normalised and objects[{scales[True]}] "
-                              f"on the 0-1000 scale")
+                raise BadRow(f"expected every bbox of a row on one scale, got objects"
+                             f"[{scales[False]}] normalised and objects[{scales[True]}] "
+                             f"on the 0-1000 scale")
         elif "bbox_1000" in obj:
             box, clipped = parse_bbox(obj["bbox_1000"], scale_1000=True)
         else:
-            raise _BadRow(f"expected objects[{i}] to have 'bbox' or 'bbox_1000'")
+            raise BadRow(f"expected objects[{i}] to have 'bbox' or 'bbox_1000'")
         clipped_here += clipped
         if not _keep_box(box, clean):
             report.dropped_boxes += 1
@@ -176,8 +175,8 @@ def _read_jsonl(path: Path, report: LoadReport, skip_bad: bool) -> list[tuple[in
         try:
             row = json.loads(line)
             if not isinstance(row, dict):
-                raise _BadRow(f"expected a JSON object, got {type(row).__name__}")
-        except (json.JSONDecodeError, _BadRow) as exc:
+                raise BadRow(f"expected a JSON object, got {type(row).__name__}")
+        except (json.JSONDecodeError, BadRow) as exc:
             reason = (f"expected a JSON object, got invalid JSON ({exc.msg})"
                       if isinstance(exc, json.JSONDecodeError) else str(exc))
             if not skip_bad:
@@ -196,7 +195,7 @@ def _rows_to_layouts(path: Path, rows: list[tuple[int, dict[str, Any]]], fmt: st
             if fmt == "results":
                 layout = row.get("layout")
                 if not isinstance(layout, dict):
-                    raise _BadRow("expected 'layout' to be an object with 'objects'")
+                    raise BadRow("expected 'layout' to be an object with 'objects'")
                 caption = _text(row.get("prompt"), "'prompt'")
                 objects_raw = layout.get("objects")
             else:
@@ -205,7 +204,7 @@ def _rows_to_layouts(path: Path, rows: list[tuple[int, dict[str, Any]]], fmt: st
             image = _text(row.get("image_path"), "'image_path'", required=False)
             caption_en = _text(row.get("caption_en"), "'caption_en'", required=False)
             objects = _objects(objects_raw, clean, report, number)
-        except _BadRow as exc:
+        except BadRow as exc:
             if not skip_bad:
                 raise LayoutError(str(exc), path=path, line=number) from None
             report.skipped.append((number, str(exc)))
@@ -277,7 +276,7 @@ def _coco(path: Path, data: dict[str, Any], clean: _Cleaning, report: LoadReport
         try:
             width, height = float(img["width"]), float(img["height"])
             if width <= 0 or height <= 0:
-                raise _BadRow(f"expected positive width/height, got {width}x{height}")
+                raise BadRow(f"expected positive width/height, got {width}x{height}")
             objects = []
             for ann in sorted(anns.get(image_id, []), key=lambda a: a.get("id", 0)):
                 if ann.get("iscrowd", 0):
@@ -289,12 +288,12 @@ def _coco(path: Path, data: dict[str, Any], clean: _Cleaning, report: LoadReport
                 report.clipped_boxes += clipped
                 cid = int(ann["category_id"])
                 if cid not in cats:
-                    raise _BadRow(f"expected a category id in the categories list, got {cid} "
-                                  f"(annotation id {ann.get('id')})")
+                    raise BadRow(f"expected a category id in the categories list, got {cid} "
+                                 f"(annotation id {ann.get('id')})")
                 objects.append({"name": cats[cid], "name_en": cats[cid], "category_id": cid,
                                 "bbox": list(box)})
             kept = _objects(objects, clean, report, image_id)
-        except (_BadRow, KeyError, TypeError, ValueError) as exc:
+        except (BadRow, KeyError, TypeError, ValueError) as exc:
             reason = f"image id {image_id}: {exc}"
             if not skip_bad:
                 raise LayoutError(reason, path=path) from None

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gatebench.adapters.registry import load_adapter
-from gatebench.checkpoint import CheckpointInfo
+from gatebench.adapters.types import CheckpointInfo
+from gatebench.checkpoint import load_adapter
 from gatebench.errors import CheckpointError
 from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
                                 layout_seed, resolve_uncond)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from gatebench.errors import ProtocolError
 from gatebench.metrics import spec as metric_spec
-from gatebench.readers.protocol_values import value_problem
+from gatebench.readers.protocol_values import FLAG_FIELDS, check_flag, value_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
+DEFAULT_PROTOCOL = "oracle-coco2014"   # `gatebench run` with no --protocol: the user's evaluation
 ASSETS_DIR = Path(__file__).resolve().parent / "world" / "assets"
 BUILTIN = "builtin:"       # a path prefix for the shipped shapes-world assets
 _PATH_FIELDS = {"data": ("layouts", "image_dir", "coco_captions", "zh_captions"),
@@ -104,8 +105,8 @@ class ScoringSpec:
     match_iou: float = 0.5
     bootstrap: int = 1000
     ci_level: float = 0.95
-    garbled_threshold: float = 0.5
-    blank_threshold: float = 0.5        # near-black / near-white / near-uniform (metrics.health)
+    garbled_threshold: float = metric_spec.GARBLED_THRESHOLD
+    blank_threshold: float = metric_spec.BLANK_THRESHOLD  # near-black / -white / -uniform
     fid_resize: Literal["bilinear", "bicubic", "clean"] = "bilinear"
 
 
@@ -342,6 +343,25 @@ def available_protocols(search: tuple[Path, ...] = ()) -> dict[str, Path]:
             for file in sorted(folder.glob("*.toml")):
                 found.setdefault(file.stem, file)
     return found
+
+
+def with_flags(protocol: Protocol, **flags: Any) -> Protocol:
+    """Protocol TOML < CLI flags: each flag given (not None) overrides its field (FLAG_FIELDS),
+    range-checked first so a bad value names the flag (exit 2) before any model loads."""
+    sections: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        check_flag(key, value)
+        if isinstance(value, str):
+            value = resolve_builtin(value)
+        section, name = FLAG_FIELDS[key]
+        if section is None:
+            top[name] = value
+        else:
+            sections.setdefault(section, {})[name] = value
+    return protocol.replace(**sections, **top)
 
 
 def load_protocol(name_or_path: str | Path) -> Protocol:

@@ -29,7 +29,8 @@ from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import load_protocol
 from gatebench.layouts import select_layouts
 from gatebench.rundir.results import build_results, write_json
-from gatebench.score import ImageItem, score_images, write_samples_jsonl
+from gatebench.rundir.samples import write_samples_jsonl
+from gatebench.score import ImageItem, score_images
 from gatebench.verdict import evaluate_targets
 from tests.builders import user_state
 

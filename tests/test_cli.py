@@ -107,3 +107,64 @@ def test_each_warning_text_is_shown_once_even_across_catch_warnings() -> None:
             warnings.warn("small-N FID", UserWarning)
         warnings.warn("another one", UserWarning)
     assert shown == ["small-N FID", "another one"]
+
+
+SETTINGS = ("[data] layouts (or --layouts)", "[data] image_dir",
+            "[models] base_model (or --base-model)", "[models] detector", "[models] clip_model",
+            "[models] inception_weights")
+
+
+def test_run_on_a_new_machine_lists_every_missing_input_at_once(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """A folder holding only a checkpoint, no protocol given: one block that names the protocol
+    chosen and EVERY input it needs, each with its key or flag and what must be there; exit 2,
+    no traceback, before any model loads and before the run folder is made."""
+    import gatebench.run
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("the run started although inputs are missing")
+
+    monkeypatch.setattr(gatebench.run, "run_evaluation", no_run)
+    monkeypatch.chdir(tmp_path)
+    torch.save(user_state(0.3), tmp_path / "epoch_10.pt")
+    result = invoke("run", "--ckpt", "epoch_10.pt")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    text = result.output
+    assert "protocol 'oracle-coco2014' (chosen because no --protocol was given)" in text
+    assert "6 inputs that are not there" in text and text.count("\n  - ") == 6
+    for setting in SETTINGS:
+        assert f"  - {setting}: expected " in text, setting
+    assert "a missing path 'data/coco2014_cn_val_clean.jsonl'" in text
+    assert "weights-inception-2015-12-05-6726825d.pth" in text     # torch-fidelity's file name
+    assert "diffusers-format" in text and "config.json" in text and "YOLO" in text
+    assert f"resolved from {tmp_path}" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_10.pt"]   # no gatebench-out/
+
+
+def test_run_lists_only_what_is_missing_and_names_no_default(tmp_path: Path, monkeypatch) -> None:
+    """Inputs given by flag or present on disk drop out of the list; a protocol the user named
+    is not called chosen; a folder where a file belongs is named as such."""
+    monkeypatch.chdir(tmp_path)
+    torch.save(user_state(0.3), tmp_path / "e.pt")
+    (tmp_path / "layouts.jsonl").write_text("{}\n", encoding="utf-8")
+    (tmp_path / "yolo.pt").mkdir()
+    protocol = tmp_path / "mine.toml"
+    protocol.write_text('name = "mine"\n[models]\nbase_model = "nowhere"\ndetector = "yolo.pt"\n',
+                        encoding="utf-8")
+    result = invoke("run", "--ckpt", "e.pt", "--protocol", str(protocol), "--layouts",
+                    "layouts.jsonl")
+    assert result.exit_code == 2, result.output
+    assert "protocol 'mine' names 2 inputs" in result.output and "chosen" not in result.output
+    assert "[data] layouts" not in result.output
+    assert "[models] base_model (or --base-model): expected" in result.output
+    assert "got a folder 'yolo.pt'" in result.output
+
+
+def test_the_shipped_world_protocol_has_every_input() -> None:
+    from gatebench.inputs import missing_inputs
+    from gatebench.protocol import load_protocol
+
+    assert missing_inputs(load_protocol("shapes")) == []
+    unset = load_protocol("shapes").replace(data={"layouts": None}, models={"base_model": None})
+    assert [(m.key, m.got) for m in missing_inputs(unset)] == [
+        ("layouts", "nothing (not set)"), ("base_model", "nothing (not set)")]

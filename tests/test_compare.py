@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from gatebench.cli import cli
 from gatebench.compare import compare_runs, metric_units, paired_ratio_diff
 from gatebench.metrics.stats import bootstrap_ci, paired_bootstrap_diff
+from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.rundir.saved import SavedRun, load_run
-from gatebench.score import read_samples_jsonl, write_samples_jsonl
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "run"
 

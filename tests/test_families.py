@@ -1,6 +1,6 @@
 """The adapter family registry: a third family, defined here only, is recognised by
 inspect_checkpoint, named in the header check and loaded by load_adapter, with no edit to
-gatebench/checkpoint.py or gatebench/adapters/registry.py."""
+gatebench/checkpoint.py or gatebench/adapters/families.py."""
 from __future__ import annotations
 
 import re
@@ -12,9 +12,9 @@ import torch
 
 from gatebench.adapters import families
 from gatebench.adapters.family import AdapterFamily, gate_value
-from gatebench.adapters.registry import FAMILIES, family_of, load_adapter
+from gatebench.adapters.families import FAMILIES, family_of
 from gatebench.adapters.types import CheckpointInfo, GateEntry
-from gatebench.checkpoint import inspect_checkpoint, save_checkpoint
+from gatebench.checkpoint import inspect_checkpoint, load_adapter, save_checkpoint
 from gatebench.errors import CheckpointError
 from tests.builders import gligen_state, user_state
 

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gatebench.adapters.registry import load_adapter
-from gatebench.checkpoint import inspect_checkpoint
+from gatebench.checkpoint import inspect_checkpoint, load_adapter
 from gatebench.errors import CheckpointError
 from gatebench.generate import ImageJob, Sampler, SamplerSettings, layout_seed
 from gatebench.layouts import Layout, LayoutObject

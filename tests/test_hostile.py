@@ -341,7 +341,7 @@ def test_out_that_is_an_existing_file(tmp_path: Path) -> None:
 def test_samples_and_report_written_atomically(tmp_path: Path, monkeypatch) -> None:
     import pandas as pd
 
-    from gatebench.score import write_samples_jsonl
+    from gatebench.rundir.samples import write_samples_jsonl
 
     path = tmp_path / "samples.jsonl"
     path.write_text("old\n")
@@ -469,7 +469,7 @@ def test_bbox_scale_decided_from_all_four_values(tmp_path: Path, objects: list, 
 
 
 def test_bbox_on_the_1000_scale_still_reads(tmp_path: Path) -> None:
-    from gatebench.layouts import parse_bbox
+    from gatebench.readers.bbox import parse_bbox
 
     assert parse_bbox([0, 1, 300, 400])[0] == pytest.approx((0.0, 0.001, 0.3, 0.4))
     assert parse_bbox([0.1, 0.2, 0.3, 0.4])[0] == pytest.approx((0.1, 0.2, 0.3, 0.4))

@@ -102,14 +102,14 @@ def test_detections_file(tmp_path: Path) -> None:
 
 def test_yolo_missing_weights(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError) as info:
-        YoloDetector.from_file(tmp_path / "yolov8n.pt")
+        YoloDetector.from_file(tmp_path / "yolov8n.pt", DetectionSpec())
     assert "yolov8n.pt" in str(info.value) and "never downloaded" in str(info.value)
 
 
 def test_yolo_plumbing_random_weights() -> None:
-    from gatebench.metrics.detect import _import_ultralytics
+    from gatebench.metrics.detect import import_ultralytics
 
-    yolo = _import_ultralytics().YOLO("yolov8n.yaml")          # config only: random weights
+    yolo = import_ultralytics().YOLO("yolov8n.yaml")          # config only: random weights
     detector = YoloDetector(yolo, DetectionSpec(imgsz=64, conf=0.0, batch_size=2), device="cpu")
     images = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
               for i in range(3)]

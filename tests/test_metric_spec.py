@@ -12,8 +12,9 @@ from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.spec import METRICS, MetricSpec, Ratio
 from gatebench.metrics.stats import bootstrap_ci
 from gatebench.protocol import parse_protocol
+from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.rundir.saved import label_map, load_run
-from gatebench.score import read_samples_jsonl, score_folder, write_samples_jsonl
+from gatebench.score import score_folder
 from tests.test_score import PROTOCOL, folder  # noqa: F401  (the fixture)
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "run" / "results.json"

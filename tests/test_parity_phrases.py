@@ -62,8 +62,7 @@ def test_padding_mode_does_not_change_the_vectors(models, kind: str) -> None:
 
 
 def test_gligen_phrases_are_the_pipelines_pooler_output(models, tmp_path: Path) -> None:
-    from gatebench.adapters.registry import load_adapter
-    from gatebench.checkpoint import inspect_checkpoint
+    from gatebench.checkpoint import inspect_checkpoint, load_adapter
     from tests.test_parity_pipelines import _gligen_checkpoint
 
     model = load_base_model(model_builders.make_tiny_sd(tmp_path))

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gatebench.adapters.registry import load_adapter
-from gatebench.checkpoint import inspect_checkpoint
+from gatebench.checkpoint import inspect_checkpoint, load_adapter
 from gatebench.generate import ImageJob, Sampler, SamplerSettings, layout_seed
 from gatebench.layouts import Layout, LayoutObject
 from gatebench.models import load_base_model

@@ -8,8 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from gatebench.adapters.registry import load_adapter
-from gatebench.checkpoint import inspect_checkpoint
+from gatebench.checkpoint import inspect_checkpoint, load_adapter
 from gatebench.cli import cli
 from gatebench.errors import CheckpointError
 from gatebench.generate import ImageJob, Sampler, layout_seed

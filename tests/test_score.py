@@ -13,8 +13,8 @@ from gatebench.errors import LayoutError
 from gatebench.layouts import Layout, LayoutObject
 from gatebench.metrics import ModuleExtractor, TransformersClip
 from gatebench.protocol import DataSpec, Protocol, ScoringSpec
-from gatebench.score import (ImageItem, read_samples_jsonl, score_folder, score_images,
-                             write_samples_jsonl)
+from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
+from gatebench.score import ImageItem, score_folder, score_images
 from tests.builders import TinyFeatures
 
 PROTOCOL = Protocol(name="test", data=DataSpec(min_area=0.0, max_area=1.0, min_side=0.0),

@@ -2,10 +2,10 @@
 
 Every user error (a ``GatebenchError``) becomes one red line and exit code 2; ``--debug`` shows the
 traceback instead. Commands exit 0 when everything passed, 1 when a target, regression or gate
-check failed (DESIGN.md "Contracts").
+check failed (ARCHITECTURE.md, "Rules we keep"; README's exit codes).
 
 This module holds the group and the diagnosis commands (gates, check-init, protocols, demo, the
-lazy train); run/compare/report/score are in cli_eval.py, shared helpers in cli_support.py.
+lazy train); run/compare/report/score are in cli/evaluate.py, shared helpers in cli/support.py.
 """
 from __future__ import annotations
 
@@ -119,31 +119,15 @@ def check_init_command(schemes: tuple[str, ...], widths: str, text_dim: int,
     non-zero gradient to the gate or to `to_out` (no deadlock). Exit 1 if a check fails.
     """
     from gatebench.check_init import IDENTITY_TOL, check_init
+    from gatebench.render.terminal import render_check_init
 
-    state = None
-    if ckpt is not None:
-        from gatebench.checkpoint import read_raw, strip_module_prefix
-        raw, _ = read_raw(ckpt)
-        state = strip_module_prefix({k: v for k, v in raw.items()})
-    width_tuple = parse_ints(widths, "--widths")
     results = check_init(schemes=schemes or ("gligen", "zero-out", "legacy", "deadlock"),
-                         widths=width_tuple, text_dim=text_dim, base_model=base_model,
-                         state_dict=state, checkpoint=ckpt)
+                         widths=parse_ints(widths, "--widths"), text_dim=text_dim,
+                         base_model=base_model, checkpoint=ckpt)
     if as_json:
-        click.echo(json.dumps([{**r.__dict__, "identity_ok": r.identity_ok,
-                                "gradient_ok": r.gradient_ok, "ok": r.ok} for r in results], indent=2))
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
     else:
-        console, _ = consoles()
-        table = Table(title=f"check-init (identity tolerance {IDENTITY_TOL:g})", title_justify="left")
-        for column in ("init", "identity max |diff|", "identity", "grad |gate|", "grad |to_out|",
-                       "gradient", "verdict"):
-            table.add_column(column, justify="left" if column == "init" else "right")
-        mark = lambda ok: "[green]ok[/green]" if ok else "[red]FAIL[/red]"  # noqa: E731
-        for r in results:
-            table.add_row(r.scheme, f"{r.identity_max_abs_diff:.2e}", mark(r.identity_ok),
-                          f"{r.gate_grad_norm:.2e}", f"{r.to_out_grad_norm:.2e}",
-                          mark(r.gradient_ok), mark(r.ok))
-        console.print(table)
+        render_check_init(results, IDENTITY_TOL, consoles()[0])
     finish(0 if all(r.ok for r in results) else 1)
 
 
@@ -177,8 +161,8 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
     gate scales 0/0.5/1/2, detection, CLIP, FID/KID, image health, verdicts and a report. Exit 0
     when the harness told the checkpoints apart as expected.
     """
-    from gatebench.cli.support import check_flag
     from gatebench.demo import run_demo
+    from gatebench.readers.protocol_values import check_flag
 
     for key, value in (("num_samples", num_samples), ("steps", steps), ("device", device)):
         if value is not None:
@@ -189,7 +173,7 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
     finish(code)
 
 
-# The evaluation commands live in cli_eval.py, which never imports this module (no import cycle).
+# The evaluation commands live in cli/evaluate.py, which never imports this module (no cycle).
 for _command in (cli_eval.run, cli_eval.compare, cli_eval.report, cli_eval.score):
     cli.add_command(_command)
 

@@ -1,8 +1,8 @@
 """The evaluation commands: `run`, `compare`, `report` and `score`.
 
-They produce or read back run folders (results.json + samples.jsonl); cli.py registers them on the
-`gatebench` group, so errors and exit codes follow its contract. Heavy imports stay inside each
-command so `gatebench --help` stays fast.
+They produce or read back run folders (results.json + samples.jsonl); cli/__init__.py registers
+them on the `gatebench` group, so errors and exit codes follow its contract. Heavy imports stay
+inside each command so `gatebench --help` stays fast.
 """
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from gatebench.cli.support import (RichProgress, consoles, finish, parse_floats,
-                                   protocol_with_overrides)
+from gatebench.cli.support import RichProgress, consoles, finish, parse_floats
+from gatebench.protocol import DEFAULT_PROTOCOL
 from gatebench.render import FORMATS
 from gatebench.rundir.outputs import check_not_input, ensure_out_dir
 
@@ -25,8 +24,8 @@ from gatebench.rundir.outputs import check_not_input, ensure_out_dir
 @click.command()
 @click.option("--ckpt", "checkpoints", multiple=True, required=True,
               type=click.Path(path_type=Path), help="Adapter checkpoint (repeat for an epoch sweep).")
-@click.option("--protocol", default="oracle-coco2014", show_default=True,
-              help="Protocol name or TOML file.")
+@click.option("--protocol", default=None,
+              help=f"Protocol name or TOML file.  [default: {DEFAULT_PROTOCOL}]")
 @click.option("--gate-scales", default=None, help="Comma-separated, e.g. 0,0.5,1,2 (0 is always added).")
 @click.option("--num-samples", type=int, default=None, help="Number of layouts (first N).")
 @click.option("--seed", type=int, default=None)
@@ -44,7 +43,7 @@ from gatebench.rundir.outputs import check_not_input, ensure_out_dir
               help="Garbled score above this flags an image (default: the protocol's [scoring]).")
 @click.option("--blank-threshold", type=float, default=None,
               help="Blank score above this flags an image (default: the protocol's [scoring]).")
-def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
+def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | None,
         num_samples: int | None, seed: int | None, steps: int | None, device: str | None,
         dtype: str | None, batch_size: int | None, base_model: str | None, layouts: str | None,
         out: Path, baseline: Path | None, garbled_threshold: float | None,
@@ -52,28 +51,32 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
     """Generate from ground-truth boxes at every gate scale and judge each checkpoint.
 
     Gate pre-flight -> batched generation (cached, resumable) -> detection, CLIP, FID/KID, image
-    health -> pass/fail against the protocol's targets. Exit 0 all targets pass, 1 a target or
+    health -> pass/fail against the protocol's targets. Every input file the protocol names is
+    checked first: all missing ones are listed at once. Exit 0 all targets pass, 1 a target or
     gate check failed, 2 bad input.
     """
-    from gatebench.run import RunOptions, run_evaluation
+    from gatebench.compare import load_baseline, precheck_protocol
+    from gatebench.protocol import load_protocol, with_flags
+    from gatebench.inputs import check_inputs
     from gatebench.render.terminal import render_run
+    from gatebench.run import RunOptions, run_evaluation
     from gatebench.score_run import health_thresholds
 
-    base_run = None
-    if baseline is not None:   # read it before hours of generation, not after
-        from gatebench.rundir.saved import load_run
-        base_run = load_run(baseline)
-        check_not_input(out / "results.json", [base_run.path])
-        check_not_input(out / "samples.jsonl", [base_run.folder / "samples.jsonl"])
+    # the baseline is read before hours of generation, not after
+    base_run = load_baseline(baseline, out) if baseline is not None else None
     scales = parse_floats(gate_scales, "--gate-scales") if gate_scales else None
-    proto = protocol_with_overrides(protocol, gate_scales=scales, num_samples=num_samples,
-                                    seed=seed, steps=steps, dtype=dtype, device=device,
-                                    batch_size=batch_size, base_model=base_model, layouts=layouts)
+    proto = with_flags(load_protocol(protocol or DEFAULT_PROTOCOL), gate_scales=scales,
+                       num_samples=num_samples, seed=seed, steps=steps, dtype=dtype,
+                       device=device, batch_size=batch_size, base_model=base_model,
+                       layouts=layouts)
     proto = health_thresholds(proto, garbled_threshold, blank_threshold)
+    default_reason = None if protocol else "no --protocol was given"
+    check_inputs(proto, default_reason=default_reason)
     if base_run is not None:
-        from gatebench.compare import precheck_protocol
         precheck_protocol(base_run.results, proto)
-    console, _ = consoles()
+    console, err = consoles()
+    if default_reason:
+        err.print(escape(f"protocol {proto.name} ({default_reason}; see `gatebench protocols`)"))
     options = RunOptions(out_dir=out, device=device or "auto", batch_size=batch_size,
                          command=" ".join(["gatebench", *sys.argv[1:]]))
     result = run_evaluation(list(checkpoints), proto, options,
@@ -89,24 +92,16 @@ def run(checkpoints: tuple[Path, ...], protocol: str, gate_scales: str | None,
 def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
     """`run --baseline`: the paired regression gate on the run just written (compare.json and a
     report section); its exit code combines with the targets' (1 if either fails)."""
-    from gatebench.compare import comparability_problems, compare_runs
-    from gatebench.render.compare import not_comparable_json, render_terminal, write_verdict
-    from gatebench.errors import NotComparableError
+    from gatebench.compare import regression_gate
+    from gatebench.render.compare import render_terminal
     from gatebench.render.markdown import write_report
     from gatebench.rundir.saved import load_run
 
-    candidate = load_run(result.paths["results"])
     verdict_path = result.out_dir / "compare.json"
-    try:
-        comparison = compare_runs(base_run, candidate)
-    except NotComparableError as exc:
-        reasons = comparability_problems(base_run.results, candidate.results) or [exc.message]
-        write_verdict(not_comparable_json(base_run.path, candidate.path, reasons), verdict_path)
-        raise
-    document = comparison.to_json()
-    write_verdict(document, verdict_path)
+    comparison = regression_gate(base_run, load_run(result.paths["results"]),
+                                 verdict_path=verdict_path)
     write_report(result.results, result.samples, result.gate_report, result.out_dir,
-                 comparison=document)
+                 comparison=comparison.to_json())
     render_terminal(comparison, console, all_rows=False)
     console.print(escape(f"regression verdict: {verdict_path}"))
     return comparison.exit_code
@@ -131,29 +126,15 @@ def compare(baseline: Path, candidate: Path, metric_options: tuple[str, ...], ou
     change whose whole CI lies beyond the allowed margin on the bad side), 2 not comparable
     (different protocol, seed, layouts or N; the reason is printed).
     """
-    from gatebench.compare import comparability_problems, compare_runs
-    from gatebench.render.compare import (not_comparable_json, parse_metric_options,
-                                          render_terminal, write_verdict)
-    from gatebench.errors import NotComparableError
+    from gatebench.compare import regression_gate
+    from gatebench.render.compare import parse_metric_options, render_terminal
     from gatebench.rundir.saved import load_run
 
     margins = parse_metric_options(metric_options)
-    base_run, cand_run = load_run(baseline), load_run(candidate)
-    if out is not None:
-        check_not_input(out, [base_run.path, cand_run.path, base_run.folder / "samples.jsonl",
-                              cand_run.folder / "samples.jsonl"])
-    try:
-        comparison = compare_runs(base_run, cand_run, margins)
-    except NotComparableError as exc:
-        if out is not None:
-            reasons = comparability_problems(base_run.results, cand_run.results) or [exc.message]
-            write_verdict(not_comparable_json(base_run.path, cand_run.path, reasons), out)
-        raise
-    document = comparison.to_json()
-    if out is not None:
-        write_verdict(document, out)
+    comparison = regression_gate(load_run(baseline), load_run(candidate), margins,
+                                 verdict_path=out)
     if as_json:
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(comparison.to_json(), indent=2, ensure_ascii=False))
     else:
         console, _ = consoles()
         render_terminal(comparison, console)
@@ -223,21 +204,7 @@ def score(images: Path, layouts: Path, detections: Path | None, protocol: str | 
     if as_json:
         click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
     else:
-        from gatebench.render.format import value_ci
-        console, _ = consoles()
-        table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
-        for column in ("metric", "value [95% CI]", "n"):
-            table.add_column(column)
-        for name, value in result.metrics.items():
-            table.add_row(name, value_ci(value.to_dict()), str(value.n))
-        for name, reason in result.not_computed.items():
-            table.add_row(name, f"[yellow]not computed[/yellow] ({escape(reason)})", "-")
-        console.print(table)
-        for t in targets:
-            mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
-            console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {escape(t.note)}")
-        if out is not None:
-            console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
-                                 f"{out / 'report.md'}"))
+        from gatebench.render.terminal import render_score
+        render_score(result, targets, images, out, consoles()[0])
     from gatebench.rundir.results import exit_code
     finish(exit_code(document["verdict"]))

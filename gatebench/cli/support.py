@@ -1,13 +1,13 @@
-"""Small pieces of the CLI that are not commands: consoles, exit codes, flag parsing and
-overrides, progress bar, quiet loads. Shared by cli.py and cli_eval.py (which must not import cli)."""
+"""Small pieces of the CLI that are not commands: consoles, exit codes, list flags, progress
+bar, quiet loads. Shared by cli/__init__.py and cli/evaluate.py (which must not import the
+former). Which flag overrides which protocol field is the library's (readers/protocol_values.py
+FLAG_FIELDS, protocol.with_flags)."""
 from __future__ import annotations
 
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
-
-from gatebench.protocol import Protocol, load_protocol, resolve_builtin
 
 
 def consoles() -> tuple[Console, Console]:
@@ -62,48 +62,6 @@ class RichProgress:
 
     def close(self) -> None:
         self.progress.stop()
-
-
-def protocol_with_overrides(protocol: str, **flags: Any) -> Protocol:
-    """Protocol TOML < CLI flags: only flags the user gave override the protocol."""
-    proto = load_protocol(protocol)
-    sections: dict[str, dict[str, Any]] = {"generation": {}, "data": {}, "models": {}}
-    top: dict[str, Any] = {}
-    mapping = {"gate_scales": ("generation", "gate_scales"), "steps": ("generation", "steps"),
-               "dtype": ("generation", "dtype"), "device": ("generation", "device"),
-               "batch_size": ("generation", "batch_size"), "layouts": ("data", "layouts"),
-               "image_dir": ("data", "image_dir"), "base_model": ("models", "base_model"),
-               "detector": ("models", "detector")}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        check_flag(key, value)
-        if isinstance(value, str):
-            value = resolve_builtin(value)
-        if key in ("seed", "num_samples"):
-            top[key] = value
-        else:
-            section, field_name = mapping[key]
-            sections[section][field_name] = value
-    return proto.replace(**{k: v for k, v in sections.items() if v}, **top)
-
-
-_FLAG_FIELDS = {"seed": (None, "seed"), "num_samples": (None, "num_samples"),
-                "gate_scales": ("generation", "gate_scales"), "steps": ("generation", "steps"),
-                "batch_size": ("generation", "batch_size"), "device": ("generation", "device")}
-
-
-def check_flag(key: str, value: Any) -> None:
-    """A flag's value in its protocol field's range (``--num-samples 0``, ``--device tpu9``):
-    exit 2 naming the flag, before any model loads."""
-    from gatebench.errors import GatebenchError
-    from gatebench.readers.protocol_values import value_problem
-
-    if key in _FLAG_FIELDS:
-        problem = value_problem(*_FLAG_FIELDS[key], value)
-        if problem:
-            raise GatebenchError(f"--{key.replace('_', '-')}: {problem}",
-                                 hint="see the command's --help")
 
 
 def quiet_model_libraries() -> None:

@@ -9,11 +9,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Collection, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol, Sequence
 
 from gatebench.errors import LayoutError, ModelFileError
-from gatebench.layouts import Box, LayoutObject, _BadRow, parse_bbox
-from gatebench.protocol import DetectionSpec
+from gatebench.readers.bbox import BadRow, Box, parse_bbox
+
+if TYPE_CHECKING:   # metrics sit below the protocol and the layouts: annotations only
+    from gatebench.layouts import LayoutObject
+    from gatebench.protocol import DetectionSpec
 
 # The 80 COCO detection classes in the order detectors (YOLO) index them.
 COCO80_NAMES: tuple[str, ...] = (
@@ -81,13 +84,13 @@ def gt_label(obj: LayoutObject, labels: Collection[str],
 
 def _parse_detection(raw: Any, i: int) -> Detection:
     if not isinstance(raw, dict):
-        raise _BadRow(f"expected detections[{i}] to be an object, got {type(raw).__name__}")
+        raise BadRow(f"expected detections[{i}] to be an object, got {type(raw).__name__}")
     box, _ = parse_bbox(raw.get("bbox"), scale_1000=False)
     label, score = raw.get("label"), raw.get("score", 1.0)
     if not isinstance(label, str) or not label:
-        raise _BadRow(f"expected detections[{i}].label to be a class name, got {label!r}")
+        raise BadRow(f"expected detections[{i}].label to be a class name, got {label!r}")
     if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
-        raise _BadRow(f"expected detections[{i}].score to be a number, got {score!r}")
+        raise BadRow(f"expected detections[{i}].score to be a number, got {score!r}")
     return Detection(box, label, float(score))
 
 
@@ -110,15 +113,15 @@ def load_detections(path: str | Path) -> dict[str, list[Detection]]:
         try:
             row = json.loads(line)
             if not isinstance(row, dict) or not isinstance(row.get("image"), str):
-                raise _BadRow("expected an object with an 'image' file name")
+                raise BadRow("expected an object with an 'image' file name")
             dets = row.get("detections")
             if not isinstance(dets, list):
-                raise _BadRow(f"expected 'detections' to be a list, got {type(dets).__name__}")
+                raise BadRow(f"expected 'detections' to be a list, got {type(dets).__name__}")
             parsed = [_parse_detection(d, i) for i, d in enumerate(dets)]
         except json.JSONDecodeError as exc:
             raise LayoutError(f"expected a JSON object, got invalid JSON ({exc.msg})",
                               path=path, line=number) from None
-        except _BadRow as exc:
+        except BadRow as exc:
             raise LayoutError(str(exc), path=path, line=number) from None
         name = Path(row["image"]).name
         if name in out:
@@ -128,7 +131,7 @@ def load_detections(path: str | Path) -> dict[str, list[Detection]]:
     return out
 
 
-def _import_ultralytics() -> Any:
+def import_ultralytics() -> Any:
     """Import ultralytics with every download/auto-install/online check switched off first."""
     for key, value in OFFLINE_ENV.items():
         os.environ[key] = value
@@ -137,18 +140,23 @@ def _import_ultralytics() -> Any:
     return ultralytics
 
 
+# bench/generation_bench.py still imports the old private name: drop this alias once it imports
+# import_ultralytics (issue 21 part 2; gatebench itself uses only the public name).
+_import_ultralytics = import_ultralytics
+
+
 class YoloDetector:
     """Ultralytics YOLO from a local weights file; normalised xyxy + class names out."""
 
-    def __init__(self, model: Any, spec: DetectionSpec | None = None, device: str | None = None,
+    def __init__(self, model: Any, spec: DetectionSpec, device: str | None = None,
                  weights: str | Path | None = None) -> None:
         self.model = model
-        self.spec = spec or DetectionSpec()
+        self.spec = spec            # the protocol's [detection]: conf, iou, imgsz, batch_size
         self.device = None if device in (None, "auto") else device
         self.weights = Path(weights) if weights is not None else None
 
     @classmethod
-    def from_file(cls, path: str | Path, spec: DetectionSpec | None = None,
+    def from_file(cls, path: str | Path, spec: DetectionSpec,
                   device: str | None = None) -> "YoloDetector":
         """Load ``path`` (a local .pt); never a hub/asset name that ultralytics would download."""
         path = Path(path)
@@ -156,7 +164,7 @@ class YoloDetector:
             raise ModelFileError(f"expected a local YOLO weights file, got a missing path '{path}'",
                                  path=path, hint="put the .pt file there or set [models] detector "
                                  "in the protocol to its path (weights are never downloaded)")
-        yolo = _import_ultralytics().YOLO
+        yolo = import_ultralytics().YOLO
         try:
             model = yolo(str(path))
         except (RuntimeError, ValueError, KeyError, AttributeError, OSError) as exc:

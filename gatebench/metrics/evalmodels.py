@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from gatebench.files import cache_dir, file_sha256
 from gatebench.errors import ModelFileError
-from gatebench.layouts import Layout
-from gatebench.protocol import Protocol
+from gatebench.files import cache_dir, file_sha256
+
+if TYPE_CHECKING:   # metrics sit below the protocol and the layouts: annotations only
+    from gatebench.layouts import Layout
+    from gatebench.protocol import Protocol
 
 
 @dataclass

@@ -7,8 +7,8 @@ Definitions (also in the report):
   maximises the number of pairs with IoU > threshold, then the total IoU (weight
   ``[iou > t] * BIG + iou``): the IoU>0.5 rate asks whether SOME one-to-one assignment places each
   box, so a greedy or pure sum-of-IoU assignment must not lose a match the boxes allow.
-* ``matched``: the assigned detection has IoU strictly greater than the threshold (DESIGN: "IoU >
-  0.5").
+* ``matched``: the assigned detection has IoU strictly greater than the threshold (the user's
+  target is stated as "IoU > 0.5", protocols/oracle-coco2014.toml).
 * ``iou``: the IoU of the detection assigned to this GT box (even when <= threshold), 0.0 when no
   same-class detection overlaps it. mIoU = mean of ``iou`` over scorable GT boxes.
 * GT boxes whose class the detector cannot name (``scorable=False``) take no part: no detection is

@@ -28,6 +28,10 @@ NEED_REASONS: dict[str, str] = {
     "fid": "no FID feature extractor and real images configured",
 }
 NAMED_MARGIN = 0.02   # --metric NAME without a value, for a metric with no default margin
+# garbled_rate / blank_rate count images whose health score (metrics.health, which calibrates
+# them) is above these; the protocol's [scoring] defaults are these same numbers.
+GARBLED_THRESHOLD = 0.5
+BLANK_THRESHOLD = 0.5
 NO_SCORABLE = "no ground-truth box has a class the detector can name"
 
 

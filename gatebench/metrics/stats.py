@@ -1,6 +1,6 @@
 """Seeded bootstrap confidence intervals over LAYOUTS, and paired differences.
 
-The unit of resampling is the layout (DESIGN: "bootstrap confidence interval over layouts"): all
+The unit of resampling is the layout (a run's CIs and compare's paired CIs are over layouts): all
 samples of one layout (several seeds, several boxes) go in or out together, because they are not
 independent. Rates that pool boxes (IoU>0.5 rate, mIoU) are ratios of sums, so they are resampled
 as (numerator, denominator) per layout. Intervals are percentile intervals.

@@ -8,11 +8,11 @@ One class per kind, all behind the :class:`BaseModel` interface:
 * ``kolors`` ChatGLM (diffusers.pipelines.kolors), as ``KolorsPipeline.encode_prompt``;
 * ``pixel``  no VAE: the UNet works on RGB pixels in [-1, 1].
 
-Phrase vectors (the adapter's ``text_dim`` inputs) follow the user's code (formats.md): names
-tokenized together by the base model's own tokenizer (padding to the longest, max_length 32,
-truncation), run through the base text encoder, the last hidden state mean-pooled over the
-attention mask (float32); an empty (or blank) name gives a zero vector. ``phrase_encoding``
-records the exact recipe.
+Phrase vectors (the adapter's ``text_dim`` inputs) follow the user's code (restated in
+tests/reference_user.py): names tokenized together by the base model's own tokenizer (padding to
+the longest, max_length 32, truncation), run through the base text encoder, the last hidden state
+mean-pooled over the attention mask (float32); an empty (or blank) name gives a zero vector.
+``phrase_encoding`` records the exact recipe.
 """
 from __future__ import annotations
 

@@ -11,6 +11,37 @@ import math
 import re
 from typing import Any
 
+from gatebench.errors import GatebenchError
+
+# The one map from a command-line flag (its Python name) to the protocol field it overrides:
+# (section, key), section None for a top-level key. `gatebench run` offers each of them.
+FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
+    "seed": (None, "seed"), "num_samples": (None, "num_samples"),
+    "gate_scales": ("generation", "gate_scales"), "steps": ("generation", "steps"),
+    "dtype": ("generation", "dtype"), "device": ("generation", "device"),
+    "batch_size": ("generation", "batch_size"), "layouts": ("data", "layouts"),
+    "base_model": ("models", "base_model"),
+}
+
+
+def flag_name(key: str) -> str:
+    """``num_samples`` -> ``--num-samples``."""
+    return "--" + key.replace("_", "-")
+
+
+def flag_for(section: str | None, key: str) -> str | None:
+    """The flag that overrides ``[section] key``, or None when only the protocol sets it."""
+    return next((flag_name(k) for k, field in FLAG_FIELDS.items() if field == (section, key)),
+                None)
+
+
+def check_flag(key: str, value: Any) -> None:
+    """A flag's value in its protocol field's range (``--num-samples 0``, ``--device tpu9``):
+    exit 2 naming the flag, before any model loads."""
+    problem = value_problem(*FLAG_FIELDS[key], value) if key in FLAG_FIELDS else None
+    if problem:
+        raise GatebenchError(f"{flag_name(key)}: {problem}", hint="see the command's --help")
+
 # (section, key) -> (low, high, low_open, high_open); None: unbounded on that side.
 RANGES: dict[tuple[str | None, str], tuple[float | None, float | None, bool, bool]] = {
     (None, "seed"): (0, 2 ** 63 - 1, False, False),

@@ -5,7 +5,6 @@ short enough to read in one sitting.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SCHEMA_VERSION,
-                               SET_METRICS, Comparison, CompareRow)
+from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SET_METRICS,
+                               Comparison, CompareRow)
 from gatebench.errors import GatebenchError
 from gatebench.metrics.spec import LOWER_IS_BETTER, join_names
 
@@ -158,16 +157,3 @@ def render_markdown(document: dict[str, Any]) -> str:
         lines.append(f"\n> warning: {warning}")
     return "\n".join(lines) + "\n"
 
-
-def not_comparable_json(baseline: Path, candidate: Path, reasons: Sequence[str]) -> dict[str, Any]:
-    """The verdict document for exit code 2 (CI can still read why)."""
-    return {"schema_version": SCHEMA_VERSION, "comparable": False, "verdict": "not_comparable",
-            "baseline": {"results": str(baseline)}, "candidate": {"results": str(candidate)},
-            "reasons": list(reasons)}
-
-
-def write_verdict(document: dict[str, Any], path: Path) -> Path:
-    from gatebench.rundir.outputs import atomic_write_text  # noqa: PLC0415
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))

@@ -43,7 +43,7 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
     go into the Markdown table under the strip."""
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
-    from gatebench.render.plots import _cell  # noqa: PLC0415
+    from gatebench.render.plots import image_cell  # noqa: PLC0415
     from gatebench.rundir.saved import resolve_image  # noqa: PLC0415
 
     flagged = flagged_records(samples)
@@ -51,7 +51,7 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
     for _, rec in flagged.iterrows():
         path = resolve_image(rec.get("image_path") or rec.get("image"), images_root)
         if path is not None:
-            cells.append((rec, _cell(path, THUMB_PX)))
+            cells.append((rec, image_cell(path, THUMB_PX)))
         if len(cells) == MAX_FLAGGED:
             break
     if not cells:

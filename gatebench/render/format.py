@@ -43,12 +43,9 @@ def scale_label(scale: float | None) -> str:
     return "0 (base)" if scale == 0 else f"{scale:g}"
 
 
-def _short(sha: Any, n: int = 12) -> str:
+def short_sha(sha: Any, n: int = 12) -> str:
+    """A hash as the report shows it: its first ``n`` characters, "-" when there is none."""
     return str(sha)[:n] if sha else "-"
-
-
-def checkpoint_order(results: dict[str, Any]) -> list[str]:
-    return list(dict.fromkeys(str(r["checkpoint"]) for r in results["results"]))
 
 
 @dataclass

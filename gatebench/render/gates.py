@@ -131,7 +131,8 @@ def write_gate_outputs(report: GateReport, out: Path, inputs: list[Path]) -> Non
     """gates.json, gates.md and gate_trajectory.png into ``out`` (never onto an input)."""
     import json  # noqa: PLC0415
 
-    from gatebench.rundir.outputs import atomic_write_text, check_not_input, ensure_out_dir  # noqa: PLC0415
+    from gatebench.files import atomic_write_text  # noqa: PLC0415
+    from gatebench.rundir.outputs import check_not_input, ensure_out_dir  # noqa: PLC0415
 
     ensure_out_dir(out)
     for name in ("gates.json", "gates.md", "gate_trajectory.png"):

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from gatebench.metrics import spec as metric_spec
-from gatebench.render.format import Figures, checkpoint_order, fmt, fmt_against
+from gatebench.render.format import Figures, fmt, fmt_against
 from gatebench.render.sections import gate_verdict
-from gatebench.rundir.saved import label_map, label_of
+from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 PRETTY = {m.name: m.tex_label for m in metric_spec.METRICS.values()}   # TeX name + arrow
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
@@ -58,7 +58,7 @@ def targets_table(results: dict[str, Any]) -> list[str]:
              r"\label{tab:gatebench-targets}", r"\begin{tabular}{llllrlc}", r"\toprule",
              r"Checkpoint & Scale & Metric & Value & $N$ & Target & Pass \\", r"\midrule"]
     straddle = False
-    order, labels = {ck: i for i, ck in enumerate(checkpoint_order(results))}, label_map(results)
+    order, labels = {ck: i for i, ck in enumerate(checkpoint_paths(results))}, label_map(results)
     rows = sorted(enumerate(results["targets"]), key=lambda it: (
         order.get(str(it[1]["checkpoint"]), len(order)),
         -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
@@ -89,7 +89,7 @@ def _columns(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     zero = [r for r in rows if float(r["gate_scale"]) == 0.0]
     shared = len(zero) > 1 and all(r["metrics"] == zero[0]["metrics"] for r in zero)
     cols = [("Base", "$s{=}0$", zero[0])] if shared else []
-    for ck in checkpoint_order(results):
+    for ck in checkpoint_paths(results):
         for r in sorted((r for r in rows if str(r["checkpoint"]) == ck),
                         key=lambda r: float(r["gate_scale"])):
             if shared and float(r["gate_scale"]) == 0.0:

@@ -15,14 +15,14 @@ from typing import Any
 
 import pandas as pd
 
+from gatebench.files import atomic_write_text
 from gatebench.metrics import spec as metric_spec
-from gatebench.rundir.outputs import atomic_write_text
 from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
-from gatebench.render.format import (Figures, _short, checkpoint_order, fmt, fmt_against,
-                                     scale_label, value_ci)
+from gatebench.render.format import (Figures, fmt, fmt_against, scale_label, short_sha,
+                                     value_ci)
 from gatebench.render.sections import gate_verdict, gates_section, samples_section
-from gatebench.rundir.saved import label_map, label_of
+from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 DEFINITIONS = """\
 ## Definitions
@@ -81,7 +81,7 @@ def ci_text(metric: dict[str, Any]) -> str:
 
 def headline_table(results: dict[str, Any]) -> list[str]:
     """Targets per checkpoint and gate scale: value, 95% CI, N, target, ✓/✗."""
-    order = {ck: i for i, ck in enumerate(checkpoint_order(results))}
+    order = {ck: i for i, ck in enumerate(checkpoint_paths(results))}
     labels = label_map(results)
     rows = sorted(enumerate(results["targets"]), key=lambda it: (
         order.get(str(it[1]["checkpoint"]), len(order)),
@@ -116,7 +116,7 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
     axis, xs = checkpoint_axis(results)
     labels = label_map(results)
     lines: list[str] = []
-    for ck in checkpoint_order(results):
+    for ck in checkpoint_paths(results):
         rows = sorted((r for r in results["results"] if str(r["checkpoint"]) == ck),
                       key=lambda r: float(r["gate_scale"]))
         where = f" ({axis} {xs[ck]:g})" if axis != "checkpoint" else ""
@@ -167,7 +167,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     protocol = results["protocol"]
     out = [f"# gatebench report: {protocol['name']}", "", summary_line(results, comparison), "",
            f"{results['n_layouts']} layouts, seed {results['seed']}, protocol `{protocol['name']}`"
-           f" (sha256 {_short(results.get('protocol_sha256'))}), device {results['device']} "
+           f" (sha256 {short_sha(results.get('protocol_sha256'))}), device {results['device']} "
            f"({results['dtype']}).", "", "## Targets", ""] + headline_table(results) + [""]
     if comparison:
         out += [comparison_markdown(comparison)]
@@ -264,7 +264,7 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
     if not samples.empty and "layout_id" in samples.columns:
         stems: set[str] = set()
         labels = label_map(results)
-        for i, ck in enumerate(checkpoint_order(results)):
+        for i, ck in enumerate(checkpoint_paths(results)):
             label = labels[ck]     # runA/final.pt -> grid_runA_final.png
             stem = re.sub(r"[^\w.-]+", "_", str(Path(label).with_suffix("")))
             stem = stem if stem not in stems else f"{stem}_{i}"

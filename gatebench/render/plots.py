@@ -227,7 +227,7 @@ def _of_checkpoint(samples: pd.DataFrame, label: str) -> pd.DataFrame:
         else samples
 
 
-def _cell(path: Path | None, side: int) -> Any:
+def image_cell(path: Path | None, side: int) -> Any:
     """The image as a ``side`` x ``side`` cell: integer nearest-neighbour enlargement for small
     images (pixels stay pixels), Lanczos for large ones; None if the file is missing."""
     from PIL import Image  # noqa: PLC0415
@@ -367,7 +367,7 @@ def sample_grid(samples: pd.DataFrame, checkpoint: str, images_root: Path, out: 
                 pen.rectangle((ox, oy, ox + side - 1, oy + side - 1), fill=(235, 235, 235))
                 continue
             rec, path = cells[(r, c)]
-            image = _cell(path, side)
+            image = image_cell(path, side)
             if image is None:
                 missing += 1
                 pen.rectangle((ox, oy, ox + side - 1, oy + side - 1), fill=(235, 235, 235))

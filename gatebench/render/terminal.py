@@ -1,4 +1,5 @@
-"""Terminal rendering of a run: gate findings, the target table, metrics per gate scale.
+"""Terminal rendering: a run (gate findings, the target table, metrics per gate scale), a
+`score` of images made elsewhere, and the `check-init` table.
 
 The terminal metrics table shows values only: a dozen "value [lo, hi]" columns do not fit a
 terminal and end up as "0.…". The 95% CIs are in report.md (and the targets table here); a
@@ -80,3 +81,39 @@ def render_run(result, console: Console) -> None:
                   f"{results['timings'].get('total_s', 0):.1f} s total")
     style = "bold green" if results["verdict"] == "pass" else "bold red"
     console.print(f"verdict: [{style}]{results['verdict'].upper()}[/]  report: {escape(str(report))}")
+
+
+def render_score(result: Any, targets: Sequence[Any], images: Path, out: Path | None,
+                 console: Console) -> None:
+    """`gatebench score`: every metric with its CI (or why it was not computed), the targets."""
+    table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
+    for column in ("metric", "value [95% CI]", "n"):
+        table.add_column(column)
+    for name, value in result.metrics.items():
+        table.add_row(name, value_ci(value.to_dict()), str(value.n))
+    for name, reason in result.not_computed.items():
+        table.add_row(name, f"[yellow]not computed[/yellow] ({escape(reason)})", "-")
+    console.print(table)
+    for t in targets:
+        mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
+        console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {escape(t.note)}")
+    if out is not None:
+        console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
+                             f"{out / 'report.md'}"))
+
+
+def render_check_init(results: Sequence[Any], tolerance: float, console: Console) -> None:
+    """`gatebench check-init`: identity and gradient per init scheme (or checkpoint)."""
+    table = Table(title=f"check-init (identity tolerance {tolerance:g})", title_justify="left")
+    for column in ("init", "identity max |diff|", "identity", "grad |gate|", "grad |to_out|",
+                   "gradient", "verdict"):
+        table.add_column(column, justify="left" if column == "init" else "right")
+
+    def mark(ok: bool) -> str:
+        return "[green]ok[/green]" if ok else "[red]FAIL[/red]"
+
+    for r in results:
+        table.add_row(r.scheme, f"{r.identity_max_abs_diff:.2e}", mark(r.identity_ok),
+                      f"{r.gate_grad_norm:.2e}", f"{r.to_out_grad_norm:.2e}",
+                      mark(r.gradient_ok), mark(r.ok))
+    console.print(table)

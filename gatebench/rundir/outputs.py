@@ -3,7 +3,8 @@
 `report RUN/results.json --out RUN/results.json` or `compare A B --out A` used to replace the very
 files they read; an `--out` folder that is an existing file failed with a traceback. Every writer
 of a user-named output checks here first, and text outputs are written to a temporary file
-beside the target and renamed, so an interrupted write leaves the old file whole.
+beside the target and renamed (gatebench.files.atomic_write_text), so an interrupted write
+leaves the old file whole.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Iterable
 
 from gatebench.errors import GatebenchError
-from gatebench.files import atomic_write_text  # noqa: F401 (re-exported)
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -65,7 +65,7 @@ def build_results(*, protocol: Any, gate_report: Any, rows: list[dict[str, Any]]
                   n_layouts: int, timings: dict[str, Any], generation: dict[str, Any],
                   command: str, device: str, dtype: Any, ceiling: dict[str, Any] | None,
                   layout_ids: Sequence[str], infos: Sequence[Any] = ()) -> dict[str, Any]:
-    """The results.json document (DESIGN.md "Stable names"); ``infos`` is accepted for callers
+    """The results.json document (its shape: rundir/schema.py); ``infos`` is accepted for callers
     of the pre-0.2 signature and unused: the checkpoints come from ``gate_report``."""
     return {
         "schema_version": SCHEMA_VERSION,

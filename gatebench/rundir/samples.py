@@ -1,5 +1,6 @@
-"""samples.jsonl: one JSON record per scored image (DESIGN.md "Stable names"), written
-atomically and read back with every record's fields type-checked (the one boundary for it)."""
+"""samples.jsonl: one JSON record per scored image (its field names are stable: compare pairs
+old runs by them), written atomically and read back with every record's fields type-checked by
+rundir/schema.py (the one boundary for it)."""
 from __future__ import annotations
 
 import json
@@ -11,14 +12,15 @@ import numpy as np
 import pandas as pd
 
 from gatebench.errors import MetricError
+from gatebench.files import atomic_write_text
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """numpy / NaN -> JSON-safe Python values (NaN becomes null)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_plain(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, (np.integer,)):
@@ -30,11 +32,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# gatebench/score.py still imports the old private name: drop this alias once it imports
+# jsonable (issue 21 part 2).
+_plain = jsonable
+
+
 def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
     """One JSON record per image, UTF-8 with Chinese kept readable; NaN -> null."""
-    from gatebench.rundir.outputs import atomic_write_text  # noqa: PLC0415
-
-    lines = [json.dumps(_plain(record), ensure_ascii=False) + "\n"
+    lines = [json.dumps(jsonable(record), ensure_ascii=False) + "\n"
              for record in samples.to_dict(orient="records")]
     return atomic_write_text(Path(path), "".join(lines))
 

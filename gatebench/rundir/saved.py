@@ -14,10 +14,11 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from gatebench.rundir.results import SUPPORTED_SCHEMA
 from gatebench.errors import GatebenchError
 from gatebench.readers.series import (Member, gate_fingerprint, order_runs, plot_positions,
                                        position, training_run)
+from gatebench.rundir.results import SUPPORTED_SCHEMA
+from gatebench.rundir.samples import read_samples_jsonl
 from gatebench.rundir.schema import validate_results
 
 REQUIRED_KEYS = ("schema_version", "seed", "n_layouts", "protocol", "results", "targets",
@@ -108,8 +109,6 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 def load_run(path: str | Path, *, need_samples: bool = True) -> SavedRun:
     """results.json and (if present, or required) samples.jsonl from the same folder."""
-    from gatebench.score import read_samples_jsonl  # noqa: PLC0415
-
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"

@@ -2,7 +2,8 @@
 
 12 classes = {square, circle, triangle} x {red, green, blue, yellow}. Every image comes with
 normalised xyxy boxes tight to the drawn shapes, an English and a Chinese caption (objects named
-left to right), written as the user's layout JSONL (``formats.md``) with real PNGs on disk.
+left to right), written as the user's layout JSONL (ARCHITECTURE.md, "The user's formats") with
+real PNGs on disk.
 
 Geometry is exact: each shape is rasterised as a coverage mask at ``SUPERSAMPLE`` x the output
 size (one sample per sub-pixel centre), composited there and downsampled with PIL LANCZOS, so

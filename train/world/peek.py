@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from gatebench.adapters.registry import load_adapter
+from gatebench.checkpoint import load_adapter
 from gatebench.generate import ImageJob, Sampler, SamplerSettings, layout_seed
 from gatebench.layouts import load_layouts
 from gatebench.models import load_base_model
