@@ -1,4 +1,5 @@
-"""The user's adapter family restated from shared/seed/formats.md, independently of gatebench.
+"""The user's adapter family restated from the user's formats note (ARCHITECTURE.md, "The user's
+formats", summarises it), independently of gatebench.
 
 Nothing here imports gatebench: it is the second implementation the parity tests hold gatebench
 against ("The reference forward of the user family, exactly"). It works like the user's code: a
@@ -23,7 +24,7 @@ FORMATS_KEYS = ("position_net.freqs", "position_net.fourier_embedder.0.weight",
 
 def random_user_state(widths: tuple[int, ...], text_dim: int, seed: int = 0,
                       gate: float = 0.7) -> dict[str, torch.Tensor]:
-    """A bare state dict with formats.md's keys and shapes: gate != 0, random to_out."""
+    """A bare state dict with the user's keys and shapes: gate != 0, random to_out."""
     g = torch.Generator().manual_seed(seed)
     rand = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
     state: dict[str, torch.Tensor] = {}
@@ -53,7 +54,7 @@ def fourier(boxes: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 def user_adapter(h: torch.Tensor, boxes: torch.Tensor, phrases: torch.Tensor | None,
                  mask: torch.Tensor, p: dict[str, torch.Tensor], scale: float) -> torch.Tensor:
-    """formats.md's forward at one attn2 output ``h`` (B, L, D), computed in float32 and cast
+    """The user's forward at one attn2 output ``h`` (B, L, D), computed in float32 and cast
     back once; ``phrases`` None (the user's inference on a non-Kolors base): no text term."""
     dtype, h = h.dtype, h.float()
     p = {k: v.float() for k, v in p.items()}

@@ -1,7 +1,8 @@
 """Phrase vectors as each family's reference makes them, and whether the padding mode matters.
 
-User family (formats.md): a layout's names tokenized together, padding to the longest, max_length
-32, last hidden state mean-pooled over the mask (restated in reference_user.phrase_vectors).
+User family (the user's code): a layout's names tokenized together, padding to the longest,
+max_length 32, last hidden state mean-pooled over the mask (restated in
+reference_user.phrase_vectors).
 GLIGEN (diffusers' pipeline): the phrases tokenized together with padding=True, the attention
 mask passed, ``pooler_output``. gatebench pads to the longest (the cheapest); these tests show the
 vectors are the same under max_length padding too, for CLIP (causal, right padding) and ChatGLM

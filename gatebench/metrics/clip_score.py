@@ -8,7 +8,6 @@ Texts longer than the model's context are truncated by the tokenizer (keeping th
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -181,14 +180,3 @@ def region_clip_scores(backend: ClipBackend, images: Sequence[Any],
         counts.append(len(bxs))
     flat = clip_scores(backend, crops, texts, batch_size) if crops else np.zeros(0)
     return list(np.split(flat, np.cumsum(counts)[:-1])) if counts else []
-
-
-def backend_digest(backend: Any) -> str:
-    """Hash of a backend's weights (for results provenance)."""
-    model = getattr(backend, "model", None)
-    digest = hashlib.sha256(str(getattr(backend, "name", "")).encode())
-    if model is not None:
-        for key, tensor in sorted(model.state_dict().items()):
-            digest.update(key.encode())
-            digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
-    return digest.hexdigest()

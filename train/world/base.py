@@ -7,7 +7,8 @@ are: without absolute position a box adapter has nothing to match box coordinate
 is the most likely reason placement was not learned in the earlier measurements. The text encoder
 is a small CLIPTextModel over the world's own word-level vocabulary (Chinese and English), trained
 jointly with the UNet; 10% of captions are dropped for classifier-free guidance. EMA weights are
-what ships. Resumable: ``--resume`` continues from the last state in the run folder.
+what ships. Resumable: run it again with the same ``--out`` and it continues from the state.pt
+it saves there every ``--save-every`` steps (there is no --resume flag: resuming is automatic).
 
     python -m train.world.base --data assets-build/data --out assets-build/base --minutes 70
 """

@@ -39,7 +39,8 @@ $NICE $PY -m train.world.clip train --dataset "$OUT/data" --run-dir "$OUT/clip" 
   --weights "$ASSETS/world_clip.safetensors" --config "$ASSETS/world_clip.json"
 
 # 4. base diffusion model: 3000 steps at batch 32, lr 1e-3, seed 0 (53 min on one thread); the
-#    EMA weights ship in fp16. Resumable with --resume.
+#    EMA weights ship in fp16. Resumable: rerun this script and base.py continues from
+#    $OUT/base/state.pt (automatic, no flag).
 if [ ! -f "$ASSETS/base/model_index.json" ] || [ -n "${REBUILD_BASE:-}" ]; then
   $NICE $PY -m train.world.base --data "$OUT/data" --out "$OUT/base" --max-steps 3000 \
     --minutes 600 --threads 1 --seed 0
