@@ -26,9 +26,10 @@ from gatebench.errors import NotComparableError
 from gatebench.files import atomic_write_text
 from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.stats import paired_ratio_bootstrap
-from gatebench.protocol import UNCOND_ALIASES
 from gatebench.rundir.outputs import check_not_input
-from gatebench.rundir.saved import SavedRun, checkpoint_paths, label_map, load_run
+from gatebench.rundir.pairing import (check_comparable, comparability_problems, gate_scales,
+                                      model_warnings, pair_checkpoints, run_identity)
+from gatebench.rundir.saved import SavedRun, label_map, load_run
 
 SCHEMA_VERSION = 1
 # All read from the metric table (gatebench.metrics.spec); kept here under their old names.
@@ -100,69 +101,6 @@ def direction(metric: str) -> str:
     return "higher" if metric_spec.higher_is_better(metric) else "lower"
 
 
-def _identity(run: SavedRun) -> dict[str, Any]:
-    r = run.results
-    return {"results": str(run.path), "created": r.get("created"),
-            "protocol": r["protocol"].get("name"), "protocol_sha256": r.get("protocol_sha256"),
-            "seed": r["seed"], "n_layouts": r["n_layouts"],
-            "layout_ids_sha256": r.get("layout_ids_sha256"),
-            "checkpoints": [{"path": c["path"], "sha256": c.get("sha256")}
-                            for c in r.get("checkpoints", [])]}
-
-
-def _scales(results: dict[str, Any]) -> list[float]:
-    return sorted({round(float(row["gate_scale"]), 6) for row in results["results"]})
-
-
-def comparability_problems(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
-    """Every reason the two runs' per-sample records cannot be paired (empty: comparable)."""
-    problems = []
-    checks = [("protocol name", base["protocol"].get("name"), cand["protocol"].get("name")),
-              ("protocol file sha256", base.get("protocol_sha256"), cand.get("protocol_sha256")),
-              ("seed", base.get("seed"), cand.get("seed")),
-              ("N (layouts)", base.get("n_layouts"), cand.get("n_layouts")),
-              ("layout ids sha256", base.get("layout_ids_sha256"), cand.get("layout_ids_sha256"))]
-    for what, b, c in checks:
-        if b != c:
-            short = (lambda v: v[:12] + "..." if isinstance(v, str) and len(v) > 40 else v)
-            problems.append(f"{what} {short(b)!r} in the baseline vs {short(c)!r} in the candidate")
-    nb, nc = len(checkpoint_paths(base)), len(checkpoint_paths(cand))
-    if nb != 1 and nb != nc:
-        problems.append(f"{nb} checkpoints in the baseline vs {nc} in the candidate (pairing is "
-                        f"by order, or against a single baseline checkpoint)")
-    if not set(_scales(base)) & set(_scales(cand)):
-        problems.append(f"no common gate scale (baseline {_scales(base)}, candidate "
-                        f"{_scales(cand)})")
-    return problems
-
-
-def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> None:
-    problems = comparability_problems(base, cand)
-    if problems:
-        raise NotComparableError("expected two runs of the same protocol, seeds, layouts and N, "
-                                 "got different " + "; ".join(problems))
-
-
-def precheck_protocol(base: dict[str, Any], protocol: Any) -> None:
-    """Before an expensive `run --baseline`: what can be checked from the protocol alone."""
-    from gatebench.files import file_sha256  # noqa: PLC0415
-
-    source = Path(protocol.source) if protocol.source else None
-    sha = file_sha256(source) if source is not None and source.is_file() else None
-    problems = []
-    if base["protocol"].get("name") != protocol.name:
-        problems.append(f"protocol name {base['protocol'].get('name')!r} in the baseline vs "
-                        f"{protocol.name!r} now")
-    if base.get("protocol_sha256") != sha:
-        problems.append("protocol file sha256 differs from the baseline's")
-    if base.get("seed") != protocol.seed:
-        problems.append(f"seed {base.get('seed')!r} in the baseline vs {protocol.seed!r} now")
-    if problems:
-        raise NotComparableError("expected the baseline's protocol and seed, got different "
-                                 + "; ".join(problems), hint="rerun the baseline with this "
-                                 "protocol or pass the baseline's --protocol/--seed")
-
-
 def load_baseline(path: Path, out_dir: Path) -> SavedRun:
     """`run --baseline`: the baseline read and checked before hours of generation, not after;
     the run's results.json / samples.jsonl may not replace the baseline's."""
@@ -205,39 +143,6 @@ def not_comparable_json(baseline: Path, candidate: Path, reasons: Sequence[str])
 def write_verdict(document: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))
-
-
-def model_warnings(base: dict[str, Any], cand: dict[str, Any]) -> list[str]:
-    """Differences that do not block pairing but change what the numbers measure."""
-    out = []
-    if base.get("schema_version") != cand.get("schema_version"):
-        out.append(f"results schema {base.get('schema_version')} in the baseline vs "
-                   f"{cand.get('schema_version')} in the candidate: gatebench 0.2 (schema 2) runs "
-                   f"the user and GLIGEN families as their references do; rerun the older run")
-    bm, cm = base.get("models", {}) or {}, cand.get("models", {}) or {}
-    for name in sorted(set(bm) | set(cm)):
-        b, c = bm.get(name), cm.get(name)
-        key = lambda m: (m.get("sha256"), json.dumps(m.get("weights"), sort_keys=True)) \
-            if isinstance(m, dict) else m  # noqa: E731
-        if b is None or c is None:
-            out.append(f"model '{name}' only in the {'candidate' if b is None else 'baseline'}")
-        elif key(b) != key(c):
-            out.append(f"model '{name}' differs (hash): its metrics compare different models")
-    gen_keys = ("steps", "guidance_scale", "scheduler", "grounding_fraction", "uncond_boxes",
-                "height", "width", "dtype")
-    bg, cg = base["protocol"].get("generation", {}), cand["protocol"].get("generation", {})
-    alias = UNCOND_ALIASES                            # uncond_boxes' names before gatebench 0.2
-    for k in gen_keys:
-        if alias.get(bg.get(k), bg.get(k)) != alias.get(cg.get(k), cg.get(k)):
-            out.append(f"generation.{k} {bg.get(k)!r} in the baseline vs {cg.get(k)!r} in the "
-                       f"candidate: images differ for reasons other than the checkpoint")
-    return out
-
-
-def pair_checkpoints(base: Sequence[str], cand: Sequence[str]) -> list[tuple[int, str, str]]:
-    if len(base) == 1:
-        return [(i, base[0], c) for i, c in enumerate(cand)]
-    return [(i, b, c) for i, (b, c) in enumerate(zip(base, cand))]
 
 
 def _group(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
@@ -325,7 +230,7 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
     n_boot = n_boot or max(MIN_BOOT, int(scoring.get("bootstrap", MIN_BOOT)))
     level, seed = float(scoring.get("ci_level", 0.95)), int(cand["seed"])
     warnings = model_warnings(base, cand)
-    b_scales, c_scales = _scales(base), _scales(cand)
+    b_scales, c_scales = gate_scales(base), gate_scales(cand)
     scales = sorted(set(b_scales) & set(c_scales))
     if set(b_scales) != set(c_scales):
         warnings.append(f"gate scales compared: {scales}; only in one run: "
@@ -395,7 +300,7 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                         f"margin on the bad side (a rise for {rising})"}
     rows = [replace(r, baseline_label=b_labels[r.baseline_checkpoint],
                     candidate_label=c_labels[r.candidate_checkpoint]) for r in rows]
-    return Comparison(_identity(baseline), _identity(candidate), rows, settings, warnings)
+    return Comparison(run_identity(baseline), run_identity(candidate), rows, settings, warnings)
 
 
 def _paired_row(index: int, b_ck: str, c_ck: str, scale: float, metric: str,

@@ -55,11 +55,12 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
     checked first: all missing ones are listed at once. Exit 0 all targets pass, 1 a target or
     gate check failed, 2 bad input.
     """
-    from gatebench.compare import load_baseline, precheck_protocol
+    from gatebench.compare import load_baseline
     from gatebench.protocol import load_protocol, with_flags
     from gatebench.inputs import check_inputs
     from gatebench.render.terminal import render_run
     from gatebench.run import RunOptions, run_evaluation
+    from gatebench.rundir.pairing import precheck_protocol
     from gatebench.score_run import health_thresholds
 
     # the baseline is read before hours of generation, not after
