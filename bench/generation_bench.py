@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from gatebench.adapters.registry import load_adapter  # noqa: E402
 from gatebench.adapters.user import AdapterSet, Grounding, attn2_widths, inject  # noqa: E402
-from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, _import_ultralytics  # noqa: E402
+from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, import_ultralytics  # noqa: E402
 from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,  # noqa: E402
                                 grounded_steps, layout_seed, resolve_uncond, write_png)
 from gatebench.layouts import Layout, LayoutObject  # noqa: E402
@@ -316,7 +316,7 @@ def build_fid(kind: str, device: torch.device) -> ModuleExtractor:
 
 
 def build_detector(preset: Preset, device: torch.device) -> YoloDetector:
-    model = _import_ultralytics().YOLO(preset.detector)
+    model = import_ultralytics().YOLO(preset.detector)
     model.model.names = dict(enumerate(COCO80_NAMES))   # a yaml-built model names classes "0".."79"
     return YoloDetector(model, DetectionSpec(imgsz=preset.det_imgsz),
                         device="cpu" if device.type == "cpu" else str(device))

@@ -140,11 +140,6 @@ def import_ultralytics() -> Any:
     return ultralytics
 
 
-# bench/generation_bench.py still imports the old private name: drop this alias once it imports
-# import_ultralytics (issue 21 part 2; gatebench itself uses only the public name).
-_import_ultralytics = import_ultralytics
-
-
 class YoloDetector:
     """Ultralytics YOLO from a local weights file; normalised xyxy + class names out."""
 
