@@ -64,8 +64,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gatebench.adapters.registry import load_adapter  # noqa: E402
 from gatebench.adapters.user import AdapterSet, Grounding, attn2_widths, inject  # noqa: E402
+from gatebench.checkpoint import load_adapter  # noqa: E402
 from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, import_ultralytics  # noqa: E402
 from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,  # noqa: E402
                                 grounded_steps, layout_seed, resolve_uncond, write_png)
