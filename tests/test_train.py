@@ -188,9 +188,9 @@ def test_one_gate_scale_per_step_and_caption_dropped_samples_keep_their_boxes(wo
     seen: list[torch.Tensor] = []
     forward = GroundedUNet.forward
 
-    def spy(self, sample, timestep, hidden, grounding, unet_kwargs):
+    def spy(self, sample, timestep, hidden, grounding, unet_kwargs, meter=None):
         seen.append(grounding.scale.detach().cpu().clone())
-        return forward(self, sample, timestep, hidden, grounding, unet_kwargs)
+        return forward(self, sample, timestep, hidden, grounding, unet_kwargs, meter)
 
     monkeypatch.setattr(GroundedUNet, "forward", spy)
     train(world, tmp_path / "a", max_steps=3, batch_size=3, scale_min=0.5, scale_max=1.0,
