@@ -3,7 +3,7 @@
 One process, one base model, one adapter, the same steps / guidance / scheduler / seeds, and:
 
 (a) gatebench's batched path: ``Sampler.run`` over ``ImageJob``s (scale 0 without the adapter,
-    then every other gate scale with the adapter loaded by ``adapters.registry.load_adapter``),
+    then every other gate scale with the adapter loaded by ``checkpoint.load_adapter``),
     exactly as ``run.generate_all`` drives it, then the score stage (``score.score_images`` per
     gate scale, with a YOLO detector, a CLIP backend and an FID feature extractor);
 (b) a loop in the style of diffusers' ``StableDiffusionGLIGENPipeline``: for each layout and each

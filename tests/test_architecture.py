@@ -99,16 +99,11 @@ PENDING_EDGES = {
     ("gatebench.metrics.health", "gatebench.protocol"):
         "health.py: take the default thresholds from metrics.spec (GARBLED_THRESHOLD, "
         "BLANK_THRESHOLD), not from protocol.ScoringSpec",
-    ("gatebench.adapters.registry", "gatebench.checkpoint"):
-        "registry.py: drop load_adapter (it is gatebench.checkpoint.load_adapter) and take "
-        "CheckpointInfo from adapters.types",
 }
 # Files still holding a re-export shim or a cross-module private import, for the same reason.
 PENDING_SHIMS = {
     "gatebench/score.py": "import jsonable (not _plain) from rundir.samples and drop the "
                           "read_samples_jsonl / write_samples_jsonl re-exports",
-    "gatebench/adapters/family.py": "drop the re-export of `either` (families.py imports it "
-                                    "from readers.checkpoint_header)",
 }
 
 

@@ -1,7 +1,7 @@
 """The adapter families gatebench knows, in recognition order.
 
 gatebench.checkpoint (recognise a file, read its gates, its forward config, the header's
-``family`` field) and gatebench.adapters.registry.load_adapter (build the runtime) read only
+``family`` field) and gatebench.checkpoint.load_adapter (build the runtime) read only
 this table. It is a module of its own, not part of registry.py, because registry.py imports
 gatebench.checkpoint for load_adapter and checkpoint.py imports this: no cycle.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from gatebench.adapters.family import AdapterFamily, either
+from gatebench.adapters.family import AdapterFamily
+from gatebench.readers.checkpoint_header import either
 from gatebench.adapters.gligen import GLIGEN_FAMILY
 from gatebench.adapters.user_runtime import USER_FAMILY
 from gatebench.errors import CheckpointError

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from gatebench.errors import CheckpointError
-from gatebench.readers.checkpoint_header import either  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from gatebench.adapters.types import CheckpointInfo, GateEntry

@@ -1,8 +1,7 @@
 """The plain, torch-free records of a checkpoint: its gates, training metadata and summary.
 
 They live here (not in gatebench.checkpoint) so adapter family modules can build ``GateEntry``
-values and take ``CheckpointInfo`` without importing the reader; gatebench.checkpoint
-re-exports all three, so ``from gatebench.checkpoint import CheckpointInfo`` keeps working.
+values and take ``CheckpointInfo`` without importing the reader; import them from here.
 """
 from __future__ import annotations
 

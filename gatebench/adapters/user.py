@@ -45,7 +45,7 @@ from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import CheckpointError
 
 INIT_SCHEMES = {
-    # name: (gate value, zero to_out?)  -- the user's history, see formats.md
+    # name: (gate value, zero to_out?)  -- the user's history (ARCHITECTURE.md, "The user's formats")
     "gligen": (0.0, False),    # identity at init AND gradients flow (GLIGEN's own choice)
     "zero-out": (0.1, True),   # the user's current code
     "legacy": (3.0, False),    # random to_out + large gate: the collapse the user saw
