@@ -168,7 +168,7 @@ class Clock:
 # "other" (the totals stay true, only the split is coarser). ``mean_ci`` (now in
 # gatebench.metrics.stats) was once probed here; score.py no longer calls it.
 SCORE_PROBES = (("_load", "png_read"), ("clip_scores", "clip"), ("region_clip_scores", "clip"),
-                ("extract_features", "fid_features"), ("assess", "image_health"),
+                ("extract_features", "fid_features"), ("assess_many", "image_health"),
                 ("frechet_distance", "fid_kid_math"), ("fid_from_features", "fid_kid_math"),
                 ("kid", "fid_kid_math"),
                 ("feature_stats", "fid_kid_math"), ("bootstrap_ci", "bootstrap_ap"),

@@ -257,7 +257,7 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                     path=candidate.folder / "samples.jsonl")
             for metric in PAIRED_METRICS:
                 b_units, c_units = metric_units(b_df, metric), metric_units(c_df, metric)
-                margin = chosen.get(metric, DEFAULT_MARGINS.get(metric, OTHER_MARGIN))
+                margin = chosen.get(metric, DEFAULT_MARGINS.get(metric))
                 common = (b_units is not None, c_units is not None)
                 if not any(common):
                     continue
@@ -294,7 +294,7 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
             warnings.append(f"{row.metric} at gate scale {row.gate_scale:g}: {row.note}")
     rising = ", ".join(metric_spec.LOWER_IS_BETTER)
     settings = {"n_boot": n_boot, "ci_level": level, "seed": seed, "resampling_unit": "layout",
-                "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m, OTHER_MARGIN))
+                "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m))
                             for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
                         f"margin on the bad side (a rise for {rising})"}

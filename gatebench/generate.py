@@ -8,7 +8,9 @@ Why it looks like this (generation is >95% of an evaluation's cost):
   starts from the SAME noise (paired comparisons);
 * prompt and phrase encodings are computed once per layout and reused across scales/checkpoints;
 * scale 0 runs with no adapter at all: it IS the base model's output, shared by all checkpoints;
-* images are cached on disk under a recipe hash; a rerun generates only what is missing.
+* images are cached on disk under a recipe hash; a rerun generates only what is missing;
+* the images just made can stay in memory (KeptImages) so that the score stage does not read back
+  the PNGs it was handed (each is still written, atomically, for the record and the cache).
 """
 from __future__ import annotations
 
@@ -28,10 +30,12 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from gatebench.adapters.user import Grounding
+from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import ProtocolError
 from gatebench.files import atomic_write_bytes
 from gatebench.layouts import Layout
 from gatebench.protocol import UNCOND_ALIASES, UNCOND_TREATMENTS
+from gatebench.writes.records import write_sidecars
 
 # Schedulers whose step() draws no noise: a batch's images then depend only on their own seeds.
 DETERMINISTIC_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -127,10 +131,24 @@ def write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _timed_write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> float:
+def _timed_write_png(path: Path, image: np.ndarray, meta: dict[str, Any],
+                     writes: tuple[dict[str, Any], np.ndarray] | None = None) -> float:
+    """The image's write diagnostics first, then the PNG: a cached PNG has its sidecars."""
     began = time.perf_counter()
+    if writes is not None:
+        write_sidecars(path, *writes)
     write_png(path, image, meta)
     return time.perf_counter() - began
+
+
+def _write_diagnostics(meter: WriteMeter, grounding: Grounding, jobs: Sequence[ImageJob],
+                       cfg: bool) -> list[tuple[dict[str, Any], np.ndarray] | None]:
+    """One (record, map) per job from the conditional rows; the one host sync of the meter."""
+    rows = [len(jobs) + i if cfg else i for i in range(len(jobs))]
+    records = meter.results(rows, grounding.mask)
+    maps = meter.maps(rows).numpy()
+    return [None if job.gate_scale == 0 else (record, density)
+            for job, record, density in zip(jobs, records, maps)]
 
 
 def _sync(device: Any) -> None:
@@ -143,6 +161,37 @@ def read_png_meta(path: Path) -> dict[str, Any]:
     with Image.open(path) as image:
         text = image.info.get("gatebench")
     return json.loads(text) if text else {}
+
+
+KEEP_IMAGES_BYTES = 4 << 30     # KeptImages' default budget: 4 GiB (~1400 RGB 1024px images)
+
+
+class KeptImages:
+    """Generated images kept in memory for scoring, by path: the uint8 HWC arrays the PNGs were
+    written from (read-only), so scoring from them gives the numbers a read-back gives.
+
+    At most ``max_bytes``: past it, later images are only on disk (the first ones kept stay;
+    a run makes its gate-0 images first, and those are also every other image's twin). Only
+    what this process generated is here: cached images and other ranks' shards are read."""
+
+    def __init__(self, max_bytes: int = KEEP_IMAGES_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._images: dict[Path, np.ndarray] = {}
+
+    def put(self, path: Path, image: np.ndarray) -> bool:
+        """Keep ``image`` for ``path`` if the budget allows; True when kept."""
+        if path in self._images or self.bytes + image.nbytes > self.max_bytes:
+            return False
+        self._images[Path(path)] = image
+        self.bytes += image.nbytes
+        return True
+
+    def get(self, path: Path | None) -> np.ndarray | None:
+        return None if path is None else self._images.get(Path(path))
+
+    def __len__(self) -> int:
+        return len(self._images)
 
 
 @dataclass(frozen=True)
@@ -216,7 +265,7 @@ class Sampler:
     def _phrase_key(self, layouts: Sequence[Layout], adapter: Any | None) -> str:
         """Adapter families that encode phrases their own way (GLIGEN: pooler output) get their
         own cached vectors; the user family uses the base model's mean-pooled encoding."""
-        key = getattr(adapter, "phrase_key", "base")
+        key = adapter.phrase_key
         if key == "base":
             return key
         todo = [lay for lay in dict.fromkeys(layouts) if (key, lay.layout_id) not in self._phrases]
@@ -256,11 +305,15 @@ class Sampler:
 
     @torch.no_grad()
     def sample(self, jobs: Sequence[ImageJob], adapter: Any | None, *,
-               timings: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               timings: dict[str, float] | None = None,
+               diagnostics: list[tuple[dict[str, Any], np.ndarray] | None] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one batch; return (images in [0,1] on CPU, per-image finite flags).
 
         ``timings``: when given, ``encode_s``, ``unet_s`` and ``decode_s`` of this batch are added
-        to it (see GenerationStats).
+        to it (see GenerationStats). ``diagnostics``: when given (and an adapter is on), one
+        (write record, write map) per job is appended, measured by a WriteMeter on this very
+        sampling (conditional CFG half; None for a job at gate scale 0).
         """
         s, base = self.settings, self.base
         clock = time.perf_counter() if timings is not None else 0.0
@@ -292,18 +345,26 @@ class Sampler:
             key = self._phrase_key([j.layout for j in jobs], adapter)
             grounding = self._grounding(jobs, cfg, key, resolve_uncond(s.uncond_boxes,
                                                                       adapter.info.reference_uncond),
-                                        getattr(adapter, "fixed_slots", None))
+                                        adapter.fixed_slots)
         active_steps = grounded_steps(s.grounding_fraction, s.steps)
+        meter = None
+        if diagnostics is not None and grounding is not None:
+            meter = WriteMeter(grounding.boxes.shape[0], grounding.boxes.shape[1], base.device)
         for i, t in enumerate(scheduler.timesteps):
             model_in = scheduler.scale_model_input(torch.cat([x, x]) if cfg else x, t)
             active = grounding if i < active_steps else None
-            with adapter.grounded(active) if adapter is not None else nullcontext():
+            if meter is not None:
+                meter.phase = int(i >= active_steps / 2)          # early / late grounded steps
+            with adapter.grounded(active) if adapter is not None else nullcontext(), \
+                    adapter.measuring(meter) if meter is not None else nullcontext():
                 pred = base.unet(model_in, t, encoder_hidden_states=emb.hidden, **kwargs).sample
             if cfg:
                 uncond, text = pred.chunk(2)
                 pred = uncond + s.guidance_scale * (text - uncond)
             x = scheduler.step(pred, t, x).prev_sample
         lap("unet_s")
+        if meter is not None and grounding is not None:
+            diagnostics.extend(_write_diagnostics(meter, grounding, jobs, cfg))
         images = base.decode(x).float().cpu()
         finite = torch.isfinite(images).flatten(1).all(dim=1)
         images = torch.nan_to_num(images, nan=0.0).clamp(0, 1)
@@ -312,8 +373,11 @@ class Sampler:
 
     def run(self, jobs: Sequence[ImageJob], adapter: Any | None, *, batch_size: int,
             stats: GenerationStats | None = None,
-            on_batch: Callable[[int], None] | None = None) -> GenerationStats:
-        """Generate every job whose image is not on disk yet; PNG writes overlap generation."""
+            on_batch: Callable[[int], None] | None = None,
+            keep: KeptImages | None = None) -> GenerationStats:
+        """Generate every job whose image is not on disk yet; PNG writes overlap generation.
+
+        ``keep``: the new images also go there (in memory, for the score stage)."""
         stats = stats or GenerationStats()
         pending = [j for j in jobs if not j.path.exists()]
         stats.cached += len(jobs) - len(pending)
@@ -327,7 +391,10 @@ class Sampler:
                 began = time.perf_counter()
                 timings: dict[str, float] = {}
                 try:
-                    images, finite = self.sample(batch, adapter, timings=timings)
+                    diagnostics: list = []
+                    images, finite = self.sample(
+                        batch, adapter, timings=timings,
+                        diagnostics=diagnostics if adapter is not None else None)
                 except torch.OutOfMemoryError:
                     if batch_size == 1:
                         raise
@@ -343,10 +410,14 @@ class Sampler:
                 stats.batch_sizes.append(len(batch))
                 began = time.perf_counter()
                 arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-                for job, array, ok in zip(batch, arrays, finite.tolist()):
+                arrays.flags.writeable = False      # shared by the PNG writer and the scorer
+                for k, (job, array, ok) in enumerate(zip(batch, arrays, finite.tolist())):
+                    if keep is not None:
+                        keep.put(job.path, array)
                     meta = {"layout_id": job.layout.layout_id, "gate_scale": job.gate_scale,
                             "seed": job.seed, "nonfinite": not ok}
-                    writes.append(pool.submit(_timed_write_png, job.path, array, meta))
+                    writes.append(pool.submit(_timed_write_png, job.path, array, meta,
+                                              diagnostics[k] if diagnostics else None))
                     stats.nonfinite += int(not ok)
                 stats.write_wait_s += time.perf_counter() - began
                 stats.generated += len(batch)

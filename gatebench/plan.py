@@ -3,7 +3,9 @@
 Scale 0 (no adapter) is shared by every checkpoint; each checkpoint's images go to a cache folder
 named by the full recipe (base hashes, sampler, seed, the adapter's forward and CFG treatment), so
 a rerun makes only what is missing and never mixes recipes; under torchrun each rank makes its
-shard. Every adapter is attached once before anything is generated, so a misfit fails first.
+shard. Every adapter is attached once before anything is generated, so a misfit fails first;
+that load is the one its generation uses (LoadedAdapters: detached after the check, attached
+again for its images), so each adapter is loaded once.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from typing import Any, Callable, Sequence
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import load_adapter
 from gatebench.errors import CheckpointError
-from gatebench.generate import (GenerationStats, ImageCache, ImageJob, Sampler, SamplerSettings,
-                                layout_seed, resolve_uncond)
+from gatebench.generate import (GenerationStats, ImageCache, ImageJob, KeptImages, Sampler,
+                                SamplerSettings, layout_seed, resolve_uncond)
 from gatebench.layouts import Layout
 from gatebench.protocol import Protocol
 from gatebench.score import ImageItem
@@ -31,13 +33,16 @@ def sampler_settings(protocol: Protocol, base: Any) -> SamplerSettings:
 
 def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                  layouts: Sequence[Layout], protocol: Protocol, *, root: Path, batch: int,
-                 progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1)
+                 progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
+                 keep: KeptImages | None = None, adapters: LoadedAdapters | None = None
                  ) -> tuple[dict[tuple[str, float], list[ImageItem]], GenerationStats, list[dict]]:
     """Images for every checkpoint x gate scale; scale 0 (no adapter) is shared by all.
 
     With ``shard=(rank, world)`` this process generates only layouts ``i % world == rank``; the
     returned items still name every image (paths are a pure function of the recipe), so the
-    scorer sees the whole set once all ranks are done.
+    scorer sees the whole set once all ranks are done. ``keep``: the images made here stay in
+    memory and the items carry them (``image``, ``reference_image``): scoring reads no PNG
+    back. ``adapters``: the preflight's loads (preflight_adapters), reused.
     """
     rank, world = shard
     position = {lay.layout_id: i for i, lay in enumerate(layouts)}
@@ -51,12 +56,15 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     base_cache = ImageCache(root, "base", {**common, "adapter": None})
     zero_jobs = [ImageJob(lay, 0.0, layout_seed(protocol.seed, lay.layout_id),
                           base_cache.path_for(lay.layout_id, 0.0)) for lay in layouts]
-    sampler.run(mine(zero_jobs), None, batch_size=batch, stats=stats, on_batch=progress)
+    sampler.run(mine(zero_jobs), None, batch_size=batch, stats=stats, on_batch=progress,
+                keep=keep)
     zero_path = {job.layout.layout_id: job.path for job in zero_jobs}
+    kept = keep.get if keep is not None else (lambda _path: None)
     items: dict[tuple[str, float], list[ImageItem]] = {}
     caches = [{"adapter": None, "folder": str(base_cache.folder), "recipe_sha256": base_cache.hash}]
     for info in infos:
-        items[(info.sha256, 0.0)] = [ImageItem(zero_path[lay.layout_id], lay, 0.0, None)
+        items[(info.sha256, 0.0)] = [ImageItem(zero_path[lay.layout_id], lay, 0.0, None,
+                                               image=kept(zero_path[lay.layout_id]))
                                      for lay in layouts]
         uncond = resolve_uncond(sampler.settings.uncond_boxes, info.reference_uncond)
         cache = ImageCache(root, info.path.stem, {**common, "adapter": {
@@ -69,27 +77,93 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                          cache.path_for(lay.layout_id, s)) for s in scales if s != 0.0
                 for lay in layouts]
         if jobs:
-            adapter = load_adapter(info.path, base, info)
-            caches[-1]["phrase_encoding"] = getattr(adapter, "phrase_encoding", base.phrase_encoding)
+            adapter = adapters.take(info, base) if adapters is not None else \
+                load_adapter(info.path, base, info)
+            caches[-1]["phrase_encoding"] = adapter.phrase_encoding
             try:
-                sampler.run(mine(jobs), adapter, batch_size=batch, stats=stats, on_batch=progress)
+                sampler.run(mine(jobs), adapter, batch_size=batch, stats=stats, on_batch=progress,
+                            keep=keep)
             finally:
                 adapter.remove()
         for s in scales:
             if s != 0.0:
                 items[(info.sha256, s)] = [
-                    ImageItem(j.path, j.layout, s, zero_path[j.layout.layout_id])
+                    ImageItem(j.path, j.layout, s, zero_path[j.layout.layout_id],
+                              image=kept(j.path),
+                              reference_image=kept(zero_path[j.layout.layout_id]))
                     for j in jobs if j.gate_scale == s]
     return items, stats, caches
 
 
-def preflight_adapters(base: Any, infos: Sequence[CheckpointInfo]) -> None:
-    """Attach and detach every adapter once before generating: widths, phrase width, missing
-    ``to_out`` and shapes that do not fit their keys fail now, not after the base images."""
-    for info in infos:
+KEEP_ADAPTERS_BYTES = 1 << 30    # LoadedAdapters' default: 1 GiB of adapter tensors kept
+
+
+def _held_bytes(runtime: Any, base: Any) -> int:
+    """Bytes of the tensors a (detached) runtime holds beyond the base model's own: its adapter
+    modules, or a GLIGEN runtime's gated UNet copy."""
+    import torch  # noqa: PLC0415
+
+    own = {id(t) for t in base.unet.parameters()} | {id(t) for t in base.unet.buffers()}
+    held: dict[int, int] = {}
+    for value in vars(runtime).values():
+        if isinstance(value, torch.nn.Module):
+            for t in [*value.parameters(), *value.buffers()]:
+                if id(t) not in own:
+                    held[id(t)] = t.numel() * t.element_size()
+    return sum(held.values())
+
+
+class LoadedAdapters:
+    """Every checkpoint's adapter loaded once, by the preflight, and reused for its images.
+
+    The preflight loads (attaches) each adapter against the base, so a misfit fails before any
+    image; it then detaches it and keeps it here; ``take`` attaches the same runtime again for
+    its own images. A runtime whose own tensors do not fit in what is left of ``max_bytes`` (a
+    GLIGEN runtime holds a whole gated UNet copy), or whose family has no ``attach``, is let go
+    after its check and loaded again when its turn comes: memory before load time."""
+
+    def __init__(self, max_bytes: int = KEEP_ADAPTERS_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.loads = 0          # load_adapter calls (preflight + generation)
+        self.reused = 0
+        self._kept: dict[str, Any] = {}
+
+    def check(self, info: CheckpointInfo, base: Any) -> None:
+        """Load ``info``'s adapter (the preflight check), detach it, keep it if it fits."""
+        runtime = self._load(info, base)
+        runtime.remove()
+        size = _held_bytes(runtime, base)
+        if callable(getattr(runtime, "attach", None)) and self.bytes + size <= self.max_bytes \
+                and str(info.path) not in self._kept:
+            self._kept[str(info.path)] = runtime
+            self.bytes += size
+
+    def take(self, info: CheckpointInfo, base: Any) -> Any:
+        """``info``'s adapter attached to ``base``: the preflight's when kept, else a new load."""
+        runtime = self._kept.pop(str(info.path), None)
+        if runtime is None:
+            return self._load(info, base)
+        self.reused += 1
+        runtime.attach()
+        return runtime
+
+    def _load(self, info: CheckpointInfo, base: Any) -> Any:
+        self.loads += 1
         try:
-            load_adapter(info.path, base, info).remove()
+            return load_adapter(info.path, base, info)
         except CheckpointError as exc:
             if exc.path is not None:
                 raise
             raise CheckpointError(exc.message, path=info.path, hint=exc.hint) from None
+
+
+def preflight_adapters(base: Any, infos: Sequence[CheckpointInfo], *,
+                       max_bytes: int = KEEP_ADAPTERS_BYTES) -> LoadedAdapters:
+    """Attach and detach every adapter once before generating: widths, phrase width, missing
+    ``to_out`` and shapes that do not fit their keys fail now, not after the base images. The
+    loaded adapters are returned for generate_all to reuse (LoadedAdapters)."""
+    loaded = LoadedAdapters(max_bytes)
+    for info in infos:
+        loaded.check(info, base)
+    return loaded

@@ -21,16 +21,19 @@ from gatebench.distributed import (barrier, distributed, import_collective_libra
                                    sum_over_ranks)
 from gatebench.errors import GatebenchError, ModelFileError
 from gatebench.gates import GateReport, analyse
-from gatebench.generate import GenerationStats, Sampler, grounded_steps
+from gatebench.generate import (KEEP_IMAGES_BYTES, GenerationStats, KeptImages, Sampler,
+                                grounded_steps)
 from gatebench.layouts import select_layouts
 from gatebench.models.device import resolve_device, resolve_dtype
-from gatebench.plan import generate_all, preflight_adapters, sampler_settings
+from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
 from gatebench.protocol import Protocol
 from gatebench.rundir.outputs import ensure_out_dir
 from gatebench.rundir.results import build_results, exit_code, write_json
 from gatebench.rundir.samples import write_samples_jsonl
 from gatebench.score_run import detector_ceiling, score_sets
+from gatebench.rundir.saved import label_map
 from gatebench.verdict import TargetRow, evaluate_targets
+from gatebench.writes.findings import write_findings
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class RunOptions:
     device: str = "auto"
     batch_size: int | None = None
     command: str = ""
+    # the images made stay in memory up to this many bytes for scoring (0: read the PNGs back)
+    keep_images_bytes: int = KEEP_IMAGES_BYTES
 
 
 @dataclass
@@ -104,12 +109,16 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     import_collective_libraries(protocol, world)     # every rank, before any other collective
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)
-    # models, each loaded once; every adapter checked against the base before any image
+    # models, each loaded once; every adapter checked against the base before any image (that
+    # load is the one generation uses)
     with _timed(timings, "load_s"):
         base = base if base is not None else _load_base(protocol, device, dtype)
         if rank == 0:   # only rank 0 scores; it loads the evaluation models up front to fail early
             eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
-    preflight_adapters(base, infos)
+        adapters = preflight_adapters(base, infos)
+    # only rank 0 scores: it keeps the images it makes in memory instead of reading them back
+    keep = KeptImages(options.keep_images_bytes) if rank == 0 and options.keep_images_bytes > 0 \
+        else None
     # plan + generate
     sampler = Sampler(base, sampler_settings(protocol, base))
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
@@ -120,7 +129,8 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             items, gen_stats, caches = generate_all(
                 base, sampler, infos, layouts, protocol, root=out / "images",
                 batch=options.batch_size or protocol.generation.batch_size,
-                progress=bar.advance if bar else None, shard=(rank, world))
+                progress=bar.advance if bar else None, shard=(rank, world), keep=keep,
+                adapters=adapters)
         finally:
             if bar:
                 bar.close()
@@ -142,9 +152,12 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
         protocol=protocol, gate_report=gate_report, rows=rows, targets=targets,
         models={"base": base.identity(), **eval_models.identity()}, layouts_info=layouts_info,
         n_layouts=len(layouts), timings=timings,
-        generation=_generation_record(gen_stats, world, base, protocol, caches),
+        generation=_generation_record(gen_stats, world, base, protocol, caches, adapters, keep),
         command=options.command, device=device, dtype=dtype, ceiling=ceiling,
         layout_ids=[lay.layout_id for lay in layouts])
+    # why placement fails, read from where the adapter writes (warnings: never the verdict)
+    results["write_findings"] = [f.to_dict() for f in write_findings(
+        rows, results["checkpoints"], label_map(results))]
     paths = {"results": write_json(out / "results.json", results),
              "samples": write_samples_jsonl(samples, out / "samples.jsonl"),
              "report": write_report(results, samples, gate_report, out)}
@@ -153,9 +166,13 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
 
 
 def _generation_record(stats: GenerationStats, world: int, base: Any, protocol: Protocol,
-                       caches: list[dict]) -> dict[str, Any]:
+                       caches: list[dict], adapters: LoadedAdapters | None = None,
+                       keep: KeptImages | None = None) -> dict[str, Any]:
     g = protocol.generation
     return {**stats.to_dict(), "world_size": world, "phrase_encoding": base.phrase_encoding,
             "uncond_boxes": g.uncond_boxes, "caches": caches,
             "grounded_steps": grounded_steps(g.grounding_fraction, g.steps),
-            "images_total": stats.generated + stats.cached}
+            "images_total": stats.generated + stats.cached,
+            # one load per adapter when the preflight's is reused; images scored from memory
+            "adapter_loads": adapters.loads if adapters is not None else None,
+            "images_kept_in_memory": len(keep) if keep is not None else 0}

@@ -23,16 +23,17 @@ from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_fea
                                    reference_stats)
 from gatebench.metrics.fid_maths import (feature_stats, fid_from_features, fid_route,
                                          frechet_distance, kid, kid_route)
-from gatebench.metrics.health import assess
+from gatebench.metrics.health import ImageHealth, TwinCache, assess_many
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
 from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.stats import MetricValue, bootstrap_ci
 from gatebench.protocol import Protocol
-from gatebench.rundir.samples import _plain, read_samples_jsonl, write_samples_jsonl  # noqa: F401
+from gatebench.writes.records import read_record, sample_columns
+from gatebench.rundir.samples import jsonable
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-DETECTION_METRICS = metric_spec.DETECTOR_METRICS
+HEALTH_METRICS = ("garbled_rate", "blank_rate")     # from the image-health cues
 _CHUNK = 32
 
 
@@ -42,6 +43,12 @@ class ImageItem:
     layout: Layout
     gate_scale: float | None = None
     reference_image_path: Path | None = None   # gate-0 twin (same layout, same seed)
+    # where the adapter wrote while making it (writes.records); None: read the image's sidecar
+    writes: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    # the pixels themselves (uint8 HWC, as written to image_path), when the caller has them in
+    # memory (gatebench run: just generated): scored without reading the file back
+    image: Any = field(default=None, compare=False, hash=False, repr=False)
+    reference_image: Any = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass
@@ -59,7 +66,7 @@ class ScoreResult:
                 "metrics_by_gate_scale": {
                     ("none" if g is None else f"{g:g}"): {k: v.to_dict() for k, v in m.items()}
                     for g, m in self.metrics_by_gate_scale.items()},
-                "n_images": int(len(self.samples)), "info": _plain(self.info)}
+                "n_images": int(len(self.samples)), "info": jsonable(self.info)}
 
 
 def _items(images: Sequence[Any]) -> list[ImageItem]:
@@ -82,6 +89,20 @@ def _detections_vocabulary(detections: Mapping[str, Sequence[Detection]] | None)
     COCO class that was never detected still counts as a miss, not as unscorable)."""
     found = {d.label for dets in (detections or {}).values() for d in dets}
     return frozenset(COCO80_NAMES) | found
+
+
+def _pixels(image: Any, path: Path | None) -> Any:
+    """The in-memory image when there is one (no read-back), else the file's."""
+    return to_pil_rgb(image) if image is not None else _load(path)
+
+
+_NO_HEALTH = ImageHealth(float("nan"), False, float("nan"), False)   # image_health=False
+
+
+def _twin(it: ImageItem) -> Any:
+    """The reference as assess_many takes it: pixels in memory, else the path (decoded only if
+    the twin cache has not got its maps yet)."""
+    return it.reference_image if it.reference_image is not None else it.reference_image_path
 
 
 def _load(path: Path) -> Any:
@@ -121,13 +142,20 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                  detector: Detector | None = None, detector_labels: Collection[str] | None = None,
                  clip: ClipBackend | None = None, fid_extractor: FeatureExtractor | None = None,
                  real_images: Sequence[str | Path] | ReferenceStats | None = None,
-                 cache_dir: str | Path | None = None, clip_language: str = "native") -> ScoreResult:
+                 cache_dir: str | Path | None = None, clip_language: str = "native",
+                 twin_cache: TwinCache | None = None, image_health: bool = True) -> ScoreResult:
     """Score ``(image_path, Layout, gate_scale|None, reference_image_path|None)`` items.
 
     ``detections`` (keyed by image file name) wins over ``detector``. ``detector_labels``: the
     vocabulary GT classes are mapped into (default: the detector's, else the 80 COCO names).
     ``clip_language="en"`` scores ``caption_en``/``name_en`` where present instead of the
-    caption/phrase the image was generated from.
+    caption/phrase the image was generated from. Items that carry their pixels (``image``,
+    ``reference_image``: uint8 RGB, what their PNG holds) are scored from memory, no file read;
+    the others are decoded once for CLIP, FID features and health (the detector still gets the
+    path: its own decoder can differ from PIL's on JPEGs or 16-bit PNGs). ``twin_cache``: one
+    TwinCache over several calls (a run's sets) analyses each gate-0 twin once.
+    ``image_health=False`` (the detector ceiling, which reports detection only) skips the health
+    cues: their columns are empty and garbled_rate / blank_rate are not computed.
     """
     items = _items(images)
     if not items:
@@ -150,13 +178,25 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     class_map = protocol.detection.class_map
     rows: list[dict[str, Any]] = []
     ap_images: list[APImage] = []
+    want_fid = fid_extractor is not None and real_images is not None
+    fid_chunks: list[np.ndarray] = []
     for start in range(0, len(items), _CHUNK):
         chunk = items[start:start + _CHUNK]
-        pils = [_load(it.image_path) for it in chunk]
+        pils = [_pixels(it.image, it.image_path) for it in chunk]
+        healths = assess_many(pils, [_twin(it) for it in chunk],
+                              garbled_threshold=scoring.garbled_threshold,
+                              blank_threshold=scoring.blank_threshold, twin_cache=twin_cache,
+                              twin_keys=[str(it.reference_image_path) if it.reference_image_path
+                                         else None for it in chunk]) if image_health else \
+            [_NO_HEALTH] * len(chunk)
+        if want_fid:   # the extractor's batches are these chunks, as when it read the files
+            fid_chunks.append(extract_features(pils, fid_extractor, resize=scoring.fid_resize,
+                                               batch_size=_CHUNK))
         if detections is not None:
             dets = [list(detections[it.image_path.name]) for it in chunk]
-        elif detector is not None:
-            dets = detector.detect([it.image_path for it in chunk])
+        elif detector is not None:   # a file by its path: the detector decodes it its own way
+            dets = detector.detect([pil if it.image is not None else it.image_path
+                                    for it, pil in zip(chunk, pils)])
         else:
             dets = [[] for _ in chunk]
         use_en = clip_language == "en"
@@ -168,16 +208,13 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                 clip, pils, [[o.bbox for o in it.layout.objects] for it in chunk],
                 [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
                  for it in chunk])
-        for k, (it, pil, det) in enumerate(zip(chunk, pils, dets)):
+        for k, (it, pil, det, health) in enumerate(zip(chunk, pils, dets, healths)):
             objs = it.layout.objects
             gt_labels = [gt_label(o, labels, class_map) for o in objs]
             records = match_boxes([o.bbox for o in objs], gt_labels, [d.bbox for d in det],
                                   [d.label for d in det], [d.score for d in det],
                                   scoring.match_iou)
             summary = summarize_matches(records)
-            ref = _load(it.reference_image_path) if it.reference_image_path else None
-            health = assess(pil, ref, garbled_threshold=scoring.garbled_threshold,
-                            blank_threshold=scoring.blank_threshold)
             boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
                       "scorable": r.scorable, "matched": r.matched if has_det else None,
                       "iou": round(r.iou, 6) if has_det else None}
@@ -193,12 +230,14 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                 "layout_id": it.layout.layout_id, "gate_scale": it.gate_scale,
                 "clip_score": float(g_clip[k]) if clip is not None else float("nan"),
                 "region_clip_score": region, "garbled_score": health.garbled_score,
-                "garbled": health.garbled, "blank_score": health.blank_score,
-                "blank": health.blank,
+                "garbled": health.garbled if image_health else None,
+                "blank_score": health.blank_score, "blank": health.blank if image_health else None,
                 "n_boxes": len(objs), "n_scorable": n_sc,
                 "n_matched": summary["n_matched"] if has_det else None,
                 "iou_sum": summary["iou_sum"] if has_det else None,
                 "all_matched": summary["all_matched"] if has_det else None,
+                **sample_columns(it.writes if it.writes is not None else
+                                 read_record(it.image_path), it.gate_scale),
                 "boxes": boxes, "reason": _reason(boxes, has_det, health),
                 # optional extras for report grids (not Stable names): prompt and raw detections
                 "caption": it.layout.caption,
@@ -218,20 +257,28 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
             cache_dir = gatebench_cache() / "refstats"
         reference = real_images if isinstance(real_images, ReferenceStats) else reference_stats(
             list(real_images), fid_extractor, cache_dir=cache_dir, resize=scoring.fid_resize)
-        fake_feats = extract_features([it.image_path for it in items], fid_extractor,
-                                      resize=scoring.fid_resize)
+        fake_feats = np.concatenate(fid_chunks)
     fid_device = getattr(fid_extractor, "device", None)
     ctx = _Context(protocol, has_det, clip is not None, reference, fake_feats,
                    None if fid_device is None or str(fid_device) == "cpu" else str(fid_device))
-    metrics, not_computed = ctx.aggregate(samples, ap_images, np.arange(len(items)))
+    # without health cues the rates would average empty flags: counted as False, then dropped
+    frame = samples if image_health else samples.assign(garbled=False, blank=False)
+    metrics, not_computed = ctx.aggregate(frame, ap_images, np.arange(len(items)))
+    if not image_health:
+        for name in HEALTH_METRICS:
+            metrics.pop(name, None)
+            not_computed[name] = "image health not computed for this set (image_health=False)"
     fid_routes = {"all": ctx.fid_route}
     by_scale: dict[float | None, dict[str, MetricValue]] = {}
     scales = list(dict.fromkeys(it.gate_scale for it in items))
     if any(s is not None for s in scales):
         for scale in scales:
             idx = np.array([i for i, it in enumerate(items) if it.gate_scale == scale])
-            by_scale[scale] = ctx.aggregate(samples.iloc[idx], [ap_images[i] for i in idx],
+            by_scale[scale] = ctx.aggregate(frame.iloc[idx], [ap_images[i] for i in idx],
                                             idx)[0]
+            if not image_health:
+                by_scale[scale] = {k: v for k, v in by_scale[scale].items()
+                                   if k not in HEALTH_METRICS}
             fid_routes["none" if scale is None else f"{scale:g}"] = ctx.fid_route
     info = {"detection": "detections file" if detections is not None else (
                 "detector" if detector is not None else None),
@@ -262,7 +309,7 @@ class _Context:
         ``spec.units`` compare pairs), set-level ones by their own computation."""
         s = self.protocol.scoring
         kw = {"n_boot": s.bootstrap, "level": s.ci_level, "seed": self.protocol.seed}
-        have = {"detector": self.has_det, "clip": self.has_clip, "none": True,
+        have = {"detector": self.has_det, "clip": self.has_clip, "none": True, "adapter": True,
                 "fid": self.reference is not None and self.fake_feats is not None}
         out: dict[str, MetricValue] = {}
         skip: dict[str, str] = {}
@@ -272,7 +319,7 @@ class _Context:
             elif m.ratio is not None:
                 u = metric_spec.units(df, m.ratio)
                 if m.ratio.empty_reason and not u["den"].sum() > 0:
-                    skip[m.name] = m.ratio.empty_reason
+                    skip[m.name] = _empty_reason(df, m.ratio)
                     continue
                 denom = u["den"].to_numpy() if m.ratio.denominator is not None else None
                 out[m.name] = bootstrap_ci(u["num"].to_numpy(), denom,
@@ -303,6 +350,15 @@ class _Context:
                               "n_fake": len(fake)}
         names = metric_spec.METRICS
         return ({m: out[m] for m in names if m in out}, {m: skip[m] for m in names if m in skip})
+
+
+def _empty_reason(df: pd.DataFrame, ratio: metric_spec.Ratio) -> str:
+    """Why no image counts: the images' own most common reason when they record one."""
+    if ratio.reason is not None and ratio.reason in df.columns:
+        reasons = df[ratio.reason].dropna()
+        if len(reasons):
+            return str(reasons.mode().iloc[0])
+    return ratio.empty_reason
 
 
 def _pair(images_dir: Path, layouts: list[Layout], source: Path) -> list[ImageItem]:

@@ -8,10 +8,11 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from gatebench.checkpoint import CheckpointInfo
+from gatebench.adapters.types import CheckpointInfo
 from gatebench.generate import read_png_meta
 from gatebench.metrics.spec import DETECTOR_METRICS
 from gatebench.errors import ProtocolError
+from gatebench.metrics.health import TwinCache
 from gatebench.protocol import Protocol, load_protocol
 from gatebench.rundir.saved import checkpoint_labels
 from gatebench.score import ImageItem, score_folder, score_images
@@ -25,9 +26,13 @@ def nonfinite_count(items: Sequence[ImageItem]) -> int:
 def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                infos: Sequence[CheckpointInfo], scales: Sequence[float], protocol: Protocol,
                eval_models: Any, cache_dir: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """(samples of every image, one results row per checkpoint x gate scale)."""
+    """(samples of every image, one results row per checkpoint x gate scale).
+
+    Items that carry their pixels are scored from memory; every gate-0 twin's health maps are
+    made once for all the sets (one TwinCache)."""
     frames, rows = [], []
     zero: Any = None
+    twins = TwinCache()
     labels = checkpoint_labels(info.path for info in infos)   # runA/final.pt vs runB/final.pt
     for info in infos:
         for s in scales:
@@ -36,7 +41,7 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                 result = zero
             else:
                 result = score_images(group, protocol, **eval_models.score_kwargs(),
-                                      cache_dir=cache_dir)
+                                      cache_dir=cache_dir, twin_cache=twins)
                 zero = result if s == 0.0 else zero
             frame = result.samples.copy()
             frame.insert(0, "checkpoint", labels[str(info.path)])
@@ -46,7 +51,9 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                          "gate_scale": s, "n_images": len(group),
                          "nonfinite_images": nonfinite_count(group),
                          "metrics": {k: v.to_dict() for k, v in result.metrics.items()},
-                         "not_computed": dict(result.not_computed)})
+                         "not_computed": dict(result.not_computed),
+                         # how FID/KID were computed here (README: "which route each took")
+                         "fid_route": (result.info.get("fid_route") or {}).get("all")})
     return pd.concat(frames, ignore_index=True), rows
 
 
@@ -55,7 +62,7 @@ def detector_ceiling(protocol: Protocol, eval_models: Any) -> dict[str, Any] | N
     if eval_models.detector is None or not eval_models.real_images:
         return None
     real = score_images([ImageItem(path, lay) for lay, path in eval_models.real_images],
-                        protocol, detector=eval_models.detector)
+                        protocol, detector=eval_models.detector, image_health=False)
     return {"n_images": len(eval_models.real_images),
             "metrics": {k: v.to_dict() for k, v in real.metrics.items() if k in DETECTOR_METRICS}}
 

@@ -95,16 +95,9 @@ def package_graph(graph: dict[str, set[str]],
 
 # Module edges that close a package cycle from files other engineers are editing (issue 21
 # part 2): each names the change that removes it. Once the edge is gone, delete its entry.
-PENDING_EDGES = {
-    ("gatebench.metrics.health", "gatebench.protocol"):
-        "health.py: take the default thresholds from metrics.spec (GARBLED_THRESHOLD, "
-        "BLANK_THRESHOLD), not from protocol.ScoringSpec",
-}
+PENDING_EDGES: dict[tuple[str, str], str] = {}
 # Files still holding a re-export shim or a cross-module private import, for the same reason.
-PENDING_SHIMS = {
-    "gatebench/score.py": "import jsonable (not _plain) from rundir.samples and drop the "
-                          "read_samples_jsonl / write_samples_jsonl re-exports",
-}
+PENDING_SHIMS: dict[str, str] = {}
 
 
 def test_the_package_graph_folds_modules_into_packages() -> None:

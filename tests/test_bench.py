@@ -89,8 +89,9 @@ def test_adapter_bench_quick_and_mini(tmp_path: Path) -> None:
     doc = json.loads(out.read_text(encoding="utf-8"))
     assert doc["attn2_sites"] > 0 and doc["widths"] == [64, 128]
     row = doc["rows"][0]
-    assert row["max_diff_over_effect"] <= 1e-4
-    assert all(finite_positive(row[k]) for k in ("base_s", "adapter_s", "textbook_s"))
+    assert row["max_diff_over_effect"] <= 1e-4 and row["meter_changes_output"] is False
+    assert all(finite_positive(row[k]) for k in ("base_s", "adapter_s", "textbook_s",
+                                                  "adapter_meter_s"))
 
 
 def test_gates_bench_small(tmp_path: Path) -> None:

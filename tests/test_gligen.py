@@ -48,9 +48,17 @@ def test_gligen_checkpoint_generates_and_scale_zero_is_the_base(tmp_path: Path) 
     try:
         assert base.unet is not original
         zero, _ = sampler.sample(jobs(0.0), adapter)
-        one, _ = sampler.sample(jobs(1.0), adapter)
+        diagnostics: list = []
+        one, _ = sampler.sample(jobs(1.0), adapter, diagnostics=diagnostics)
     finally:
         adapter.remove()
+    # where the fusers write: their residual is measured; they expose no box attention
+    assert len(diagnostics) == 2
+    for record, density in diagnostics:
+        assert record["effect_norm"] > 0 and 0 <= record["effect_in_boxes"] <= 1
+        assert record["box_attention_kappa"] is None
+        assert "no box attention" in record["box_attention_kappa_reason"]
+        assert density.shape == (32, 32) and float(density.max()) == 1.0
     assert base.unet is original
     assert torch.allclose(zero, plain, atol=1e-6)
     assert (one - plain).abs().max() > 1e-4

@@ -15,29 +15,32 @@ from gatebench.protocol import parse_protocol
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.rundir.saved import label_map, load_run
 from gatebench.score import score_folder
+from gatebench.writes.records import NOT_RECORDED, write_sidecars
 from tests.test_score import PROTOCOL, folder  # noqa: F401  (the fixture)
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "run" / "results.json"
 STABLE = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "clip_score",
           "region_clip_score", "fid", "kid", "garbled_rate", "blank_rate")
+WRITES = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
 TOY = MetricSpec("toy_rate", False, "image", "none", "Toy rate", "share in [0, 1]", "images",
                  "share of garbled images, counted again", Ratio("garbled"), 0.02)
 
 
 def test_the_table_keeps_the_stable_names_and_facts() -> None:
-    assert metric_spec.METRIC_NAMES == STABLE and all(METRICS[n].name == n for n in METRICS)
+    assert metric_spec.METRIC_NAMES == STABLE + WRITES
+    assert all(METRICS[n].name == n for n in METRICS)
     assert compare.PAIRED_METRICS == ("iou50_rate", "miou", "all_matched_rate", "clip_score",
-                                      "region_clip_score", "garbled_rate", "blank_rate")
+                                      "region_clip_score", "garbled_rate", "blank_rate", *WRITES)
     assert compare.SET_METRICS == ("ap50", "ap", "fid", "kid")
-    assert compare.LOWER_IS_BETTER == {"fid", "kid", "garbled_rate", "blank_rate"}
-    margins = {m: compare.DEFAULT_MARGINS.get(m, compare.OTHER_MARGIN)
-               for m in compare.PAIRED_METRICS}
+    assert compare.LOWER_IS_BETTER == {"fid", "kid", "garbled_rate", "blank_rate", "effect_norm"}
+    margins = {m: compare.DEFAULT_MARGINS[m] for m in compare.PAIRED_METRICS if m not in WRITES}
     assert margins == {"iou50_rate": 0.02, "miou": 0.02, "all_matched_rate": 0.02,
                        "clip_score": 0.005, "region_clip_score": 0.02, "garbled_rate": 0.02,
                        "blank_rate": 0.02}
     for m in METRICS.values():
         assert (m.ratio is not None) == (m.level == "image")         # set-level: no per-image sum
-        assert (m.default_margin is not None) == (m.level == "image")  # set-level: gated if named
+        # set-level metrics and the write diagnostics are gated only when named
+        assert (m.default_margin is not None) == (m.level == "image" and m.needs != "adapter")
         assert m.needs == "none" or m.needs in metric_spec.NEED_REASONS
         assert m.definition and m.tex and m.n_of
 
@@ -53,9 +56,21 @@ def test_score_reports_what_the_spec_aggregates_from_saved_samples(
         folder: dict[str, Path], tiny_clip) -> None:  # noqa: F811
     """For every per-image metric, sum(num)/sum(den) of samples.jsonl via the spec (what compare
     pairs) is the number score reported: the two cannot drift."""
+    # two images carry write diagnostics as generation records them; the third has none
+    write_sidecars(folder["images"] / "猫_一.png",
+                   {"effect_in_boxes": 0.7, "effect_lift": 1.8, "box_attention_kappa": 0.3,
+                    "effect_norm": 0.05}, None)
+    write_sidecars(folder["images"] / "狗_二.png",
+                   {"effect_in_boxes": 0.4, "effect_lift": 1.1, "box_attention_kappa": None,
+                    "box_attention_kappa_reason": "fewer than 2 boxes", "effect_norm": 0.09},
+                   None)
     result, samples = _score_and_reload(folder, tiny_clip)
     per_image = [n for n in metric_spec.IMAGE_METRICS if n in result.metrics]
     assert per_image == list(metric_spec.IMAGE_METRICS)                 # all of them computed
+    assert result.metrics["effect_lift"].value == pytest.approx((1.8 + 1.1) / 2)
+    assert result.metrics["box_attention_kappa"].value == pytest.approx(0.3)
+    garbled = samples.set_index("image").loc["garbled.png"]
+    assert garbled["effect_norm_reason"] == NOT_RECORDED and garbled["write_measured"] == 0
     for name in per_image:
         reported = result.metrics[name]
         assert metric_spec.aggregate_value(samples, name) == pytest.approx(reported.value,

@@ -104,3 +104,32 @@ def test_measured_through_the_hooks_without_changing_the_output() -> None:
     assert rows[1]["effect_norm"] > rows[0]["effect_norm"]   # gate scale 2 writes harder
     maps = meter.maps([0, 1])
     assert maps.shape == (2, 32, 32) and float(maps.max()) == pytest.approx(1.0)
+
+
+def test_measuring_adds_a_few_operators_per_site_and_never_syncs() -> None:
+    """The diagnostics ride along at every site and step: in-place sums, no host sync."""
+    from gatebench.adapters.user import attn2_widths
+    from tests.reference_attention import OpCounter
+
+    torch.manual_seed(0)
+    unet = tiny_unet((32, 64), cross_attention_dim=16).eval()
+    adapters = AdapterSet((32, 64), 32)
+    apply_init(adapters, "gligen", gate_value=0.5)
+    grounding = Grounding(TWO.expand(2, -1, -1), torch.randn(2, 2, 32), torch.ones(2, 2))
+    call = lambda: unet(torch.randn(2, 4, 8, 8), torch.tensor(500),  # noqa: E731
+                        encoder_hidden_states=torch.randn(2, 7, 16))
+    meter = WriteMeter(2, 2, "cpu")
+    injection = inject(unet, adapters)
+    try:
+        with torch.no_grad(), injection.grounded(grounding):
+            call()
+            with injection.measuring(meter):
+                call()                                   # the first call makes the sums
+                with OpCounter() as measured:
+                    call()
+            with OpCounter() as plain:
+                call()
+    finally:
+        injection.remove()
+    assert "_local_scalar_dense" not in measured.ops
+    assert 0 < len(measured.ops) - len(plain.ops) <= 12 * len(attn2_widths(unet))

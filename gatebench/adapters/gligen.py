@@ -72,10 +72,8 @@ class GligenAdapterRuntime(Grounded):
             gated.register_forward_pre_hook(hook, with_kwargs=True)
         self.unet = gated
         self.grounding: Grounding | None = None
-        self.handles = [m.register_forward_hook(self._blend) for name, m in gated.named_modules()
-                        if name.endswith(".fuser")]
-        self.handles.append(gated.register_forward_pre_hook(self._kwargs, with_kwargs=True))
-        base.unet = gated
+        self.handles: list[Any] = []
+        self.attach()
         self.phrase_encoding = ("gligen: a layout's phrases tokenized together (padding to the "
                                 "longest, truncation at the tokenizer's max length) -> text_encoder "
                                 "with the attention mask -> pooler_output (as diffusers' GLIGEN "
@@ -112,9 +110,21 @@ class GligenAdapterRuntime(Grounded):
             self.meter.record(delta, x, g)
         return x + delta
 
+    def attach(self) -> None:
+        """Swap the gated UNet in and hook its fusers (nothing while attached); after ``remove``
+        this re-attaches the same loaded copy (plan.LoadedAdapters: one load per checkpoint)."""
+        if self.handles:
+            return
+        self._original = self.base.unet
+        self.handles = [m.register_forward_hook(self._blend) for name, m in
+                        self.unet.named_modules() if name.endswith(".fuser")]
+        self.handles.append(self.unet.register_forward_pre_hook(self._kwargs, with_kwargs=True))
+        self.base.unet = self.unet
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+        self.handles = []
         self.base.unet = self._original
 
 

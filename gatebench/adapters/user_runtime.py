@@ -30,6 +30,7 @@ class UserAdapterRuntime:
     """The user's per-width adapters, applied by forward hooks after every attn2."""
 
     family = "user"
+    phrase_key = "base"             # the base model's own phrase encoding
     fixed_slots: int | None = None  # boxes padded to the batch's maximum: masks make it exact
 
     def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
@@ -47,6 +48,7 @@ class UserAdapterRuntime:
         load_state_checked(self.adapters, state, info.path)
         # float32 whatever the UNet's dtype, as the user's inference casts its adapter
         self.adapters.to(device=base.device, dtype=torch.float32).eval().requires_grad_(False)
+        self._unet = base.unet
         self.injection = inject(base.unet, self.adapters)
         self.uses_phrases = uses_phrases(self.config, base.kind)
         self.phrase_encoding = base.phrase_encoding if self.uses_phrases else (
@@ -63,6 +65,12 @@ class UserAdapterRuntime:
 
     def remove(self) -> None:
         self.injection.remove()
+
+    def attach(self) -> None:
+        """Hook the loaded adapters on again after ``remove`` (nothing while attached): a run's
+        preflight load is the one its generation uses (plan.LoadedAdapters)."""
+        if not self.injection.handles:
+            self.injection = inject(self._unet, self.adapters)
 
 
 def recognise(keys: Sequence[str]) -> bool:

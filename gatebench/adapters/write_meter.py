@@ -8,16 +8,19 @@ A detector says THAT placement failed; these say WHY, from the adapter's own act
   the site's energy): 1 = writes evenly everywhere, > 1 = concentrates in the boxes;
 * ``box_attention_kappa``: per box j, s_j = box j's attention mass received from tokens inside
   box j over all the mass it receives, chance-corrected by the pooled token share a_j of box j
-  as (s_j - a_j) / (1 - a_j), averaged over boxes (needs >= 2 boxes: with one box the softmax
-  over one key is 1 for every token, s_j = a_j by construction);
+  as (s_j - a_j) / (1 - a_j), averaged over boxes (needs >= 2 boxes unless the adapter has a
+  null slot: with one box and no null slot the softmax over one key is 1 for every token, so
+  s_j = a_j by construction);
 * ``effect_norm``: RMS ||delta|| / RMS ||h||, h the tensor the residual is added to.
 
 Pooling: every site and grounded step adds its sums (energies, attention masses) as they are, so
 a site weighs by what it writes (high-resolution sites have more tokens) and the chance levels are
 pooled with the same weights (a uniform writer scores lift 1, a uniform attender kappa 0 exactly).
 Sums are split into the first and second half of the grounded steps (``phase``) to show early vs
-late. Nothing per token is kept but a ``grid`` x ``grid`` energy-density map per row; the only
-host sync is ``results``, once per sampling run.
+late. Per token grid a site adds its energy per token (and, for the user family, its box
+attention per token) to running sums in place; in-box shares, chance levels and the
+``grid`` x ``grid`` energy-density map are derived from those sums once, in ``results`` and
+``maps`` (the one host sync, once per sampling run).
 """
 from __future__ import annotations
 
@@ -37,78 +40,104 @@ NO_ATTENTION = "this adapter family exposes no box attention to gatebench"
 
 
 class WriteMeter:
-    """Accumulates the sums for ``rows`` UNet-batch rows with up to ``slots`` boxes."""
+    """Accumulates, for ``rows`` UNet-batch rows with up to ``slots`` boxes, per token grid: the
+    residual energy per token (early and late steps) and the box attention per token.
+
+    A site adds to these in place (a few kernels, no host sync); everything that needs the
+    boxes (in-box shares, chance levels, the map) is derived once, in ``results`` / ``maps``,
+    because it is linear in the per-token sums.
+    """
 
     def __init__(self, rows: int, slots: int, device: torch.device | str,
                  grid: int = 32) -> None:
-        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=torch.float64)  # noqa: E731
+        self.rows, self.slots, self.device = rows, slots, device
         self.grid, self.phase = grid, 0
-        self.energy, self.energy_in, self.uniform_in = zeros(2, rows), zeros(2, rows), zeros(2, rows)
-        self.stream = zeros(rows)
-        self.mass, self.mass_in, self.mass_chance = zeros(rows, slots), zeros(rows, slots), \
-            zeros(rows, slots)
-        self.attention_seen = False
-        self.density = torch.zeros(rows, grid, grid, device=device)
-        self._inside: dict[tuple[int, int], torch.Tensor] = {}
+        self.stream = torch.zeros(rows, device=device, dtype=torch.float64)
+        self._energy: dict[int, torch.Tensor] = {}     # T -> (2, B, T) float32
+        self._attention: dict[int, torch.Tensor] = {}  # T -> (B, T, N) float32, heads summed
+        self._grounding: Any = None
+        self.null_slot = False      # a null slot makes one box localisable: kappa counts it
 
-    def _in_boxes(self, grounding: Any, length: int) -> torch.Tensor:
-        """(B, T, N) float: token cell centre in box j (and box j real); cached per grid."""
-        key = (id(grounding.boxes), length)
-        if key not in self._inside:
-            inside = token_box_mask(grounding.boxes.float(), length, grounding.aspect)
-            self._inside[key] = (inside & grounding.mask.bool()[:, None, :]).float()
-        return self._inside[key]
+    @property
+    def attention_seen(self) -> bool:
+        return bool(self._attention)
 
     @torch.no_grad()
     def record(self, delta: torch.Tensor, h: torch.Tensor, grounding: Any,
                probs: torch.Tensor | None = None) -> None:
         """One site's residual ``delta`` and stream ``h`` (B, T, D); ``probs`` (B, T, H, N')."""
         b, length, _ = delta.shape
-        inside = self._in_boxes(grounding, length)
-        union = inside.amax(-1)                                           # (B, T)
-        energy = delta.float().pow(2).sum(-1)                             # (B, T)
-        total = energy.sum(1).double()
-        self.energy[self.phase] += total
-        self.energy_in[self.phase] += (energy * union).sum(1).double()
-        self.uniform_in[self.phase] += union.mean(1).double() * total
-        self.stream += h.float().pow(2).sum((1, 2)).double()
-        rows = max(1, round(math.sqrt(length * grounding.aspect)))
-        cells = energy.view(b, 1, rows, length // rows) * length         # energy per unit area
-        self.density += F.interpolate(cells, size=(self.grid, self.grid), mode="bilinear",
-                                      antialias=True, align_corners=False)[:, 0]
+        self._grounding = grounding
+        energy = self._energy.get(length)
+        if energy is None:
+            energy = self._energy[length] = delta.new_zeros(2, b, length, dtype=torch.float32)
+        energy[self.phase].add_(torch.linalg.vector_norm(delta, dim=-1, dtype=torch.float32) ** 2)
+        self.stream.add_(torch.linalg.vector_norm(h.flatten(1), dim=1, dtype=torch.float64) ** 2)
         if probs is not None:
-            self.attention_seen = True
-            n = inside.shape[-1]
-            p = probs[..., :n].float().mean(2)                            # heads averaged
-            mass = p.sum(1).double()
-            self.mass += mass
-            self.mass_in += (p * inside).sum(1).double()
-            self.mass_chance += inside.mean(1).double() * mass
+            n = self.slots
+            self.null_slot = probs.shape[-1] > n
+            mass = self._attention.get(length)
+            if mass is None:
+                mass = self._attention[length] = delta.new_zeros(b, length, n,
+                                                                 dtype=torch.float32)
+            mass.add_(probs[..., :n].sum(2, dtype=torch.float32))
 
-    def results(self, rows: Sequence[int], mask: torch.Tensor,
-                attention_needs_two: bool = True) -> list[dict[str, Any]]:
-        """Per row: the four measurements (None + ``*_reason`` where not computed) and the
-        early / late split of ``effect_in_boxes`` and ``effect_lift``."""
-        index = torch.as_tensor(list(rows), device=self.energy.device)
-        energy, energy_in, uniform_in = (t.index_select(1, index).cpu() for t in
-                                         (self.energy, self.energy_in, self.uniform_in))
-        stream = self.stream.index_select(0, index).cpu()
-        mass, mass_in, chance = (t.index_select(0, index).cpu() for t in
-                                 (self.mass, self.mass_in, self.mass_chance))
-        boxes = mask.index_select(0, index.to(mask.device)).bool().cpu()
-        out = []
-        for i in range(len(index)):
-            out.append(_row(energy[:, i], energy_in[:, i], uniform_in[:, i], float(stream[i]),
-                            mass[i], mass_in[i], chance[i], boxes[i], self.attention_seen,
-                            attention_needs_two))
+    def _inside(self, length: int) -> torch.Tensor:
+        """(B, T, N) float: token cell centre in box j (and box j real), on this grid."""
+        g = self._grounding
+        inside = token_box_mask(g.boxes.float(), length, g.aspect)
+        return (inside & g.mask.bool()[:, None, :]).float()
+
+    def _sums(self) -> dict[str, torch.Tensor]:
+        """Per-row sums over every grid: energies (2, B), attention masses (B, N)."""
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+        out = {"energy": zeros(2, self.rows), "energy_in": zeros(2, self.rows),
+               "uniform_in": zeros(2, self.rows), "mass": zeros(self.rows, self.slots),
+               "mass_in": zeros(self.rows, self.slots),
+               "mass_chance": zeros(self.rows, self.slots)}
+        for length, energy in self._energy.items():
+            inside = self._inside(length)
+            union = inside.amax(-1)                                       # (B, T)
+            total = energy.sum(-1)
+            out["energy"] += total.double().cpu()
+            out["energy_in"] += (energy * union).sum(-1).double().cpu()
+            out["uniform_in"] += (union.mean(1) * total).double().cpu()
+            mass = self._attention.get(length)
+            if mass is not None:
+                received = mass.sum(1)                                    # (B, N)
+                out["mass"] += received.double().cpu()
+                out["mass_in"] += (mass * inside).sum(1).double().cpu()
+                out["mass_chance"] += (inside.mean(1) * received).double().cpu()
         return out
 
+    def results(self, rows: Sequence[int], mask: torch.Tensor) -> list[dict[str, Any]]:
+        """Per row: the four measurements (None + ``*_reason`` where not computed) and the
+        early / late split of ``effect_in_boxes`` and ``effect_lift``."""
+        rows = list(rows)
+        if self._grounding is None:        # no grounded site ran: nothing was written
+            return [_row(torch.zeros(2), torch.zeros(2), torch.zeros(2), 0.0,
+                         torch.zeros(0), torch.zeros(0), torch.zeros(0),
+                         mask[r].bool().cpu(), False, True) for r in rows]
+        sums = self._sums()
+        stream = self.stream.cpu()
+        boxes = mask.bool().cpu()
+        return [_row(sums["energy"][:, r], sums["energy_in"][:, r], sums["uniform_in"][:, r],
+                     float(stream[r]), sums["mass"][r], sums["mass_in"][r],
+                     sums["mass_chance"][r], boxes[r], self.attention_seen,
+                     not self.null_slot) for r in rows]
+
     def maps(self, rows: Sequence[int]) -> torch.Tensor:
-        """(R, grid, grid) energy density of the residual, each scaled to a maximum of 1."""
-        density = self.density.index_select(0, torch.as_tensor(list(rows),
-                                                                device=self.density.device))
+        """(R, grid, grid) energy density of the residual (energy per unit image area, pooled
+        over grids), each scaled to a maximum of 1."""
+        index = torch.as_tensor(list(rows), device=self.device)
+        density = torch.zeros(len(index), self.grid, self.grid)
+        for length, energy in self._energy.items():
+            side = max(1, round(math.sqrt(length * self._grounding.aspect)))
+            cells = energy.sum(0).index_select(0, index).view(-1, 1, side, length // side)
+            density += F.interpolate(cells.float().cpu() * length, size=(self.grid, self.grid),
+                                     mode="bilinear", antialias=True, align_corners=False)[:, 0]
         peak = density.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1)
-        return (density / peak).cpu()
+        return density / peak
 
 
 def _share(num: float, den: float) -> float | None:

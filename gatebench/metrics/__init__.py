@@ -3,8 +3,8 @@
 Each is a plain function over arrays/images; ``gatebench.score`` composes them into the stage.
 The metric table (``gatebench.metrics.spec``) says what each metric is. Names below load their
 module on first use (PEP 562), so importing the light ``spec`` (as ``gatebench.protocol`` does)
-pulls in neither scipy nor ``health``, which itself imports ``gatebench.protocol``. Heavy
-dependencies (torch, transformers, open_clip, faster-coco-eval) are imported lazily too.
+pulls in neither scipy nor ``health``. Heavy dependencies (torch, transformers, open_clip,
+faster-coco-eval) are imported lazily too.
 """
 from __future__ import annotations
 

@@ -19,13 +19,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 Level = Literal["image", "set"]      # image: paired per layout, bootstrapped; set: one number
-Need = Literal["detector", "clip", "fid", "none"]
+Need = Literal["detector", "clip", "fid", "adapter", "none"]
 
 # Why a metric is absent when what it needs is not configured (score's ``not_computed``).
 NEED_REASONS: dict[str, str] = {
     "detector": "no detector or detections configured",
     "clip": "no CLIP model configured",
     "fid": "no FID feature extractor and real images configured",
+    "adapter": ("no write diagnostics recorded: the adapter is off (gate scale 0) or the images "
+                "were made elsewhere"),
 }
 NAMED_MARGIN = 0.02   # --metric NAME without a value, for a metric with no default margin
 # garbled_rate / blank_rate count images whose health score (metrics.health, which calibrates
@@ -43,7 +45,8 @@ class Ratio:
     a per-image mean over ``denominator`` items (region CLIP over boxes), multiplied back to a
     sum. ``where``: a column that must be > 0 for an image to count at all (all_matched_rate
     counts only images with a scorable box). An image with a zero denominator weighs nothing.
-    ``empty_reason``: why the metric is absent when no image has a positive denominator.
+    ``empty_reason``: why the metric is absent when no image has a positive denominator;
+    ``reason``: a column of per-image reasons that, when present, says it more precisely.
     """
 
     numerator: str
@@ -51,6 +54,7 @@ class Ratio:
     weighted: bool = False
     where: str | None = None
     empty_reason: str = ""
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def _set(name: str, higher: bool, needs: Need, tex: str, unit: str, n_of: str,
 
 
 _BOX = "scorable boxes"
+_NO_WRITE = NEED_REASONS["adapter"]
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _image("iou50_rate", True, "detector", r"IoU$>$0.5 rate", "share in [0, 1]", _BOX,
            "share of scorable GT boxes matched one-to-one by a same-class detection, IoU > 0.5",
@@ -122,6 +127,28 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _image("blank_rate", False, "none", "Blank rate", "share in [0, 1]", "images",
            "share of near-black, near-white or near-uniform images",
            Ratio("blank"), 0.02, headline=True),
+    # Where the adapter writes (adapters/write_meter.py): diagnostics, gated only when named.
+    MetricSpec("effect_in_boxes", True, "image", "adapter", "Effect in boxes", "share in [0, 1]",
+               "images", "share of the adapter's residual energy on tokens inside the union of "
+               "the layout's boxes, pooled over sites and grounded steps",
+               Ratio("effect_in_boxes", "write_located", reason="effect_in_boxes_reason",
+                     empty_reason=_NO_WRITE)),
+    MetricSpec("effect_lift", True, "image", "adapter", "Effect lift", "ratio (1 = uniform)",
+               "images", "effect_in_boxes over a uniform writer's (the boxes' token share): "
+               "> 1 concentrates in the boxes",
+               Ratio("effect_lift", "write_located", reason="effect_lift_reason",
+                     empty_reason=_NO_WRITE)),
+    MetricSpec("box_attention_kappa", True, "image", "adapter", r"Box attention $\kappa$",
+               "chance-corrected share in [-1, 1]", "images with >= 2 boxes",
+               "per box, the share of its attention received from tokens inside it, "
+               "chance-corrected by its token share, averaged over boxes",
+               Ratio("box_attention_kappa", "kappa_measured", reason="box_attention_kappa_reason",
+                     empty_reason=_NO_WRITE)),
+    MetricSpec("effect_norm", False, "image", "adapter", "Effect norm", "RMS ratio", "images",
+               "RMS of the adapter's residual over RMS of the stream it is added to (the "
+               "overwrite risk; 0: the adapter does nothing)",
+               Ratio("effect_norm", "write_measured", reason="effect_norm_reason",
+                     empty_reason=_NO_WRITE)),
 )}
 
 METRIC_NAMES: tuple[str, ...] = tuple(METRICS)

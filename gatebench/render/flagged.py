@@ -43,7 +43,7 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
     go into the Markdown table under the strip."""
     from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
 
-    from gatebench.render.plots import image_cell  # noqa: PLC0415
+    from gatebench.render.grids import image_cell  # noqa: PLC0415
     from gatebench.rundir.saved import resolve_image  # noqa: PLC0415
 
     flagged = flagged_records(samples)

@@ -21,7 +21,7 @@ from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.format import (Figures, fmt, fmt_against, scale_label, short_sha,
                                      value_ci)
-from gatebench.render.sections import gate_verdict, gates_section, samples_section
+from gatebench.render.sections import gate_verdict, gates_section, samples_section, writes_section
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 DEFINITIONS = """\
@@ -46,6 +46,19 @@ DEFINITIONS = """\
   above the protocol's `blank_threshold`); a blank image is not also counted in garbled_rate.
   The garbled score itself is calibrated on real garbled/clean Kolors outputs (colour-edge
   strength in CIELAB, plus colour speckle and vivid share; see `gatebench.metrics.health`).
+- **Where the adapter writes** (measured while generating, from the adapter's own activations at
+  every cross-attention site and grounded step, conditional CFG half; sums pooled over sites and
+  steps, so a site weighs by what it writes): **effect_in_boxes** = share of the residual energy
+  sum ||delta||^2 on tokens inside the union of the boxes; **effect_lift** = that share over a
+  uniform writer's (the union's token share): 1 writes evenly, > 1 concentrates in the boxes;
+  **box_attention_kappa** = per box, the share of the attention it receives that comes from
+  tokens inside it, chance-corrected by its token share and averaged over boxes (layouts with
+  >= 2 boxes unless the adapter has a null slot: with one box the softmax over one key is
+  uniform by construction; with region attention it is 1 by construction); **effect_norm**
+  = RMS ||delta|| / RMS ||h||, the write's strength against the stream it is added to (lower =
+  less overwrite risk; 0 = the adapter does nothing). Not computed at scale 0 (adapter off), for
+  an adapter whose effect is exactly 0 (its shares), or for images made elsewhere. Diagnostics:
+  `compare` pairs them but gates them only when named.
 - **N**: scorable ground-truth boxes for iou50_rate, miou, ap50 and ap; all ground-truth boxes
   for region_clip_score; generated images (one per layout and gate scale) for the others.
   ap50, ap, fid and kid are set-level numbers: no per-layout bootstrap, so no CI.
@@ -179,6 +192,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     fid_note = results["models"].get("fid_reference")
     if fid_note:
         out += [f"FID/KID reference set: {fid_note}.", ""]
+    out += writes_section(results)
     plots = [(figures.metric_vs_scale, "metrics vs gate scale"),
              (figures.metric_vs_epoch, "metrics vs checkpoint")]
     if any(p for p, _ in plots):
@@ -245,6 +259,7 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
 def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir: Path,
                   out_dir: Path, gate_report: Any = None) -> Figures:
     """Draw every figure into ``out_dir``; images are looked up relative to ``results_dir``."""
+    from gatebench.render import grids  # noqa: PLC0415
     from gatebench.render import plots as rp  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -269,8 +284,8 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
             stem = re.sub(r"[^\w.-]+", "_", str(Path(label).with_suffix("")))
             stem = stem if stem not in stems else f"{stem}_{i}"
             stems.add(stem)
-            png, layouts, missing = rp.sample_grid(samples, ck, results_dir,
-                                                   out_dir / f"grid_{stem}.png", label=label)
+            png, layouts, missing = grids.sample_grid(samples, ck, results_dir,
+                                                      out_dir / f"grid_{stem}.png", label=label)
             if png is not None:
                 figures.grids.append({"checkpoint": ck, "label": label, "file": png.name,
                                       "layouts": layouts, "missing": missing})

@@ -148,3 +148,29 @@ def _captions(samples: pd.DataFrame) -> dict[str, tuple[str, str]]:
         out[str(rec["layout_id"])] = (cap.replace("|", "/"),
                                       ", ".join(str(b.get("label")) for b in boxes) or "-")
     return out
+
+
+WRITE_METRICS = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
+
+
+def writes_section(results: dict[str, Any]) -> list[str]:
+    """Where the adapter writes: its findings (``write_findings``, with cause and advice), or
+    that none holds; nothing for a run without the diagnostics (older runs, scale 0 only)."""
+    measured = any(name in (row.get("metrics") or {}) for row in results.get("results", [])
+                   for name in WRITE_METRICS)
+    if not measured:
+        return []
+    labels = label_map(results)
+    lines = ["## Where the adapter writes", "",
+             "effect_in_boxes, effect_lift, box_attention_kappa and effect_norm are in the tables "
+             "above (definitions below); the sample grids' last row shows the write map.", ""]
+    findings = results.get("write_findings") or []
+    for f in findings:
+        subject = labels.get(f.get("subject", ""), f.get("subject", ""))
+        lines.append(f"- **{str(f.get('severity', '')).upper()} `{f.get('code')}`** "
+                     f"{subject}: {f.get('message')}")
+    if not findings:
+        lines.append("No write findings: where the adapter changes the image, it changes it in "
+                     "the boxes, and no gate scale garbles clearly more than the base.")
+    return lines + [""]
+

@@ -51,6 +51,10 @@ def _value(metric: dict[str, Any] | None) -> str:
 def render_run(result, console: Console) -> None:
     results = result.results
     render_findings(result.gate_report.findings, console)
+    for f in results.get("write_findings") or []:      # why placement fails, when it does
+        console.print(f"[yellow]{str(f['severity']).upper():4}[/] [bold]{f['code']}[/bold] "
+                      f"{escape(f['subject'])}: {escape(f['message'])}", soft_wrap=True,
+                      highlight=False)
     names: list[str] = []
     for row in results["results"]:
         names += [n for n in row["metrics"] if n not in names]

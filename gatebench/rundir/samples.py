@@ -34,7 +34,6 @@ def jsonable(value: Any) -> Any:
 
 # gatebench/score.py still imports the old private name: drop this alias once it imports
 # jsonable (issue 21 part 2).
-_plain = jsonable
 
 
 def write_samples_jsonl(samples: pd.DataFrame, path: str | Path) -> Path:
