@@ -634,6 +634,8 @@ TARGETS = (
      "generation wall time per image (encode, adapter load, decode, PNG) over UNet-only"),
     ("end_to_end_over_unet", "<=", 1.25,
      "generation + scoring wall time per image over UNet-only"),
+    ("diagnostics_over_generation", "<=", 1.03,
+     "an adapter batch's sampling with the write diagnostics over the same without them"),
 )
 
 
@@ -648,7 +650,8 @@ def judge(ratios: dict[str, float]) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(world: World, batched: dict[str, Any], loop: dict[str, Any]) -> dict[str, Any]:
+def summarise(world: World, batched: dict[str, Any], loop: dict[str, Any],
+              diagnostics: dict[str, Any]) -> dict[str, Any]:
     gen_ips = batched["images"] / batched["generate_s"]
     e2e_ips = batched["images"] / batched["total_s"]
     loop_ips = loop["images"] / loop["generate_s"]
@@ -658,7 +661,8 @@ def summarise(world: World, batched: dict[str, Any], loop: dict[str, Any]) -> di
     gen_per_image = batched["generate_s"] / batched["images"]
     ratios = {"batched_over_loop": gen_ips / loop_ips,
               "generation_over_unet": gen_per_image / unet_per_image,
-              "end_to_end_over_unet": total_per_image / unet_per_image}
+              "end_to_end_over_unet": total_per_image / unet_per_image,
+              "diagnostics_over_generation": diagnostics["measured_over_plain"]}
     return {
         "gatebench_generation_images_per_s": gen_ips,
         "gatebench_end_to_end_images_per_s": e2e_ips,
@@ -740,6 +744,7 @@ def bench(preset: Preset, device: torch.device, folder: Path, args: argparse.Nam
         for r in range(args.repeats):
             batched_runs.append(run_batched(world, folder / f"batched_{r}", batch_size))
             loop_runs.append(run_loop(world, folder / f"loop_{r}", preset.loop_images))
+        diagnostics = diagnostics_cost(world, batch_size, max(3, args.repeats))
         sweep = []
         for size in args.sweep:
             row = run_batched(world, folder / f"sweep_{size}", size, score=False)
@@ -771,9 +776,30 @@ def bench(preset: Preset, device: torch.device, folder: Path, args: argparse.Nam
                        "batched_generate_s": [r["generate_s"] for r in batched_runs],
                        "loop_generate_s": [r["generate_s"] for r in loop_runs]},
            "image_match": compare_images(loop["paths"], folder / f"batched_{r_batched}"),
-           "sweep": sweep}
-    doc["summary"] = summarise(world, batched, loop)
+           "sweep": sweep, "write_diagnostics": diagnostics}
+    doc["summary"] = summarise(world, batched, loop, diagnostics)
     return doc
+
+
+def diagnostics_cost(world: World, batch_size: int, reps: int) -> dict[str, Any]:
+    """Where the adapter writes (issue 20) rides on every adapter batch: one batch of the
+    adapter's jobs sampled with and without the WriteMeter, interleaved, best of ``reps``."""
+    jobs = [ImageJob(lay, 1.0, layout_seed(world.protocol.seed, lay.layout_id), Path("-"))
+            for lay in world.layouts[:batch_size]]
+    sampler = Sampler(world.base, world.settings)
+    adapter = load_adapter(world.ckpt, world.base)
+    times: dict[str, list[float]] = {"plain_s": [], "measured_s": []}
+    try:
+        for _ in range(reps):
+            for name, out in (("plain_s", None), ("measured_s", [])):
+                began = time.perf_counter()
+                sampler.sample(jobs, adapter, diagnostics=out)
+                times[name].append(time.perf_counter() - began)
+    finally:
+        adapter.remove()
+    best = {k: min(v) for k, v in times.items()}
+    return {**best, "images": len(jobs), "repeats": reps,
+            "measured_over_plain": best["measured_s"] / best["plain_s"]}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

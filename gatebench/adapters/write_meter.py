@@ -71,8 +71,8 @@ class WriteMeter:
         energy = self._energy.get(length)
         if energy is None:
             energy = self._energy[length] = delta.new_zeros(2, b, length, dtype=torch.float32)
-        energy[self.phase].add_(torch.linalg.vector_norm(delta, dim=-1, dtype=torch.float32) ** 2)
-        self.stream.add_(torch.linalg.vector_norm(h.flatten(1), dim=1, dtype=torch.float64) ** 2)
+        energy[self.phase].add_(_squared_norm(delta))
+        self.stream.add_(_squared_norm(h.flatten(1)))
         if probs is not None:
             n = self.slots
             self.null_slot = probs.shape[-1] > n
@@ -138,6 +138,14 @@ class WriteMeter:
                                      mode="bilinear", antialias=True, align_corners=False)[:, 0]
         peak = density.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1)
         return density / peak
+
+
+def _squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """||x||^2 over the last dimension in float32: one kernel for float32 input (the user
+    family's), a float32-accumulating norm for half precision (GLIGEN's fusers)."""
+    if x.dtype == torch.float32:
+        return torch.linalg.vecdot(x, x)
+    return torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32) ** 2
 
 
 def _share(num: float, den: float) -> float | None:
