@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import platform
@@ -68,7 +69,8 @@ from gatebench.adapters.user import AdapterSet, Grounding, attn2_widths, inject 
 from gatebench.checkpoint import load_adapter  # noqa: E402
 from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, import_ultralytics  # noqa: E402
 from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,  # noqa: E402
-                                grounded_steps, layout_seed, resolve_uncond, write_png)
+                                grounded_steps, layout_seed, resolve_uncond)
+from gatebench.image_cache import write_png  # noqa: E402
 from gatebench.layouts import Layout, LayoutObject  # noqa: E402
 from gatebench.metrics.fid import ModuleExtractor, reference_stats  # noqa: E402
 from gatebench.models import load_base_model  # noqa: E402
@@ -162,17 +164,21 @@ class Clock:
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - began
 
 
-# What the score stage's time is split into: each name that ``gatebench.score`` calls at module
-# level is charged to its phase (detection is timed by TimedDetector). A name the score module no
-# longer has is skipped and listed in the JSON's ``score_probes_missing``: its time then lands in
-# "other" (the totals stay true, only the split is coarser). ``mean_ci`` (now in
-# gatebench.metrics.stats) was once probed here; score.py no longer calls it.
-SCORE_PROBES = (("_load", "png_read"), ("clip_scores", "clip"), ("region_clip_scores", "clip"),
-                ("extract_features", "fid_features"), ("assess_many", "image_health"),
-                ("frechet_distance", "fid_kid_math"), ("fid_from_features", "fid_kid_math"),
-                ("kid", "fid_kid_math"),
-                ("feature_stats", "fid_kid_math"), ("bootstrap_ci", "bootstrap_ap"),
-                ("coco_ap", "bootstrap_ap"))
+# What the score stage's time is split into: each name that the score stage calls at module level
+# (in ``gatebench.score``, and in ``gatebench.metrics.aggregate`` for the aggregation) is charged
+# to its phase (detection is timed by TimedDetector). A name its module no longer has is skipped
+# and listed in the JSON's ``score_probes_missing``: its time then lands in "other" (the totals
+# stay true, only the split is coarser). ``mean_ci`` (now in gatebench.metrics.stats) was once
+# probed here; score.py no longer calls it.
+_SCORE, _AGG = "gatebench.score", "gatebench.metrics.aggregate"
+SCORE_PROBES = ((_SCORE, "_load", "png_read"), (_SCORE, "clip_scores", "clip"),
+                (_SCORE, "region_clip_scores", "clip"),
+                (_SCORE, "extract_features", "fid_features"),
+                (_SCORE, "assess_many", "image_health"),
+                (_AGG, "frechet_distance", "fid_kid_math"),
+                (_AGG, "fid_from_features", "fid_kid_math"), (_AGG, "kid", "fid_kid_math"),
+                (_AGG, "feature_stats", "fid_kid_math"), (_AGG, "bootstrap_ci", "bootstrap_ap"),
+                (_AGG, "coco_ap", "bootstrap_ap"))
 
 
 @contextlib.contextmanager
@@ -400,8 +406,6 @@ def jobs_for(world: World, root: Path) -> tuple[list[ImageJob], list[ImageJob]]:
 # --- (a) gatebench -------------------------------------------------------------------------------------
 def run_batched(world: World, root: Path, batch_size: int, *, score: bool = True) -> dict[str, Any]:
     """Sampler.run as run.generate_all drives it, then score_images per gate scale."""
-    import gatebench.score as score_mod
-
     root.mkdir(parents=True, exist_ok=True)
     zero, jobs = jobs_for(world, root)
     device = world.device
@@ -434,8 +438,9 @@ def run_batched(world: World, root: Path, batch_size: int, *, score: bool = True
     metrics = {}
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        missing = [name for name, phase in SCORE_PROBES
-                   if not stack.enter_context(patched(score_mod, name, clock, phase))]
+        missing = [f"{module}.{name}" for module, name, phase in SCORE_PROBES
+                   if not stack.enter_context(patched(importlib.import_module(module), name,
+                                                      clock, phase))]
         for scale, items in groups.items():
             result = score_images(items, world.protocol, detector=detector, clip=world.clip,
                                   fid_extractor=world.fid, real_images=world.reference)
@@ -708,7 +713,7 @@ def print_summary(doc: dict[str, Any]) -> None:
         print(f"{name:<24}{sec:>9.3f}{1000 * sec / lp['images']:>10.2f}")
     missing = b.get("score_probes_missing") or []
     if missing:
-        print(f"(score probes not found in gatebench.score, their time is in 'other': "
+        print(f"(score probes not found, their time is in 'other': "
               f"{', '.join(missing)})")
     print(f"\nUNet-only {1000 * s['unet_only_s_per_image']:.1f} ms/image, generation "
           f"{1000 * s['generation_s_per_image']:.1f} ms/image, end to end "

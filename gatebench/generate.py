@@ -8,16 +8,14 @@ Why it looks like this (generation is >95% of an evaluation's cost):
   starts from the SAME noise (paired comparisons);
 * prompt and phrase encodings are computed once per layout and reused across scales/checkpoints;
 * scale 0 runs with no adapter at all: it IS the base model's output, shared by all checkpoints;
-* images are cached on disk under a recipe hash; a rerun generates only what is missing;
-* the images just made can stay in memory (KeptImages) so that the score stage does not read back
+* images are cached on disk under a recipe hash (image_cache.py); a rerun generates only what
+  is missing;
+* the images just made can stay in memory (image_cache.KeptImages) so that the score stage does not read back
   the PNGs it was handed (each is still written, atomically, for the record and the cache).
 """
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -27,12 +25,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
 
 from gatebench.adapters.user import Grounding
 from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import ProtocolError
-from gatebench.files import atomic_write_bytes
+from gatebench.image_cache import KeptImages, write_png
 from gatebench.layouts import Layout
 from gatebench.protocol import UNCOND_ALIASES, UNCOND_TREATMENTS
 from gatebench.writes.records import write_sidecars
@@ -98,39 +95,6 @@ def layout_seed(seed: int, layout_id: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def recipe_hash(recipe: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
-
-
-_UNSAFE = re.compile(r"[\\/:*?\"<>|\x00-\x1f]")
-
-
-class ImageCache:
-    """One folder per recipe: ``{label}-{hash16}/{layout_id}__s{scale}.png`` + ``recipe.json``."""
-
-    def __init__(self, root: Path, label: str, recipe: dict[str, Any]) -> None:
-        self.recipe = recipe
-        self.hash = recipe_hash(recipe)
-        self.folder = Path(root) / f"{_UNSAFE.sub('_', label)}-{self.hash[:16]}"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        manifest = self.folder / "recipe.json"
-        if not manifest.exists():
-            atomic_write_bytes(manifest, json.dumps(recipe, indent=2, sort_keys=True,
-                                                     ensure_ascii=False, default=str).encode())
-
-    def path_for(self, layout_id: str, gate_scale: float) -> Path:
-        return self.folder / f"{_UNSAFE.sub('_', layout_id)}__s{gate_scale:g}.png"
-
-
-def write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> None:
-    """Atomic PNG write with our metadata in a text chunk (so a resumed run keeps NaN counts)."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("gatebench", json.dumps(meta, ensure_ascii=False))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
-
-
 def _timed_write_png(path: Path, image: np.ndarray, meta: dict[str, Any],
                      writes: tuple[dict[str, Any], np.ndarray] | None = None) -> float:
     """The image's write diagnostics first, then the PNG: a cached PNG has its sidecars."""
@@ -155,43 +119,6 @@ def _sync(device: Any) -> None:
     """Wait for queued CUDA work (only where a phase's time is measured)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def read_png_meta(path: Path) -> dict[str, Any]:
-    with Image.open(path) as image:
-        text = image.info.get("gatebench")
-    return json.loads(text) if text else {}
-
-
-KEEP_IMAGES_BYTES = 4 << 30     # KeptImages' default budget: 4 GiB (~1400 RGB 1024px images)
-
-
-class KeptImages:
-    """Generated images kept in memory for scoring, by path: the uint8 HWC arrays the PNGs were
-    written from (read-only), so scoring from them gives the numbers a read-back gives.
-
-    At most ``max_bytes``: past it, later images are only on disk (the first ones kept stay;
-    a run makes its gate-0 images first, and those are also every other image's twin). Only
-    what this process generated is here: cached images and other ranks' shards are read."""
-
-    def __init__(self, max_bytes: int = KEEP_IMAGES_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._images: dict[Path, np.ndarray] = {}
-
-    def put(self, path: Path, image: np.ndarray) -> bool:
-        """Keep ``image`` for ``path`` if the budget allows; True when kept."""
-        if path in self._images or self.bytes + image.nbytes > self.max_bytes:
-            return False
-        self._images[Path(path)] = image
-        self.bytes += image.nbytes
-        return True
-
-    def get(self, path: Path | None) -> np.ndarray | None:
-        return None if path is None else self._images.get(Path(path))
-
-    def __len__(self) -> int:
-        return len(self._images)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import Any, Callable, Sequence
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import load_adapter
 from gatebench.errors import CheckpointError
-from gatebench.generate import (GenerationStats, ImageCache, ImageJob, KeptImages, Sampler,
-                                SamplerSettings, layout_seed, resolve_uncond)
+from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,
+                                layout_seed, resolve_uncond)
+from gatebench.image_cache import ImageCache, KeptImages
 from gatebench.layouts import Layout
 from gatebench.protocol import Protocol
 from gatebench.score import ImageItem

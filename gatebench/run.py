@@ -21,8 +21,8 @@ from gatebench.distributed import (barrier, distributed, import_collective_libra
                                    sum_over_ranks)
 from gatebench.errors import GatebenchError, ModelFileError
 from gatebench.gates import GateReport, analyse
-from gatebench.generate import (KEEP_IMAGES_BYTES, GenerationStats, KeptImages, Sampler,
-                                grounded_steps)
+from gatebench.generate import GenerationStats, Sampler, grounded_steps
+from gatebench.image_cache import KEEP_IMAGES_BYTES, KeptImages
 from gatebench.layouts import select_layouts
 from gatebench.models.device import resolve_device, resolve_dtype
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings

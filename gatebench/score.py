@@ -14,20 +14,19 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.metrics.detect import COCO80_NAMES, Detection, Detector, gt_label
+from gatebench.metrics.detect import Detection, Detector, detections_vocabulary, gt_label
 from gatebench.errors import LayoutError, MetricError
 from gatebench.layouts import Layout, load_layouts
 from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_scores
-from gatebench.metrics.coco_ap import APImage, coco_ap
+from gatebench.metrics.coco_ap import APImage
 from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
                                    reference_stats)
-from gatebench.metrics.fid_maths import (feature_stats, fid_from_features, fid_route,
-                                         frechet_distance, kid, kid_route)
-from gatebench.metrics.health import ImageHealth, TwinCache, assess_many
+from gatebench.metrics.health import ImageHealth, assess_many
+from gatebench.metrics.twin_cache import TwinCache
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
-from gatebench.metrics import spec as metric_spec
-from gatebench.metrics.stats import MetricValue, bootstrap_ci
+from gatebench.metrics.aggregate import SetAggregator
+from gatebench.metrics.stats import MetricValue
 from gatebench.protocol import Protocol
 from gatebench.writes.records import read_record, sample_columns
 from gatebench.rundir.samples import jsonable
@@ -82,13 +81,6 @@ def _items(images: Sequence[Any]) -> list[ImageItem]:
         out.append(ImageItem(Path(path), layout, None if scale is None else float(scale),
                              None if ref is None else Path(ref)))
     return out
-
-
-def _detections_vocabulary(detections: Mapping[str, Sequence[Detection]] | None) -> frozenset[str]:
-    """A detections file's detector is unknown: every label it produced, plus COCO's 80 (so a
-    COCO class that was never detected still counts as a miss, not as unscorable)."""
-    found = {d.label for dets in (detections or {}).values() for d in dets}
-    return frozenset(COCO80_NAMES) | found
 
 
 def _pixels(image: Any, path: Path | None) -> Any:
@@ -156,130 +148,44 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     TwinCache over several calls (a run's sets) analyses each gate-0 twin once.
     ``image_health=False`` (the detector ceiling, which reports detection only) skips the health
     cues: their columns are empty and garbled_rate / blank_rate are not computed.
+
+    Three steps: per-image records (``_Scorer``), the set-level inputs (AP images, FID features
+    and the reference statistics), aggregation (``metrics.aggregate``, once over all images and
+    once per gate scale).
     """
     items = _items(images)
     if not items:
         raise MetricError("expected at least one image to score, got none")
-    names = [it.image_path.name for it in items]
-    has_det = detections is not None or detector is not None
-    if detections is not None:
-        if len(set(names)) != len(names):
-            raise MetricError("expected unique image file names when detections are keyed by "
-                              "file name, got duplicates")
-        missing = [n for n in names if n not in detections]
-        if missing:
-            raise LayoutError(f"expected a detections line for every image, got none for "
-                              f"{len(missing)} (e.g. '{missing[0]}')",
-                              hint='add {"image": NAME, "detections": []} for empty images')
+    _check_detections(items, detections)
     labels = frozenset(detector_labels) if detector_labels is not None else (
         detector.labels if detector is not None and detections is None else
-        _detections_vocabulary(detections))
-    scoring = protocol.scoring
-    class_map = protocol.detection.class_map
+        detections_vocabulary(detections))
+    want_fid = fid_extractor is not None and real_images is not None
+    scorer = _Scorer(protocol, detections, detector, labels, clip, clip_language,
+                     fid_extractor if want_fid else None, twin_cache, image_health)
     rows: list[dict[str, Any]] = []
     ap_images: list[APImage] = []
-    want_fid = fid_extractor is not None and real_images is not None
     fid_chunks: list[np.ndarray] = []
     for start in range(0, len(items), _CHUNK):
-        chunk = items[start:start + _CHUNK]
-        pils = [_pixels(it.image, it.image_path) for it in chunk]
-        healths = assess_many(pils, [_twin(it) for it in chunk],
-                              garbled_threshold=scoring.garbled_threshold,
-                              blank_threshold=scoring.blank_threshold, twin_cache=twin_cache,
-                              twin_keys=[str(it.reference_image_path) if it.reference_image_path
-                                         else None for it in chunk]) if image_health else \
-            [_NO_HEALTH] * len(chunk)
-        if want_fid:   # the extractor's batches are these chunks, as when it read the files
-            fid_chunks.append(extract_features(pils, fid_extractor, resize=scoring.fid_resize,
-                                               batch_size=_CHUNK))
-        if detections is not None:
-            dets = [list(detections[it.image_path.name]) for it in chunk]
-        elif detector is not None:   # a file by its path: the detector decodes it its own way
-            dets = detector.detect([pil if it.image is not None else it.image_path
-                                    for it, pil in zip(chunk, pils)])
-        else:
-            dets = [[] for _ in chunk]
-        use_en = clip_language == "en"
-        if clip is not None:
-            caps = [(it.layout.caption_en if use_en and it.layout.caption_en else it.layout.caption)
-                    for it in chunk]
-            g_clip = clip_scores(clip, pils, caps)
-            r_clip = region_clip_scores(
-                clip, pils, [[o.bbox for o in it.layout.objects] for it in chunk],
-                [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
-                 for it in chunk])
-        for k, (it, pil, det, health) in enumerate(zip(chunk, pils, dets, healths)):
-            objs = it.layout.objects
-            gt_labels = [gt_label(o, labels, class_map) for o in objs]
-            records = match_boxes([o.bbox for o in objs], gt_labels, [d.bbox for d in det],
-                                  [d.label for d in det], [d.score for d in det],
-                                  scoring.match_iou)
-            summary = summarize_matches(records)
-            boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
-                      "scorable": r.scorable, "matched": r.matched if has_det else None,
-                      "iou": round(r.iou, 6) if has_det else None}
-                     for o, lab, r in zip(objs, gt_labels, records)]
-            region = float("nan")
-            if clip is not None:
-                for b, s in zip(boxes, r_clip[k]):
-                    b["region_clip_score"] = float(s)
-                region = float(np.mean(r_clip[k])) if len(r_clip[k]) else float("nan")
-            n_sc = summary["n_scorable"]
-            rows.append({
-                "image": it.image_path.name, "image_path": str(it.image_path),
-                "layout_id": it.layout.layout_id, "gate_scale": it.gate_scale,
-                "clip_score": float(g_clip[k]) if clip is not None else float("nan"),
-                "region_clip_score": region, "garbled_score": health.garbled_score,
-                "garbled": health.garbled if image_health else None,
-                "blank_score": health.blank_score, "blank": health.blank if image_health else None,
-                "n_boxes": len(objs), "n_scorable": n_sc,
-                "n_matched": summary["n_matched"] if has_det else None,
-                "iou_sum": summary["iou_sum"] if has_det else None,
-                "all_matched": summary["all_matched"] if has_det else None,
-                **sample_columns(it.writes if it.writes is not None else
-                                 read_record(it.image_path), it.gate_scale),
-                "boxes": boxes, "reason": _reason(boxes, has_det, health),
-                # optional extras for report grids (not Stable names): prompt and raw detections
-                "caption": it.layout.caption,
-                "detections": [{"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
-                                "score": round(float(d.score), 4)} for d in det] if has_det else None})
-            ap_images.append(APImage(
-                pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
-                [lab for lab, r in zip(gt_labels, records) if r.scorable],
-                [d.bbox for d in det], [d.label for d in det], [d.score for d in det]))
+        chunk_rows, chunk_ap, feats = scorer.chunk(items[start:start + _CHUNK])
+        rows += chunk_rows
+        ap_images += chunk_ap
+        if feats is not None:
+            fid_chunks.append(feats)
     samples = pd.DataFrame(rows)
-    fake_feats = None
-    reference = None
-    if fid_extractor is not None and real_images is not None:
-        if cache_dir is None:
-            from gatebench.files import cache_dir as gatebench_cache  # noqa: PLC0415
-
-            cache_dir = gatebench_cache() / "refstats"
-        reference = real_images if isinstance(real_images, ReferenceStats) else reference_stats(
-            list(real_images), fid_extractor, cache_dir=cache_dir, resize=scoring.fid_resize)
-        fake_feats = np.concatenate(fid_chunks)
-    fid_device = getattr(fid_extractor, "device", None)
-    ctx = _Context(protocol, has_det, clip is not None, reference, fake_feats,
-                   None if fid_device is None or str(fid_device) == "cpu" else str(fid_device))
+    reference = _fid_reference(fid_extractor, real_images, cache_dir, protocol) if want_fid \
+        else None
+    device, scoring = getattr(fid_extractor, "device", None), protocol.scoring
+    sets = SetAggregator({"detector": scorer.has_det, "clip": clip is not None, "none": True,
+                          "adapter": True, "fid": reference is not None}, ap_images, reference,
+                         np.concatenate(fid_chunks) if want_fid else None, scoring.bootstrap,
+                         scoring.ci_level, protocol.seed,
+                         None if device is None or str(device) == "cpu" else str(device))
     # without health cues the rates would average empty flags: counted as False, then dropped
     frame = samples if image_health else samples.assign(garbled=False, blank=False)
-    metrics, not_computed = ctx.aggregate(frame, ap_images, np.arange(len(items)))
-    if not image_health:
-        for name in HEALTH_METRICS:
-            metrics.pop(name, None)
-            not_computed[name] = "image health not computed for this set (image_health=False)"
-    fid_routes = {"all": ctx.fid_route}
-    by_scale: dict[float | None, dict[str, MetricValue]] = {}
-    scales = list(dict.fromkeys(it.gate_scale for it in items))
-    if any(s is not None for s in scales):
-        for scale in scales:
-            idx = np.array([i for i, it in enumerate(items) if it.gate_scale == scale])
-            by_scale[scale] = ctx.aggregate(frame.iloc[idx], [ap_images[i] for i in idx],
-                                            idx)[0]
-            if not image_health:
-                by_scale[scale] = {k: v for k, v in by_scale[scale].items()
-                                   if k not in HEALTH_METRICS}
-            fid_routes["none" if scale is None else f"{scale:g}"] = ctx.fid_route
+    metrics, not_computed, by_scale, fid_routes = sets.all_and_by_scale(
+        frame, [it.gate_scale for it in items], {} if image_health else dict.fromkeys(
+            HEALTH_METRICS, "image health not computed for this set (image_health=False)"))
     info = {"detection": "detections file" if detections is not None else (
                 "detector" if detector is not None else None),
             "detector_labels": len(labels), "clip": getattr(clip, "name", None),
@@ -293,72 +199,135 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     return ScoreResult(samples, metrics, not_computed, by_scale, info)
 
 
+def _check_detections(items: list[ImageItem],
+                      detections: Mapping[str, Sequence[Detection]] | None) -> None:
+    """A detections file must name every image, and names must be unique to key it."""
+    if detections is None:
+        return
+    names = [it.image_path.name for it in items]
+    if len(set(names)) != len(names):
+        raise MetricError("expected unique image file names when detections are keyed by "
+                          "file name, got duplicates")
+    missing = [n for n in names if n not in detections]
+    if missing:
+        raise LayoutError(f"expected a detections line for every image, got none for "
+                          f"{len(missing)} (e.g. '{missing[0]}')",
+                          hint='add {"image": NAME, "detections": []} for empty images')
+
+
 @dataclass
-class _Context:
+class _Scorer:
+    """Per-image records: one chunk of images -> (records, AP inputs, FID features or None)."""
+
     protocol: Protocol
-    has_det: bool
-    has_clip: bool
-    reference: ReferenceStats | None
-    fake_feats: np.ndarray | None
-    fid_device: str | None = None          # the scoring device for FID/KID maths (None: numpy)
-    fid_route: dict[str, Any] | None = None   # the last ``aggregate``'s FID/KID routes
+    detections: Mapping[str, Sequence[Detection]] | None
+    detector: Detector | None
+    labels: frozenset[str]               # the vocabulary GT classes are mapped into
+    clip: ClipBackend | None
+    clip_language: str
+    fid_extractor: FeatureExtractor | None   # None: no FID features wanted
+    twin_cache: TwinCache | None
+    image_health: bool
 
-    def aggregate(self, df: pd.DataFrame, ap_images: list[APImage],
-                  idx: np.ndarray) -> tuple[dict[str, MetricValue], dict[str, str]]:
-        """Every metric of the table over ``df``: per-image ones by their spec's ratio (the same
-        ``spec.units`` compare pairs), set-level ones by their own computation."""
-        s = self.protocol.scoring
-        kw = {"n_boot": s.bootstrap, "level": s.ci_level, "seed": self.protocol.seed}
-        have = {"detector": self.has_det, "clip": self.has_clip, "none": True, "adapter": True,
-                "fid": self.reference is not None and self.fake_feats is not None}
-        out: dict[str, MetricValue] = {}
-        skip: dict[str, str] = {}
-        for m in metric_spec.METRICS.values():
-            if not have[m.needs]:
-                skip[m.name] = metric_spec.NEED_REASONS[m.needs]
-            elif m.ratio is not None:
-                u = metric_spec.units(df, m.ratio)
-                if m.ratio.empty_reason and not u["den"].sum() > 0:
-                    skip[m.name] = _empty_reason(df, m.ratio)
-                    continue
-                denom = u["den"].to_numpy() if m.ratio.denominator is not None else None
-                out[m.name] = bootstrap_ci(u["num"].to_numpy(), denom,
-                                           groups=list(u["layout_id"]), **kw)
-        scorable = df["n_scorable"].to_numpy(dtype=float)
-        if self.has_det and scorable.sum() == 0:
-            skip["ap50"] = skip["ap"] = metric_spec.NO_SCORABLE
-        elif self.has_det:
-            ap = coco_ap(ap_images)
-            n_boxes = int(scorable.sum())
-            out["ap50"] = MetricValue(ap["ap50"], None, None, n_boxes)
-            out["ap"] = MetricValue(ap["ap"], None, None, n_boxes)
-        if have["fid"]:
-            assert self.reference is not None and self.fake_feats is not None
-            fake, ref, dev = self.fake_feats[idx], self.reference, self.fid_device
-            route = fid_route(len(ref.features), len(fake), fake.shape[1])
-            if route == "nuclear-norm":      # both sets' features are at hand: no D x D maths
-                value = fid_from_features(ref.features, fake, device=dev)
-            else:                            # one eigendecomposition with the cached sqrt(S_ref)
-                mu, sigma = feature_stats(fake)
-                value = frechet_distance(ref.mu, ref.sigma, mu, sigma,
-                                         sqrt_sigma1=ref.sigma_sqrt(dev), device=dev)
-            out["fid"] = MetricValue(value, None, None, len(fake))
-            value, _ = kid(ref.features, fake, seed=self.protocol.seed, device=dev)
-            out["kid"] = MetricValue(value, None, None, len(fake))
-            self.fid_route = {"fid": route, "kid": kid_route(len(ref.features), len(fake)),
-                              "device": dev or "cpu", "n_real": len(ref.features),
-                              "n_fake": len(fake)}
-        names = metric_spec.METRICS
-        return ({m: out[m] for m in names if m in out}, {m: skip[m] for m in names if m in skip})
+    @property
+    def has_det(self) -> bool:
+        return self.detections is not None or self.detector is not None
+
+    def chunk(self, chunk: list[ImageItem]
+              ) -> tuple[list[dict[str, Any]], list[APImage], np.ndarray | None]:
+        scoring = self.protocol.scoring
+        pils = [_pixels(it.image, it.image_path) for it in chunk]
+        healths = assess_many(pils, [_twin(it) for it in chunk],
+                              garbled_threshold=scoring.garbled_threshold,
+                              blank_threshold=scoring.blank_threshold, twin_cache=self.twin_cache,
+                              twin_keys=[str(it.reference_image_path) if it.reference_image_path
+                                         else None for it in chunk]) if self.image_health else \
+            [_NO_HEALTH] * len(chunk)
+        # the FID extractor's batches are these chunks, as when it read the files
+        feats = None if self.fid_extractor is None else extract_features(
+            pils, self.fid_extractor, resize=scoring.fid_resize, batch_size=_CHUNK)
+        if self.detections is not None:
+            dets = [list(self.detections[it.image_path.name]) for it in chunk]
+        elif self.detector is not None:   # a file by its path: the detector decodes it its own way
+            dets = self.detector.detect([pil if it.image is not None else it.image_path
+                                         for it, pil in zip(chunk, pils)])
+        else:
+            dets = [[] for _ in chunk]
+        g_clip: Sequence[float] = [float("nan")] * len(chunk)
+        r_clip: Sequence[Sequence[float] | None] = [None] * len(chunk)
+        if self.clip is not None:
+            use_en = self.clip_language == "en"
+            caps = [(it.layout.caption_en if use_en and it.layout.caption_en else it.layout.caption)
+                    for it in chunk]
+            g_clip = clip_scores(self.clip, pils, caps)
+            r_clip = region_clip_scores(
+                self.clip, pils, [[o.bbox for o in it.layout.objects] for it in chunk],
+                [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
+                 for it in chunk])
+        rows, ap_images = [], []
+        for it, pil, det, health, g, r in zip(chunk, pils, dets, healths, g_clip, r_clip):
+            row, ap_image = self.record(it, pil, det, health, g, r)
+            rows.append(row)
+            ap_images.append(ap_image)
+        return rows, ap_images, feats
+
+    def record(self, it: ImageItem, pil: Any, det: Sequence[Detection], health: ImageHealth,
+               clip_score: float, region_scores: Sequence[float] | None
+               ) -> tuple[dict[str, Any], APImage]:
+        """One image's per-sample record (``region_scores`` None: no CLIP) and its AP input."""
+        has_det, image_health = self.has_det, self.image_health
+        objs = it.layout.objects
+        gt_labels = [gt_label(o, self.labels, self.protocol.detection.class_map) for o in objs]
+        records = match_boxes([o.bbox for o in objs], gt_labels, [d.bbox for d in det],
+                              [d.label for d in det], [d.score for d in det],
+                              self.protocol.scoring.match_iou)
+        summary = summarize_matches(records)
+        boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
+                  "scorable": r.scorable, "matched": r.matched if has_det else None,
+                  "iou": round(r.iou, 6) if has_det else None}
+                 for o, lab, r in zip(objs, gt_labels, records)]
+        region = float("nan")
+        if region_scores is not None:
+            for b, s in zip(boxes, region_scores):
+                b["region_clip_score"] = float(s)
+            region = float(np.mean(region_scores)) if len(region_scores) else float("nan")
+        row = {
+            "image": it.image_path.name, "image_path": str(it.image_path),
+            "layout_id": it.layout.layout_id, "gate_scale": it.gate_scale,
+            "clip_score": float(clip_score), "region_clip_score": region,
+            "garbled_score": health.garbled_score,
+            "garbled": health.garbled if image_health else None,
+            "blank_score": health.blank_score, "blank": health.blank if image_health else None,
+            "n_boxes": len(objs), "n_scorable": summary["n_scorable"],
+            "n_matched": summary["n_matched"] if has_det else None,
+            "iou_sum": summary["iou_sum"] if has_det else None,
+            "all_matched": summary["all_matched"] if has_det else None,
+            **sample_columns(it.writes if it.writes is not None else
+                             read_record(it.image_path), it.gate_scale),
+            "boxes": boxes, "reason": _reason(boxes, has_det, health),
+            # optional extras for report grids (not Stable names): prompt and raw detections
+            "caption": it.layout.caption,
+            "detections": [{"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
+                            "score": round(float(d.score), 4)} for d in det] if has_det else None}
+        ap_image = APImage(
+            pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
+            [lab for lab, r in zip(gt_labels, records) if r.scorable],
+            [d.bbox for d in det], [d.label for d in det], [d.score for d in det])
+        return row, ap_image
 
 
-def _empty_reason(df: pd.DataFrame, ratio: metric_spec.Ratio) -> str:
-    """Why no image counts: the images' own most common reason when they record one."""
-    if ratio.reason is not None and ratio.reason in df.columns:
-        reasons = df[ratio.reason].dropna()
-        if len(reasons):
-            return str(reasons.mode().iloc[0])
-    return ratio.empty_reason
+def _fid_reference(fid_extractor: FeatureExtractor,
+                   real_images: Sequence[str | Path] | ReferenceStats,
+                   cache_dir: str | Path | None, protocol: Protocol) -> ReferenceStats:
+    """The real images' FID statistics (given, or computed and cached under ``cache_dir``)."""
+    if isinstance(real_images, ReferenceStats):
+        return real_images
+    if cache_dir is None:
+        from gatebench.files import cache_dir as gatebench_cache  # noqa: PLC0415
+
+        cache_dir = gatebench_cache() / "refstats"
+    return reference_stats(list(real_images), fid_extractor, cache_dir=cache_dir,
+                           resize=protocol.scoring.fid_resize)
 
 
 def _pair(images_dir: Path, layouts: list[Layout], source: Path) -> list[ImageItem]:

@@ -9,10 +9,10 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from gatebench.adapters.types import CheckpointInfo
-from gatebench.generate import read_png_meta
+from gatebench.image_cache import read_png_meta
 from gatebench.metrics.spec import DETECTOR_METRICS
 from gatebench.errors import ProtocolError
-from gatebench.metrics.health import TwinCache
+from gatebench.metrics.twin_cache import TwinCache
 from gatebench.protocol import Protocol, load_protocol
 from gatebench.rundir.saved import checkpoint_labels
 from gatebench.score import ImageItem, score_folder, score_images

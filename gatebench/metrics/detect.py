@@ -206,3 +206,10 @@ def write_detections_jsonl(detections: Mapping[str, Sequence[Detection]], path: 
                  "score": round(d.score, 6)} for d in dets]}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def detections_vocabulary(detections: Mapping[str, Sequence[Detection]] | None) -> frozenset[str]:
+    """A detections file's detector is unknown: every label it produced, plus COCO's 80 (so a
+    COCO class that was never detected still counts as a miss, not as unscorable)."""
+    found = {d.label for dets in (detections or {}).values() for d in dets}
+    return frozenset(COCO80_NAMES) | found

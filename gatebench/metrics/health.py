@@ -68,15 +68,15 @@ cached as in a run; 1024 px alone 39.5 -> 19.7 (11.0), with its twin 89.9 -> 48.
 and conversion per image (the speckle share reuses the working pixels when they are the same
 size), an exact min/max median-of-9 network instead of scipy's median_filter, channel maxima
 without an axis reduction, both L* percentiles from one partition, a twin's maps made once per
-run (TwinCache: the gate-0 image is the twin of every checkpoint and scale) and the images of a
-chunk assessed on threads (assess_many); torchmetrics' SSIM is restated op for op (_ssim_full,
-same float32 numbers) so that scoring does not import torchmetrics (0.5-3 s). What is left is
-mostly the CIELAB conversion, Sobel and SSIM's 11x11 convolution.
+run (TwinCache, metrics/twin_cache.py: the gate-0 image is the twin of every checkpoint and
+scale) and the images of a chunk assessed on threads (assess_many); torchmetrics' SSIM is
+restated op for op (metrics/ssim.py, same float32 numbers) so that scoring does not import
+torchmetrics (0.5-3 s). What is left is mostly the CIELAB conversion, Sobel and SSIM's 11x11
+convolution.
 """
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -86,6 +86,8 @@ import numpy as np
 from gatebench.errors import MetricError
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.spec import BLANK_THRESHOLD, GARBLED_THRESHOLD
+from gatebench.metrics.ssim import ssim_full
+from gatebench.metrics.twin_cache import TwinCache
 
 WORK_SIDE = 256
 CHROMA_DEVIATION = 0.15
@@ -225,36 +227,6 @@ def _maps(image: Any, shape: tuple[int, int] | None = None) -> dict[str, Any]:
             "chroma_p99": float(np.percentile(np.hypot(lab[..., 1], lab[..., 2]), 99))}
 
 
-class TwinCache:
-    """The twin-side cue maps of references, by a caller's key (a path): in a run the gate-0
-    image is the twin of every other scale's image of its layout, so its maps are made once, not
-    once per checkpoint and scale. Holds at most ``max_bytes``; past that, maps are made and not
-    kept (the first ones kept stay: a run scores layouts in the same order for every set).
-    Thread-safe (assess_many); the numbers are the same with or without it."""
-
-    def __init__(self, max_bytes: int = 512 << 20) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = 0
-        self._maps: dict[Any, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def maps(self, key: Any, reference: Any, shape: tuple[int, int]) -> dict[str, Any]:
-        entry = self._maps.get((key, shape))
-        if entry is not None:
-            self.hits += 1
-            return entry
-        m = _maps(reference, shape=shape)
-        entry = {"colour_noise": m["colour_noise"], "colour_edges": m["colour_edges"],
-                 "light": m["light"], "vivid": m["vivid"].astype(bool)}  # 0/1: exact as bool
-        size = sum(v.nbytes for v in entry.values() if isinstance(v, np.ndarray))
-        with self._lock:
-            if (key, shape) not in self._maps and self.bytes + size <= self.max_bytes:
-                self._maps[(key, shape)] = entry
-                self.bytes += size
-        return entry
-
-
 def health_workers() -> int:
     """Threads for assess_many: the CPUs this process may use, at most 8 (the cues are numpy,
     PIL and torch work that releases the GIL; 2 threads on 2 cores: ~1.6x)."""
@@ -282,42 +254,8 @@ def _pair(image: Any, reference: Any, cache: TwinCache | None = None,
     m = _maps(image)
     shape = m["light"].shape
     if cache is not None and key is not None:
-        return m, cache.maps(key, reference, shape)
+        return m, cache.maps(key, reference, shape, _maps)
     return m, _maps(reference, shape=shape)
-
-
-SSIM_SIGMA, SSIM_K1, SSIM_K2 = 1.5, 0.01, 0.03     # torchmetrics' defaults (Wang et al.)
-
-
-def _ssim_full(preds: Any, target: Any, data_range: float = 1.0) -> Any:
-    """torchmetrics' ``structural_similarity_index_measure(preds, target, data_range=data_range,
-    return_full_image=True)[1]`` (Gaussian window, sigma 1.5, 11 px), restated op for op so that
-    its float32 numbers are the same bit for bit (tests/test_health_fast.py compares) without
-    importing torchmetrics, which takes 0.5-3 s (it imports its whole metric zoo)."""
-    import torch  # noqa: PLC0415
-    from torch.nn import functional as F  # noqa: N812, PLC0415
-
-    dtype, device = preds.dtype, preds.device
-    c1, c2 = pow(SSIM_K1 * data_range, 2), pow(SSIM_K2 * data_range, 2)
-    size = int(3.5 * SSIM_SIGMA + 0.5) * 2 + 1
-    pad = (size - 1) // 2
-    preds = F.pad(preds, (pad, pad, pad, pad), mode="reflect")
-    target = F.pad(target, (pad, pad, pad, pad), mode="reflect")
-    dist = torch.arange(start=(1 - size) / 2, end=(1 + size) / 2, step=1, dtype=dtype,
-                        device=device)
-    gauss = torch.exp(-torch.pow(dist / SSIM_SIGMA, 2) / 2)
-    gauss = (gauss / gauss.sum()).unsqueeze(dim=0)
-    kernel = torch.matmul(gauss.t(), gauss).expand(preds.size(1), 1, size, size)
-    inputs = torch.cat((preds, target, preds * preds, target * target, preds * target))
-    outputs = F.conv2d(inputs, kernel, groups=preds.size(1)).split(preds.shape[0])
-    mu_pred_sq, mu_target_sq = outputs[0].pow(2), outputs[1].pow(2)
-    mu_pred_target = outputs[0] * outputs[1]
-    sigma_pred_sq = torch.clamp(outputs[2] - mu_pred_sq, min=0.0)
-    sigma_target_sq = torch.clamp(outputs[3] - mu_target_sq, min=0.0)
-    sigma_pred_target = outputs[4] - mu_pred_target
-    upper = 2 * sigma_pred_target.to(dtype) + c2
-    lower = (sigma_pred_sq + sigma_target_sq).to(dtype) + c2
-    return ((2 * mu_pred_target + c1) * upper) / ((mu_pred_sq + mu_target_sq + c1) * lower)
 
 
 def _ssim_map(light: np.ndarray, ref_light: np.ndarray) -> np.ndarray:
@@ -328,7 +266,7 @@ def _ssim_map(light: np.ndarray, ref_light: np.ndarray) -> np.ndarray:
         raise MetricError(f"expected images of at least 11 px for SSIM, got {light.shape[1]}x"
                           f"{light.shape[0]}")
     a, b = (torch.from_numpy(v / 100.0)[None, None].float() for v in (light, ref_light))
-    return _ssim_full(a, b)[0, 0].double().numpy()
+    return ssim_full(a, b)[0, 0].double().numpy()
 
 
 def structure_similarity(image: Any, reference: Any) -> float:

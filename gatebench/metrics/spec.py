@@ -5,8 +5,8 @@ per-image metric used to be restated in score, compare, the report, LaTeX and pl
 copies drift, ``compare`` gates a different number than ``run`` reports. Like torchmetrics'
 ``higher_is_better`` on the metric class, the facts live with the metric; unlike it, the
 computation stays in ``gatebench.metrics.*`` and ``gatebench.score``. Adding a metric is one
-``MetricSpec`` below plus its computation (a per-sample column for a per-image metric, a branch
-in ``score`` for a set-level one).
+``MetricSpec`` below plus its computation (a per-sample column for a per-image metric; for a
+set-level one, the ``@set_value`` function in ``gatebench.metrics.aggregate`` its entry names).
 
 Imports nothing heavy (pandas lazily), so ``gatebench.protocol`` can validate names from here.
 """
@@ -59,7 +59,9 @@ class Ratio:
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One metric's facts; ``ratio`` for per-image metrics, None for set-level ones."""
+    """One metric's facts; ``ratio`` for per-image metrics, None for set-level ones, which name
+    in ``set_value`` the function of ``gatebench.metrics.aggregate`` that computes them (the
+    hook: a name, so that this table imports nothing heavy)."""
 
     name: str
     higher_is_better: bool
@@ -72,6 +74,7 @@ class MetricSpec:
     ratio: Ratio | None = None
     default_margin: float | None = None  # compare gates it by default (None: only when named)
     headline: bool = False               # shown on a narrow terminal
+    set_value: str | None = None         # set-level: its @set_value name, metrics/aggregate.py
 
     @property
     def direction(self) -> str:
@@ -91,7 +94,7 @@ def _image(name: str, higher: bool, needs: Need, tex: str, unit: str, n_of: str,
 def _set(name: str, higher: bool, needs: Need, tex: str, unit: str, n_of: str,
          definition: str, headline: bool = False) -> MetricSpec:
     return MetricSpec(name, higher, "set", needs, tex, unit, n_of, definition, None, None,
-                      headline)
+                      headline, set_value=name)
 
 
 _BOX = "scorable boxes"
