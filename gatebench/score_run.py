@@ -11,9 +11,8 @@ import pandas as pd
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.image_cache import read_png_meta
 from gatebench.metrics.spec import DETECTOR_METRICS
-from gatebench.errors import ProtocolError
 from gatebench.metrics.twin_cache import TwinCache
-from gatebench.protocol import Protocol, load_protocol
+from gatebench.protocol import Protocol, load_protocol, with_flags
 from gatebench.rundir.saved import checkpoint_labels
 from gatebench.score import ImageItem, score_folder, score_images
 
@@ -67,19 +66,6 @@ def detector_ceiling(protocol: Protocol, eval_models: Any) -> dict[str, Any] | N
             "metrics": {k: v.to_dict() for k, v in real.metrics.items() if k in DETECTOR_METRICS}}
 
 
-def health_thresholds(proto: Any, garbled: float | None, blank: float | None) -> Any:
-    """The protocol with the CLI's image-health thresholds (each in (0, 1)) where given."""
-    changes = {}
-    for flag, name, value in (("--garbled-threshold", "garbled_threshold", garbled),
-                              ("--blank-threshold", "blank_threshold", blank)):
-        if value is not None:
-            if not 0.0 < value < 1.0:
-                raise ProtocolError(f"expected {flag} between 0 and 1 (scores are in [0, 1]), "
-                                    f"got {value:g}")
-            changes[name] = value
-    return proto.replace(scoring=changes) if changes else proto
-
-
 def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detections: Path | None,
                     *, device: str = "auto", skip_bad: bool = False,
                     garbled_threshold: float | None = None,
@@ -94,7 +80,8 @@ def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detection
     # Targets of a generation protocol name gate scales; here every image counts once.
     proto = dataclasses.replace(proto, targets=tuple(dataclasses.replace(t, gate_scales=None)
                                                      for t in proto.targets))
-    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
+    proto = with_flags(proto, garbled_threshold=garbled_threshold,
+                       blank_threshold=blank_threshold)
     dev = resolve_device(device)
     vocabulary = None
     if detections is not None:

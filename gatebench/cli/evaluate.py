@@ -61,7 +61,6 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
     from gatebench.render.terminal import render_run
     from gatebench.run import RunOptions, run_evaluation
     from gatebench.rundir.pairing import precheck_protocol
-    from gatebench.score_run import health_thresholds
 
     # the baseline is read before hours of generation, not after
     base_run = load_baseline(baseline, out) if baseline is not None else None
@@ -69,8 +68,8 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
     proto = with_flags(load_protocol(protocol or DEFAULT_PROTOCOL), gate_scales=scales,
                        num_samples=num_samples, seed=seed, steps=steps, dtype=dtype,
                        device=device, batch_size=batch_size, base_model=base_model,
-                       layouts=layouts)
-    proto = health_thresholds(proto, garbled_threshold, blank_threshold)
+                       layouts=layouts, garbled_threshold=garbled_threshold,
+                       blank_threshold=blank_threshold)
     default_reason = None if protocol else "no --protocol was given"
     check_inputs(proto, default_reason=default_reason)
     if base_run is not None:

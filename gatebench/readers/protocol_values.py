@@ -21,6 +21,8 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "dtype": ("generation", "dtype"), "device": ("generation", "device"),
     "batch_size": ("generation", "batch_size"), "layouts": ("data", "layouts"),
     "base_model": ("models", "base_model"),
+    "garbled_threshold": ("scoring", "garbled_threshold"),
+    "blank_threshold": ("scoring", "blank_threshold"),
 }
 
 
@@ -60,6 +62,9 @@ RANGES: dict[tuple[str | None, str], tuple[float | None, float | None, bool, boo
     ("detection", "batch_size"): (1, None, False, False),
     ("scoring", "match_iou"): (0, 1, True, False), ("scoring", "bootstrap"): (0, None, False, False),
     ("scoring", "ci_level"): (0, 1, True, True),
+    # health scores lie in [0, 1]: a threshold outside (0, 1) flags every image or none
+    ("scoring", "garbled_threshold"): (0, 1, True, True),
+    ("scoring", "blank_threshold"): (0, 1, True, True),
     ("gates", "near_zero"): (0, None, False, False), ("gates", "saturated"): (0, 1, True, False),
     ("gates", "healthy_mean_low"): (0, 1, False, False),
     ("gates", "healthy_mean_high"): (0, 1, False, False),

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 
 from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.saved import (checkpoint_axis, checkpoint_paths, is_one_training_run,
