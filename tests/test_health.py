@@ -114,7 +114,7 @@ def test_score_cli_on_real_outputs_reports_both_rates_with_cis(tmp_path: Path) -
     strict = CliRunner().invoke(cli, [*args, "--json", "--blank-threshold", "0.8"])
     assert json.loads(strict.output)["metrics"]["blank_rate"]["value"] == 0.0   # 0.72 < 0.8
     bad = CliRunner().invoke(cli, [*args, "--garbled-threshold", "1.5"])
-    assert bad.exit_code == 2 and "--garbled-threshold between 0 and 1" in bad.output
+    assert bad.exit_code == 2 and "--garbled-threshold: expected a value in (0, 1), got 1.5" in bad.output
 
 
 def test_shapes_world_ground_truth_images_are_healthy() -> None:
