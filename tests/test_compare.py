@@ -309,3 +309,18 @@ def test_a_blank_rise_is_a_regression_too(tmp_path: Path) -> None:
            if r["status"] == "regression"]
     assert bad == [("ckpt/epoch_1.pt", 2.0)] and len(rows) > 1
     assert doc["settings"]["margins"]["blank_rate"] == 0.02
+
+
+def test_a_duplicated_record_is_refused_not_counted_twice(tmp_path: Path) -> None:
+    """One line of samples.jsonl repeated would weigh its layout twice (issue 22): exit 2."""
+    doubled = copy_run(tmp_path, "d", lambda s: pd.concat([s, s.iloc[[3]]], ignore_index=True))
+    result = invoke("compare", GOLDEN / "results.json", doubled)
+    assert result.exit_code == 2 and "again at record" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
+
+
+def test_report_renders_a_results_json_without_its_optional_dtype(tmp_path: Path) -> None:
+    path = copy_run(tmp_path, "e", edit_results=lambda r: r.pop("dtype"))
+    result = invoke("report", path, "--out", tmp_path / "e" / "r.md")
+    assert result.exit_code == 0, result.output
+    assert "dtype not recorded" in (tmp_path / "e" / "r.md").read_text(encoding="utf-8")

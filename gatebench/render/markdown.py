@@ -181,7 +181,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
     out = [f"# gatebench report: {protocol['name']}", "", summary_line(results, comparison), "",
            f"{results['n_layouts']} layouts, seed {results['seed']}, protocol `{protocol['name']}`"
            f" (sha256 {short_sha(results.get('protocol_sha256'))}), device {results['device']} "
-           f"({results['dtype']}).", "", "## Targets", ""] + headline_table(results) + [""]
+           f"({results.get('dtype') or 'dtype not recorded'}).", "", "## Targets", ""] + headline_table(results) + [""]
     if comparison:
         out += [comparison_markdown(comparison)]
     out += ["## Metrics by checkpoint and gate scale", ""] + metrics_tables(results)
