@@ -16,6 +16,7 @@ Why it looks like this (generation is >95% of an evaluation's cost):
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
@@ -29,10 +30,12 @@ import torch
 from gatebench.adapters.user import Grounding
 from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import ProtocolError
-from gatebench.image_cache import KeptImages, write_png
+from gatebench.image_cache import KeptImages, png_problem, write_png
 from gatebench.layouts import Layout
 from gatebench.protocol import UNCOND_ALIASES, UNCOND_TREATMENTS
-from gatebench.writes.records import write_sidecars
+from gatebench.writes.records import sidecar, write_sidecars
+
+_log = logging.getLogger(__name__)
 
 # Schedulers whose step() draws no noise: a batch's images then depend only on their own seeds.
 DETERMINISTIC_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -103,6 +106,21 @@ def _timed_write_png(path: Path, image: np.ndarray, meta: dict[str, Any],
         write_sidecars(path, *writes)
     write_png(path, image, meta)
     return time.perf_counter() - began
+
+
+def is_cached(path: Path, width: int, height: int) -> bool:
+    """True when ``path`` holds a usable cached image. A PNG there that does not decode (zero
+    bytes, truncated, another size) is deleted with its write sidecar and a one-line warning,
+    so that it is generated again: never used, never a crash."""
+    if not path.exists():
+        return False
+    problem = png_problem(path, width, height)
+    if problem is None:
+        return True
+    _log.warning("regenerating cached image %s (%s)", path, problem)
+    for stale in (path, sidecar(path)):
+        stale.unlink(missing_ok=True)
+    return False
 
 
 def _write_diagnostics(meter: WriteMeter, grounding: Grounding, jobs: Sequence[ImageJob],
@@ -306,7 +324,8 @@ class Sampler:
 
         ``keep``: the new images also go there (in memory, for the score stage)."""
         stats = stats or GenerationStats()
-        pending = [j for j in jobs if not j.path.exists()]
+        pending = [j for j in jobs if not is_cached(j.path, self.settings.width,
+                                                     self.settings.height)]
         stats.cached += len(jobs) - len(pending)
         if stats.cached and on_batch:
             on_batch(len(jobs) - len(pending))

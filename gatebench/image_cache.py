@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,38 @@ def write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
     os.replace(tmp, path)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"      # the IEND chunk, its CRC included
+
+
+def png_problem(path: Path, width: int, height: int) -> str | None:
+    """Why the cached PNG at ``path`` cannot be used as a ``width`` x ``height`` image (a short
+    reason), or None when it can. Cheap: the signature, the header's size, the closing IEND
+    chunk and every chunk's CRC (PIL's ``verify``), without decompressing the pixels; once per
+    image, when the sampler decides what is still to generate."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - len(_PNG_END)))
+            tail = handle.read()
+        if size == 0:
+            return "zero bytes"
+        if len(head) < 24 or not head.startswith(_PNG_SIGNATURE):
+            return f"not a PNG ({size} bytes)"
+        got = struct.unpack(">II", head[16:24])
+        if got != (width, height):
+            return f"{got[0]}x{got[1]}, expected {width}x{height}"
+        if tail != _PNG_END:
+            return f"truncated ({size} bytes, no IEND)"
+        with open(path, "rb") as handle:     # the PNG plugin itself: Image.open may be patched
+            PngImagePlugin.PngImageFile(handle).verify()      # (ultralytics: a pi_heif fallback)
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+            zlib.error) as exc:
+        return f"does not decode: {type(exc).__name__}"
+    return None
 
 
 def read_png_meta(path: Path) -> dict[str, Any]:

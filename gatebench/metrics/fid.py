@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
@@ -180,11 +181,42 @@ class ReferenceStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "ReferenceStats":
+        """Read a saved file; ValueError (or the reader's own error: OSError, EOFError, KeyError,
+        zipfile.BadZipFile) when it is not a complete, consistent one."""
         with np.load(Path(path), allow_pickle=False) as data:
             recipe = dict(str(item).split("=", 1) for item in data["recipe"])
             root = data["sigma_sqrt"] if "sigma_sqrt" in data.files else None
-            return cls(data["mu"], data["sigma"], data["features"].astype(np.float64),
-                       int(data["n"]), recipe, root)
+            stats = cls(data["mu"], data["sigma"], data["features"].astype(np.float64),
+                        int(data["n"]), recipe, root)
+        stats._check_shapes()
+        return stats
+
+    def _check_shapes(self) -> None:
+        """mu (D,), sigma (D, D), features (n, D), sigma_sqrt (D, r): else ValueError."""
+        dim = self.mu.shape[0] if self.mu.ndim == 1 else -1
+        shapes = [("mu", self.mu.shape, self.mu.ndim == 1),
+                  ("sigma", self.sigma.shape, self.sigma.shape == (dim, dim)),
+                  ("features", self.features.shape, self.features.shape == (self.n, dim))]
+        if self._sigma_sqrt is not None:
+            shapes.append(("sigma_sqrt", self._sigma_sqrt.shape,
+                           self._sigma_sqrt.ndim == 2 and self._sigma_sqrt.shape[0] == dim))
+        for name, shape, ok in shapes:
+            if not ok:
+                raise ValueError(f"{name} has shape {shape} (n={self.n}, D={dim})")
+
+
+def _load_cached(path: Path) -> ReferenceStats | None:
+    """The cached statistics at ``path``, or None when the file does not load (zero bytes, a
+    truncated zip, missing arrays, wrong shapes): then it is deleted with a one-line warning and
+    the caller recomputes it, so the cache never stays corrupt."""
+    try:
+        return ReferenceStats.load(path)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else ""
+        _log.warning("FID cache %s does not load (%s%s); deleted, recomputing", path,
+                     type(exc).__name__, f": {reason}" if reason else "")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def reference_stats(paths: Sequence[str | Path], extractor: FeatureExtractor, *,
@@ -200,11 +232,13 @@ def reference_stats(paths: Sequence[str | Path], extractor: FeatureExtractor, *,
         cache = Path(cache_dir) / ReferenceStats.file_name(
             recipe["data_hash"], len(paths), resize, recipe["extractor_hash"])
         if cache.is_file():
-            stats = ReferenceStats.load(cache)
-            if stats.recipe == recipe:
+            stats = _load_cached(cache)
+            if stats is not None and stats.recipe == recipe:
                 _log.info("FID reference statistics reused from %s", cache)
                 return stats
-            _log.warning("FID cache %s has another recipe; recomputing", cache)
+            if stats is not None:
+                _log.warning("FID cache %s has another recipe; deleted, recomputing", cache)
+                cache.unlink(missing_ok=True)
     feats = extract_features(paths, extractor, resize=resize, batch_size=batch_size)
     mu, sigma = feature_stats(feats)
     stats = ReferenceStats(mu, sigma, feats, len(paths), recipe)
