@@ -1,10 +1,12 @@
-"""Where the adapter wrote, per generated image: the sidecar files beside each cached PNG.
+"""Where the adapter wrote, per generated image: the sidecar file beside each cached PNG.
 
 The diagnostics (adapters/write_meter.py) are measured while an image is generated, so they are
-cached with it: ``<image>.writes.json`` (the four measurements, their reasons, early/late splits)
-and ``<image>.writes.png`` (the residual's energy density, 32x32, 0-255), both written
-atomically next to the PNG. A cached image without them (made before they existed, or by another
-tool) scores with the diagnostics "not computed", never with a default. Torch-free.
+cached with it: ``<image>.writes.json`` holds the four measurements, their reasons, the
+early/late splits and ``map``, the residual's energy density (32x32, 0-255, base64), written
+atomically next to the PNG and before it (a cached PNG has its record). Not a second image file,
+so nothing that lists a folder's images takes it for one. A cached image without it (made before
+it existed, or by another tool) scores with the diagnostics "not computed", never with a
+default. Torch-free.
 """
 from __future__ import annotations
 
