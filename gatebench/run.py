@@ -20,6 +20,7 @@ from gatebench.checkpoint import inspect_checkpoint
 from gatebench.distributed import (barrier, distributed, import_collective_libraries,
                                    sum_over_ranks)
 from gatebench.errors import GatebenchError, ModelFileError
+from gatebench.files import cache_dir
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import GenerationStats, Sampler, grounded_steps
 from gatebench.image_cache import KEEP_IMAGES_BYTES, KeptImages
@@ -27,7 +28,7 @@ from gatebench.layouts import select_layouts
 from gatebench.models.device import resolve_device, resolve_dtype
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
 from gatebench.protocol import Protocol
-from gatebench.rundir.outputs import ensure_out_dir
+from gatebench.rundir.outputs import check_writable, ensure_out_dir, run_lock
 from gatebench.rundir.results import build_results, exit_code, write_json
 from gatebench.rundir.samples import write_samples_jsonl
 from gatebench.score_run import detector_ceiling, score_sets
@@ -94,18 +95,37 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                    eval_models: Any = None, base: Any = None,
                    progress_factory: Callable[[int], Any] | None = None) -> RunResult:
     """The whole `gatebench run` as a library call (the CLI only parses flags and renders)."""
+    started = time.perf_counter()
+    # the output folder (and the reference-statistics cache, when FID needs it) take a probe
+    # write before anything else: a read-only folder costs seconds, not a model load
+    out = ensure_out_dir(options.out_dir)
+    if _uses_reference_cache(protocol):
+        check_writable(cache_dir(), "the cache folder ($GATEBENCH_CACHE)")
+    rank, world = distributed()
+    # one run at a time into a folder: a second one exits 2 (rundir/outputs.py run_lock says why)
+    with run_lock(out, rank):
+        return _evaluate(checkpoints, protocol, options, out, rank, world, started,
+                         eval_models=eval_models, base=base, progress_factory=progress_factory)
+
+
+def _uses_reference_cache(protocol: Protocol) -> bool:
+    """Whether scoring will cache FID reference statistics under gatebench's cache folder."""
+    m = protocol.models
+    return bool(m.inception_weights if m.fid_features == "inception" else m.clip_model)
+
+
+def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, out: Path,
+              rank: int, world: int, started: float, *, eval_models: Any, base: Any,
+              progress_factory: Callable[[int], Any] | None) -> RunResult:
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.render.markdown import write_report  # noqa: PLC0415
 
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    out = ensure_out_dir(options.out_dir)
     # checkpoint -> gates -> layouts: seconds, no model
     infos = [inspect_checkpoint(p) for p in checkpoints]
     layouts, layouts_info = select_layouts(protocol)
     gate_report = _gate_preflight(infos, protocol, [min(len(lay.objects), protocol.data.max_boxes)
                                                     for lay in layouts])
-    rank, world = distributed()
     import_collective_libraries(protocol, world)     # every rank, before any other collective
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)

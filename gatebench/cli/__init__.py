@@ -19,8 +19,8 @@ from rich.table import Table
 
 from gatebench import __version__
 from gatebench.cli import evaluate as cli_eval
-from gatebench.cli.support import (RichProgress, consoles, finish, parse_floats, parse_ints,
-                                   quiet_model_libraries)
+from gatebench.cli.support import (RichProgress, Terminated, consoles, finish, parse_floats,
+                                   parse_ints, quiet_model_libraries, sigterm_as_interrupt)
 from gatebench.errors import GatebenchError
 
 
@@ -30,13 +30,15 @@ class GatebenchGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            # 130 (128 + SIGINT), as shells report it; outputs are written atomically and
-            # images are cached, so the same command resumes
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            # 130 (128 + SIGINT) or 143 (128 + SIGTERM), as shells report them; outputs are
+            # written atomically and images are cached, so the same command resumes
             _, err = consoles()
-            err.print("interrupted; run the same command again to resume", markup=False)
-            ctx.exit(130)
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            err.print(f"{what}; run the same command again to resume", markup=False)
+            ctx.exit(getattr(exc, "exit_code", 130))
         except GatebenchError as exc:
             if ctx.params.get("debug"):
                 raise

@@ -4,7 +4,10 @@ former). Which flag overrides which protocol field is the library's (readers/pro
 FLAG_FIELDS, protocol.with_flags)."""
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, NoReturn
 
 import click
 from rich.console import Console
@@ -13,6 +16,33 @@ from rich.console import Console
 def consoles() -> tuple[Console, Console]:
     """(stdout, stderr) consoles; no highlighting, so paths and numbers print as plain text."""
     return Console(highlight=False), Console(stderr=True, highlight=False)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers send before a kill), raised where SIGINT raises KeyboardInterrupt.
+
+    A KeyboardInterrupt subclass, so every cleanup that runs on Ctrl-C runs on SIGTERM too; the
+    CLI exits 143 (128 + SIGTERM) with the same resume hint.
+    """
+
+    exit_code = 128 + signal.SIGTERM
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises `Terminated`; the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def finish(code: int) -> NoReturn:
