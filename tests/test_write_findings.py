@@ -40,3 +40,21 @@ def test_a_localised_clean_adapter_and_a_deadlock_get_none() -> None:
     for row in dead[1:]:
         del row["metrics"]["effect_lift"]                  # not computed: effect exactly 0
     assert write_findings(dead, [CHECKPOINT], {"a.pt": "a"}) == []
+
+
+def test_a_broken_write_record_reads_as_not_recorded_never_a_default(tmp_path) -> None:
+    """Zero bytes, truncated JSON, deep nesting, a string where a number goes, non-UTF-8:
+    the diagnostics are 'not computed' with a reason, never 0 and never a traceback."""
+    import math
+
+    from gatebench.writes.records import NOT_RECORDED, read_map, read_record, sample_columns, sidecar
+
+    image = tmp_path / "a__s1.png"
+    for content in (b"", b'{"effect_norm": 0.', b"[" * 100000 + b"]" * 100000,
+                    b'{"effect_norm": "big"}', b"\xff\xfe\x00garbage"):
+        sidecar(image).write_bytes(content)
+        record = read_record(image)
+        assert record is None and read_map(image) is None
+        columns = sample_columns(record, 1.0)
+        assert math.isnan(columns["effect_norm"]) and columns["write_measured"] == 0
+        assert columns["effect_norm_reason"] == NOT_RECORDED
