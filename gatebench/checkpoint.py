@@ -29,7 +29,7 @@ import torch
 from gatebench.adapters.families import FAMILIES, family_of, recognise
 from gatebench.adapters.types import CheckpointInfo, GateEntry, TrainingMeta
 from gatebench.errors import CheckpointError, UnsafeCheckpointError
-from gatebench.files import file_sha256
+from gatebench.files import atomic_output, file_sha256
 from gatebench.readers.checkpoint_header import parse_safetensors_header, validate_header
 
 if TYPE_CHECKING:
@@ -225,12 +225,11 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], *,
     header = {"format": GATEBENCH_FORMAT, "format_version": GATEBENCH_FORMAT_VERSION,
               "family": family, "adapter_config": dict(adapter_config),
               "base_model": dict(base_model or {}), "training": dict(training or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        save_file(tensors, str(tmp), metadata={"gatebench": json.dumps(header)})
-    else:
-        torch.save({**header, "state_dict": tensors, **dict(extra or {})}, tmp)
-    tmp.replace(path)
+    with atomic_output(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+            save_file(tensors, str(tmp), metadata={"gatebench": json.dumps(header)})
+        else:
+            torch.save({**header, "state_dict": tensors, **dict(extra or {})}, tmp)
     return path

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from gatebench.checkpoint import inspect_checkpoint
 from gatebench.errors import ModelFileError
+from gatebench.files import atomic_write_text
 from gatebench.gates import analyse
 from gatebench.render.gates import plot_trajectory, render_findings, render_markdown
 from gatebench.readers.logs import read_logs
@@ -166,8 +167,8 @@ def run_demo(out: Path, *, num_samples: int | None = None, steps: int | None = N
               f"{('✓' if e.ok else '✗') if e.required else '-'} |" for e in checks]
     report_path = result.paths["report"]
     text = report_path.read_text(encoding="utf-8") + "\n".join(lines) + "\n\n" + "\n\n".join(sections)
-    report_path.write_text(text, encoding="utf-8")
-    (out / "demo.json").write_text(json.dumps([asdict(e) for e in checks], indent=2,
-                                              ensure_ascii=False), encoding="utf-8")
+    atomic_write_text(report_path, text)
+    atomic_write_text(out / "demo.json", json.dumps([asdict(e) for e in checks], indent=2,
+                                                    ensure_ascii=False))
     console.print(escape(f"report: {report_path}"))
     return (0 if all(e.ok for e in checks if e.required) else 1), checks

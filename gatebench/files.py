@@ -6,10 +6,14 @@ old file whole.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from gatebench.errors import GatebenchError
 
@@ -35,10 +39,8 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     known[key] = digest.hexdigest()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known), encoding="utf-8")
-        tmp.replace(cache)
-    except OSError:
+        atomic_write_text(cache, json.dumps(known))
+    except (OSError, GatebenchError):
         pass  # a read-only home only costs the next run a re-hash
     return known[key]
 
@@ -51,30 +53,103 @@ def cache_dir() -> Path:
     return Path(base) / "gatebench"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file beside it and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+# The write faults a user fixes outside gatebench (space, mounts, permissions): one line, exit 2.
+WRITE_FAULTS: dict[int, str] = {
+    errno.ENOSPC: "free some space on that disk (or point the folder elsewhere)",
+    errno.EDQUOT: "free some of your disk quota (or point the folder elsewhere)",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.EACCES: "choose a folder you may write to, or fix its permissions",
+    errno.EPERM: "choose a folder you may write to, or fix its permissions",
+}
+_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and a rename (all or nothing)."""
+def temporary_name(path: Path) -> Path:
+    """``.<name>.<pid>.tmp`` beside ``path``: hidden, per process, and recognised by the sweep."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_fault(exc: OSError, path: Path | str | None = None) -> GatebenchError | None:
+    """The one-line error for a write fault the user must fix (disk full, read-only, denied)."""
+    fix = WRITE_FAULTS.get(exc.errno or -1)
+    if fix is None:
+        return None
+    where = path if path is not None else exc.filename
+    return GatebenchError(f"cannot write: {exc.strerror or exc}", path=where, hint=fix)
+
+
+@contextmanager
+def atomic_output(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` when the block succeeds.
+
+    Every output and cache file gatebench writes goes through here (tests/test_faults.py checks
+    that nothing is opened for writing in place): an interrupted or failed write leaves the old
+    file whole and no temporary behind, and a full disk, a read-only mount or a refused
+    permission is one line naming the path and the fix (exit 2), never a traceback.
+    """
     path = Path(path)
     if path.is_dir():
         raise GatebenchError("expected an output file, got an existing folder", path=path,
                              hint="name a file inside it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        fault = write_fault(exc, path) if isinstance(exc, OSError) else None
+        if fault is not None:
+            raise fault from None
         raise
-    return path
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` all or nothing (``atomic_output``)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: Path | str, text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` all or nothing."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+    return Path(path)
+
+
+def sweep_temporaries(folder: Path | str, recursive: bool = True) -> list[Path]:
+    """Delete this tool's temporaries left by processes that no longer run (a kill -9, a crash).
+
+    Only ``.<name>.<pid>.tmp`` files whose pid is not alive are removed, so a concurrent run's
+    write in progress is left alone. Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed: list[Path] = []
+    for candidate in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+        match = _TMP.match(candidate.name)
+        if match is None or not candidate.is_file() or _alive(int(match["pid"])):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from gatebench.files import atomic_write_bytes
+from gatebench.files import atomic_output, atomic_write_bytes
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -48,9 +48,8 @@ def write_png(path: Path, image: np.ndarray, meta: dict[str, Any]) -> None:
     """Atomic PNG write with our metadata in a text chunk (so a resumed run keeps NaN counts)."""
     info = PngImagePlugin.PngInfo()
     info.add_text("gatebench", json.dumps(meta, ensure_ascii=False))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

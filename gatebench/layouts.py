@@ -16,6 +16,8 @@ import ftfy
 
 from gatebench.readers.bbox import SCALE_1000_ABOVE, BadRow, Box, parse_bbox
 from gatebench.errors import GatebenchError, LayoutError, ModelFileError
+from gatebench.files import atomic_write_text
+from gatebench.readers.jsonl import first_row, read_jsonl
 from gatebench.protocol import DataSpec, Protocol
 
 LayoutFormat = Literal["auto", "jsonl", "results", "coco"]
@@ -161,30 +163,11 @@ def _unique_ids(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 def _read_jsonl(path: Path, report: LoadReport, skip_bad: bool) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise LayoutError(f"cannot read layouts ({exc})", path=path) from None
-    except UnicodeDecodeError as exc:
-        raise LayoutError(f"expected UTF-8 text, got undecodable byte at offset {exc.start}",
-                          path=path, hint="re-save the file as UTF-8") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise BadRow(f"expected a JSON object, got {type(row).__name__}")
-        except (json.JSONDecodeError, BadRow) as exc:
-            reason = (f"expected a JSON object, got invalid JSON ({exc.msg})"
-                      if isinstance(exc, json.JSONDecodeError) else str(exc))
-            if not skip_bad:
-                raise LayoutError(reason, path=path, line=number) from None
-            report.skipped.append((number, reason))
-            continue
-        rows.append((number, row))
-    return rows
+    def skip(number: int, reason: str) -> None:
+        report.skipped.append((number, reason))
+
+    rows = read_jsonl(path, what="layouts", error=LayoutError, on_bad=skip if skip_bad else None)
+    return [(row.line, row.value) for row in rows]
 
 
 def _rows_to_layouts(path: Path, rows: list[tuple[int, dict[str, Any]]], fmt: str,
@@ -319,15 +302,8 @@ def detect_format(path: Path) -> str:
     """'coco' for a .json document, 'results' when rows have 'prompt'/'layout', else 'jsonl'."""
     if path.suffix.lower() == ".json":
         return "coco"
-    try:
-        with path.open(encoding="utf-8-sig") as fh:
-            for line in fh:
-                if line.strip():
-                    row = json.loads(line)
-                    return "results" if isinstance(row, dict) and "layout" in row else "jsonl"
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return "jsonl"   # the strict reader reports the exact problem with its line
-    return "jsonl"
+    row = first_row(path)   # None: the strict reader reports the exact problem with its line
+    return "results" if row is not None and "layout" in row else "jsonl"
 
 
 def load_layouts(path: str | Path, format: LayoutFormat = "auto", *,
@@ -387,8 +363,5 @@ def select_layouts(protocol: Protocol) -> tuple[list[Layout], dict[str, Any]]:
 
 def write_layouts_jsonl(layouts: Iterable[Layout], path: str | Path) -> Path:
     """Write layouts in the user's JSONL shape, UTF-8 with Chinese kept readable."""
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as fh:
-        for layout in layouts:
-            fh.write(json.dumps(layout.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    lines = [json.dumps(layout.to_dict(), ensure_ascii=False) + "\n" for layout in layouts]
+    return atomic_write_text(Path(path), "".join(lines))

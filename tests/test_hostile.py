@@ -348,7 +348,7 @@ def test_samples_and_report_written_atomically(tmp_path: Path, monkeypatch) -> N
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(Path, "replace", boom)
+    monkeypatch.setattr("gatebench.files.os.replace", boom)
     with pytest.raises(KeyboardInterrupt):
         write_samples_jsonl(pd.DataFrame([{"layout_id": "a"}]), path)
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["samples.jsonl"]

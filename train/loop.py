@@ -24,6 +24,7 @@ from gatebench.adapters.user import (AdapterSet, Grounding, apply_init, attn2_wi
 from gatebench.adapters.write_meter import WriteMeter
 from gatebench.checkpoint import save_checkpoint, torch_load_safe
 from gatebench.errors import CheckpointError
+from gatebench.files import atomic_output
 from train.config import TrainConfig
 from train.data import LayoutImageDataset, epoch_order
 
@@ -269,10 +270,9 @@ class Trainer:
         if self.rank != 0 or "variants" in self.adapters.config["reference"]:
             return None
         path = self.config.output_dir / name
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({k: v.detach().cpu().contiguous() for k, v in self.adapters.state_dict().items()},
-                   tmp)
-        tmp.replace(path)
+        with atomic_output(path) as tmp:
+            torch.save({k: v.detach().cpu().contiguous()
+                        for k, v in self.adapters.state_dict().items()}, tmp)
         return path
 
     def _resume(self, path: Path) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol, Sequence
 
 from gatebench.errors import LayoutError, ModelFileError
+from gatebench.files import atomic_write_text
 from gatebench.readers.bbox import BadRow, Box, parse_bbox
+from gatebench.readers.jsonl import read_jsonl
 
 if TYPE_CHECKING:   # metrics sit below the protocol and the layouts: annotations only
     from gatebench.layouts import LayoutObject
@@ -101,26 +103,16 @@ def load_detections(path: str | Path) -> dict[str, list[Detection]]:
     two detection lists for one image would make every rate ambiguous.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LayoutError(f"expected a readable UTF-8 detections file, got {exc}",
-                          path=path) from None
     out: dict[str, list[Detection]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, row in ((r.line, r.value) for r in read_jsonl(path, what="detections",
+                                                              error=LayoutError)):
         try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str):
+            if not isinstance(row.get("image"), str):
                 raise BadRow("expected an object with an 'image' file name")
             dets = row.get("detections")
             if not isinstance(dets, list):
                 raise BadRow(f"expected 'detections' to be a list, got {type(dets).__name__}")
             parsed = [_parse_detection(d, i) for i, d in enumerate(dets)]
-        except json.JSONDecodeError as exc:
-            raise LayoutError(f"expected a JSON object, got invalid JSON ({exc.msg})",
-                              path=path, line=number) from None
         except BadRow as exc:
             raise LayoutError(str(exc), path=path, line=number) from None
         name = Path(row["image"]).name
@@ -198,14 +190,13 @@ class YoloDetector:
 
 def write_detections_jsonl(detections: Mapping[str, Sequence[Detection]], path: str | Path) -> Path:
     """The JSONL format ``load_detections`` reads (UTF-8, names kept readable)."""
-    path = Path(path)
-    with path.open("w", encoding="utf-8") as fh:
-        for image, dets in detections.items():
-            row = {"image": image, "detections": [
-                {"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
-                 "score": round(d.score, 6)} for d in dets]}
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    lines = []
+    for image, dets in detections.items():
+        row = {"image": image, "detections": [
+            {"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
+             "score": round(d.score, 6)} for d in dets]}
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return atomic_write_text(Path(path), "".join(lines))
 
 
 def detections_vocabulary(detections: Mapping[str, Sequence[Detection]] | None) -> frozenset[str]:

@@ -8,7 +8,6 @@ same code, and a log that has them also shows whether control grows, not only th
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gatebench.readers.jsonl import read_jsonl
 from gatebench.errors import LogFormatError
 
 WRITE_COLUMNS = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
@@ -125,28 +125,12 @@ def read_jsonl_log(path: Path) -> LogSeries:
     """gatebench's own log: one JSON object per line with ``step`` and any of the columns."""
     rows: dict[int, dict[str, float]] = {}
     gate_steps: set[int] = set()
-    try:
-        raw_lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise LogFormatError(f"cannot read training log ({exc})", path=path) from None
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise LogFormatError(f"expected UTF-8 text, got byte {raw[exc.start]:#04x} at "
-                                 f"column {exc.start + 1}", path=path, line=number,
-                                 hint="re-write the log as UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise LogFormatError(f"expected a JSON object with an integer 'step', got "
-                                 f"{line.strip()[:60]!r} ({type(exc).__name__})",
-                                 path=path, line=number) from None
-        if not isinstance(record, dict) or "step" not in record:
-            raise LogFormatError(f"expected a JSON object with an integer 'step', got "
-                                 f"{line.strip()[:60]!r}", path=path, line=number)
+    for row in read_jsonl(path, what="training log", error=LogFormatError,
+                          hint="each line: a JSON object with an integer 'step'"):
+        number, record = row.line, row.value
+        if "step" not in record:
+            raise LogFormatError("expected a JSON object with an integer 'step', got one without "
+                                 "'step'", path=path, line=number)
         step = _step(record["step"], path, number)
         values = {}
         for column in COLUMNS[1:]:

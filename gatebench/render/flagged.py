@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from gatebench.files import atomic_output, atomic_write_text
 MAX_FLAGGED = 24
 THUMB_PX = 200
 COLUMNS = 6
@@ -67,7 +68,8 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
         pen.text((x + 2, y + THUMB_PX + 2), f"#{i + 1}", fill=(40, 40, 40), font=font)
         pen.text((x + 2, y + THUMB_PX + 17), _caption(rec), fill=(190, 30, 30), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    with atomic_output(out) as tmp:
+        sheet.save(tmp, format="PNG")
     rows = [{"image": str(rec.get("image")), "caption": _caption(rec)} for rec, _ in cells]
     return out, rows, len(flagged)
 
@@ -106,5 +108,4 @@ def write_score_report(document: dict[str, Any], samples: pd.DataFrame, images_r
     lines += flagged_section(info) or [
         "## Flagged images", "", "No image was flagged garbled or blank.", ""]
     path = out_dir / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return atomic_write_text(path, "\n".join(lines))

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gatebench.gates import Finding, GateReport, to_json
+from gatebench.files import atomic_output, atomic_write_text
 from gatebench.render.sections import LIVE_STYLE, gates_markdown
 
 _STYLE = {"fail": "bold red", "warn": "yellow", "pass": "bold green"}
@@ -122,7 +123,8 @@ def plot_trajectory(report: GateReport, out: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
     return out
 
@@ -131,7 +133,6 @@ def write_gate_outputs(report: GateReport, out: Path, inputs: list[Path]) -> Non
     """gates.json, gates.md and gate_trajectory.png into ``out`` (never onto an input)."""
     import json  # noqa: PLC0415
 
-    from gatebench.files import atomic_write_text  # noqa: PLC0415
     from gatebench.rundir.outputs import check_not_input, ensure_out_dir  # noqa: PLC0415
 
     ensure_out_dir(out)

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import pandas as pd
 
+from gatebench.files import atomic_output
 from gatebench.render.write_maps import overlay, write_map, write_scale
 from gatebench.rundir.saved import resolve_image
 
@@ -229,5 +230,6 @@ def sample_grid(samples: pd.DataFrame, checkpoint: str, images_root: Path, out: 
         pen.text((x + 46, y + 6), LEGEND[kind], fill=(0, 0, 0), font=small, anchor="lm")
         x += 52 + int(pen.textlength(LEGEND[kind], font=small)) + 18
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out, optimize=False)
+    with atomic_output(out) as tmp:
+        canvas.save(tmp, format="PNG", optimize=False)
     return out, layouts, missing

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from gatebench.files import atomic_write_text
+from gatebench.files import atomic_write_bytes, atomic_write_text
 from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
@@ -298,7 +298,7 @@ def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir
 def _copy(src: Path, out_dir: Path) -> Path:
     dst = out_dir / src.name
     if src.resolve() != dst.resolve():
-        dst.write_bytes(src.read_bytes())
+        atomic_write_bytes(dst, src.read_bytes())
     return dst
 
 

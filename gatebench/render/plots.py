@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gatebench.files import atomic_output
 from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.saved import (checkpoint_axis, checkpoint_paths, is_one_training_run,
                                  label_map, label_of)
@@ -106,8 +107,11 @@ def _legend(fig: Any, axes: Sequence[Any]) -> float:
 def _save(fig: Any, plt: Any, out: Path, bottom: float = 0.0) -> Path:
     fig.tight_layout(rect=(0, bottom, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, metadata={"Software": None})
-    plt.close(fig)
+    try:
+        with atomic_output(out) as tmp:
+            fig.savefig(tmp, format=out.suffix.lstrip(".") or "png", metadata={"Software": None})
+    finally:
+        plt.close(fig)
     return out
 
 

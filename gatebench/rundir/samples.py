@@ -13,6 +13,7 @@ import pandas as pd
 
 from gatebench.errors import MetricError
 from gatebench.files import atomic_write_text
+from gatebench.readers.jsonl import read_jsonl
 
 
 def jsonable(value: Any) -> Any:
@@ -49,21 +50,6 @@ def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
     from gatebench.rundir.schema import validate_sample  # noqa: PLC0415
 
     path = Path(path)
-    rows = []
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise MetricError(f"cannot read samples ({exc})", path=path) from None
-    for number, raw in enumerate(lines, start=1):
-        try:
-            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            if line.strip():
-                rows.append(validate_sample(json.loads(line), path, number))
-        except UnicodeDecodeError:
-            raise MetricError("expected UTF-8 text in samples.jsonl, got invalid bytes",
-                              path=path, line=number) from None
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise MetricError(f"expected a JSON sample record, got "
-                              f"{getattr(exc, 'msg', 'nesting too deep')}", path=path,
-                              line=number) from None
+    rows = [validate_sample(row.value, path, row.line)
+            for row in read_jsonl(path, what="samples", error=MetricError)]
     return pd.DataFrame(rows)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gatebench.files import atomic_output, atomic_write_text
 PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<sot>", "<eot>"
 SPECIALS = (PAD, UNK, SOT, EOT)
 WORLD_VOCAB_EN = ("a", "an", "and", "the", "with", "of", "one", "two", "three",
@@ -218,12 +219,12 @@ def save_world_clip(model: WorldClip, weights_path: str | Path, config_path: str
 
     dtype = torch.float16 if fp16 else torch.float32
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.clip.state_dict().items()}
-    save_file(state, str(weights_path), metadata={"format": "gatebench-world-clip/1"})
+    with atomic_output(Path(weights_path)) as tmp:
+        save_file(state, str(tmp), metadata={"format": "gatebench-world-clip/1"})
     config = dict(model.config)
     if extra:
         config.update(extra)
-    Path(config_path).write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n",
-                                 encoding="utf-8")
+    atomic_write_text(Path(config_path), json.dumps(config, ensure_ascii=False, indent=1) + "\n")
 
 
 def load_world_clip(weights_path: str | Path, config_path: str | Path, device: str = "cpu"

@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from gatebench.files import atomic_output, atomic_write_text
 SUPERSAMPLE = 4
 MIN_SIDE = 0.25          # box side as a share of the image side
 MAX_SIDE = 0.60
@@ -213,15 +214,14 @@ def generate_split(out_dir: str | Path, split: str, n: int | None = None, seed: 
     img_dir.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(n - 1)))
     jsonl = out / f"{split}.jsonl"
-    tmp = jsonl.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        for i in range(n):
-            sample = render_sample(seed, i, size)
-            name = f"{i:0{width}d}.png"
-            sample.image.save(img_dir / name, format="PNG", optimize=False)
-            f.write(json.dumps(layout_row(sample, name), ensure_ascii=False) + "\n")
-    os.replace(tmp, jsonl)
-    return jsonl
+    rows = []
+    for i in range(n):
+        sample = render_sample(seed, i, size)
+        name = f"{i:0{width}d}.png"
+        with atomic_output(img_dir / name) as tmp:
+            sample.image.save(tmp, format="PNG", optimize=False)
+        rows.append(json.dumps(layout_row(sample, name), ensure_ascii=False) + "\n")
+    return atomic_write_text(jsonl, "".join(rows))
 
 
 def generate_world(out_dir: str | Path, splits: dict[str, tuple[int, int]] | None = None,
@@ -277,8 +277,8 @@ def export_yolo(dataset_dir: str | Path, yolo_dir: str | Path,
                 x1, y1, x2, y2 = obj["bbox"]
                 lines.append(f"{int(obj['category_id']) - 1} {(x1 + x2) / 2:.6f} "
                              f"{(y1 + y2) / 2:.6f} {x2 - x1:.6f} {y2 - y1:.6f}")
-            (dst / "labels" / split / (Path(name).stem + ".txt")).write_text(
-                "\n".join(lines) + "\n", encoding="utf-8")
+            atomic_write_text(dst / "labels" / split / (Path(name).stem + ".txt"),
+                              "\n".join(lines) + "\n")
     if not present:
         raise FileNotFoundError(f"expected split JSONL files in '{src}', found none")
     yaml_lines = [f"path: {dst.resolve()}"]
@@ -291,5 +291,5 @@ def export_yolo(dataset_dir: str | Path, yolo_dir: str | Path,
     yaml_lines.append("names:")
     yaml_lines += [f"  {c.id - 1}: {c.name_en}" for c in CLASSES]
     data_yaml = dst / "data.yaml"
-    data_yaml.write_text("\n".join(yaml_lines) + "\n", encoding="utf-8")
+    atomic_write_text(data_yaml, "\n".join(yaml_lines) + "\n")
     return data_yaml
