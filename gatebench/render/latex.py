@@ -11,7 +11,8 @@ from typing import Any
 
 from gatebench.metrics import spec as metric_spec
 from gatebench.render.format import Figures, fmt, fmt_against
-from gatebench.render.sections import gate_verdict
+from gatebench.render.sections import (early_set_level, gate_verdict, sequential_of,
+                                       sequential_rows, stop_sentence)
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 PRETTY = {m.name: m.tex_label for m in metric_spec.METRICS.values()}   # TeX name + arrow
@@ -83,6 +84,41 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _bound(value: Any) -> str:
+    return "--" if value is None else f"{float(value):.{_digits(float(value))}f}"
+
+
+def _prose(text: str) -> str:
+    """Escaped running text; comparison signs in math mode (a text-mode < prints as ¡)."""
+    out = tex_escape(text)
+    for sign, tex in (("<=", r"$\leq$"), (">=", r"$\geq$"), ("<", "$<$"), (">", "$>$")):
+        out = out.replace(sign, tex)
+    return out
+
+
+def sequential_table(results: dict[str, Any]) -> list[str]:
+    """`run --until-decided`: each row's confidence-sequence bounds at the stop and decision."""
+    seq = sequential_of(results) or {}
+    labels, early = label_map(results), early_set_level(results)
+    note = f" Set-level metrics ({', '.join(early)}) were computed on the {seq['n_layouts']} " \
+           "images generated." if early else ""
+    caption = (f"{stop_sentence(seq)} Anytime-valid betting confidence sequences, alpha "
+               f"{seq['alpha']:g} overall, split {seq['split']}: valid at every n at once, so "
+               f"stopping when they decide keeps the error rate.{note}")
+    lines = [r"\begin{table}[t]", r"\centering", r"\caption{" + _prose(caption) + "}",
+             r"\label{tab:gatebench-sequential}", r"\begin{tabular}{llllll}", r"\toprule",
+             r"Checkpoint & Scale & Metric & Target & Bounds at stop & Decision \\", r"\midrule"]
+    for row in sequential_rows(results):
+        who = "all" if row["checkpoint"] == "*" else _ckpt(label_of(labels, row["checkpoint"]))
+        scale = "--" if row.get("gate_scale") is None else f"{row['gate_scale']:g}"
+        bounds = "--" if row.get("lower") is None and row.get("upper") is None else \
+            f"$[{_bound(row.get('lower'))}, {_bound(row.get('upper'))}]$"
+        lines.append(f"{who} & {scale} & {PRETTY.get(row['metric'], tex_escape(row['metric']))} "
+                     f"& {_OPS.get(row['op'], row['op'])} {row['threshold']:g} & {bounds} & "
+                     f"{row.get('decision') or 'undecided'} \\\\")
+    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+
+
 def _columns(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(group, scale label, results row): scale 0 once as "Base" when all checkpoints share it."""
     rows = results["results"]
@@ -146,7 +182,10 @@ def render_latex(results: dict[str, Any], *, figures: Figures | None = None,
            f"% verdict {results['verdict']}; gate health {gate_verdict(results)}; protocol "
            f"sha256 {results.get('protocol_sha256')}; layout ids sha256 "
            f"{results.get('layout_ids_sha256')}", ""]
-    out += targets_table(results) + [""] + metrics_table(results) + [""]
+    out += targets_table(results) + [""]
+    if sequential_of(results):
+        out += sequential_table(results) + [""]
+    out += metrics_table(results) + [""]
     if comparison:
         out += regression_table(comparison) + [""]
     if figures and figures.metric_vs_scale:

@@ -21,7 +21,8 @@ from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.format import (Figures, fmt, fmt_against, scale_label, short_sha,
                                      value_ci)
-from gatebench.render.sections import gate_verdict, gates_section, samples_section, writes_section
+from gatebench.render.sections import (early_set_level, gate_verdict, gates_section,
+                                       samples_section, sequential_section, writes_section)
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 DEFINITIONS = """\
@@ -102,11 +103,14 @@ def headline_table(results: dict[str, Any]) -> list[str]:
     lines = ["| checkpoint | gate scale | metric | value | 95% CI | N | target | pass |",
              "|---|---:|---|---:|---|---:|---|:---:|"]
     straddle = False
+    stopped = early_set_level(results)      # "†": computed on the n images a stopped run made
     for _, t in rows:
         if t["computed"]:
             value, ci = fmt_against(float(t["value"]), t["op"], float(t["threshold"])), ci_text(t)
         else:
             value, ci = t["note"] or "not computed", "-"
+        if t["computed"] and t["metric"] in stopped:
+            value += "†"
         mark = "✓" if t["passed"] else "✗"
         if t["computed"] and t.get("ci_clear") is False and t["passed"]:
             mark, straddle = "✓*", True
@@ -182,6 +186,7 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
            f"{results['n_layouts']} layouts, seed {results['seed']}, protocol `{protocol['name']}`"
            f" (sha256 {short_sha(results.get('protocol_sha256'))}), device {results['device']} "
            f"({results.get('dtype') or 'dtype not recorded'}).", "", "## Targets", ""] + headline_table(results) + [""]
+    out += sequential_section(results)
     if comparison:
         out += [comparison_markdown(comparison)]
     out += ["## Metrics by checkpoint and gate scale", ""] + metrics_tables(results)

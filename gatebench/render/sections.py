@@ -1,4 +1,5 @@
-"""Report sections read straight from results.json / samples.jsonl: gate health, samples.
+"""Report sections read straight from results.json / samples.jsonl: gate health, samples,
+where the adapter writes, and how a `run --until-decided` stopped.
 
 Split from report.py so each file stays readable; report.py re-exports what it used to define.
 ``gates_markdown`` is also what `gatebench gates --out` and the demo render (from a live
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import pandas as pd
 
-from gatebench.rundir.saved import checkpoint_position, label_map, label_of
+from gatebench.metrics.spec import SET_METRICS
+from gatebench.render.format import fmt, scale_label
+from gatebench.rundir.saved import checkpoint_paths, checkpoint_position, label_map, label_of
 
 if TYPE_CHECKING:
     from gatebench.render.format import Figures
@@ -174,3 +177,111 @@ def writes_section(results: dict[str, Any]) -> list[str]:
                      "the boxes, and no gate scale garbles clearly more than the base.")
     return lines + [""]
 
+
+
+# -- `run --until-decided`: the confidence sequences that stopped the run --------------------
+
+def sequential_of(results: dict[str, Any]) -> dict[str, Any] | None:
+    """results.json's "sequential" record; None on an ordinary run (nothing then changes)."""
+    seq = results.get("sequential")
+    return seq if isinstance(seq, dict) else None
+
+
+def early_set_level(results: dict[str, Any]) -> list[str]:
+    """Set-level metrics computed on fewer images than N because the run stopped early."""
+    seq = sequential_of(results)
+    return [str(m) for m in seq.get("set_level") or []] if seq and seq["stopped_early"] else []
+
+
+def stop_sentence(seq: dict[str, Any]) -> str:
+    """Where the run stopped and why, as one sentence (report.md and the LaTeX caption)."""
+    reason = str(seq.get("reason") or "").rstrip(".")
+    rounds = f"rounds of {seq['round_layouts']}"
+    if seq["stopped_early"]:
+        return f"Stopped at {seq['n_layouts']} of {seq['max_layouts']} layouts ({rounds}): " \
+               f"{reason or 'decided'}."
+    if seq.get("decided") is None:
+        return f"Ran to N = {seq['max_layouts']} layouts ({rounds}): no verdict decided earlier."
+    return f"Ran to N = {seq['max_layouts']} layouts ({rounds}): decided in the last round" + \
+        (f": {reason}." if reason else ".")
+
+
+def set_level_note(seq: dict[str, Any]) -> str:
+    """Why a set-level value of a stopped run is not an N-image value (the targets' † marker)."""
+    names = ", ".join(str(m) for m in seq.get("set_level") or [])
+    return f"† Set-level metrics ({names}) were computed on the {seq['n_layouts']} images " \
+           f"generated per checkpoint and gate scale, not on N = {seq['max_layouts']}: the run " \
+           "stopped before generating the rest."
+
+
+SEQUENTIAL_EXPLAINED = (
+    "The sequence bounds are a betting confidence sequence (Waudby-Smith & Ramdas 2023) at the "
+    "row's share of alpha: anytime-valid, i.e. valid at every n at once, so looking after every "
+    "round and stopping as soon as they decide keeps the error rate at alpha. The bootstrap 95% "
+    "CI beside them is not valid under optional stopping (stopping when it clears would inflate "
+    "its error rate); it is shown for reference only.")
+
+
+def matching_target(results: dict[str, Any], row: dict[str, Any]) -> dict[str, Any] | None:
+    """The Targets row of the same checkpoint, gate scale and metric as a sequence row."""
+    scale = row.get("gate_scale")
+    for t in results["targets"]:
+        same_scale = (t.get("gate_scale") is None) if scale is None else (
+            t.get("gate_scale") is not None and float(t["gate_scale"]) == float(scale))
+        if str(t["checkpoint"]) == str(row["checkpoint"]) and t["metric"] == row["metric"] \
+                and same_scale:
+            return t
+    return None
+
+
+def sequential_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sequence rows in the Targets table's order: checkpoint, then gate scale."""
+    seq = sequential_of(results) or {}
+    order = {ck: i for i, ck in enumerate(checkpoint_paths(results))}
+    rows = sorted(enumerate(seq.get("rows") or []), key=lambda it: (
+        order.get(str(it[1]["checkpoint"]), len(order)),
+        -1.0 if it[1].get("gate_scale") is None else float(it[1]["gate_scale"]), it[0]))
+    return [row for _, row in rows]
+
+
+def decision_text(row: dict[str, Any]) -> str:
+    """pass / fail / undecided, with the row's why when it has one."""
+    text = row.get("decision") or "undecided"
+    why = str(row.get("why") or "").replace("|", "/")
+    return f"{text} ({why})" if why else text
+
+
+def sequential_section(results: dict[str, Any]) -> list[str]:
+    """"## Stopped when decided" (or "## Sequential decision"): nothing on an ordinary run."""
+    seq = sequential_of(results)
+    if seq is None:
+        return []
+    labels = label_map(results)
+    title = "## Stopped when decided" if seq["stopped_early"] else "## Sequential decision"
+    split = str(seq["split"]).replace("|", "/")
+    rounds = ", ".join(f"{r['n_layouts']} layouts {r.get('decided') or 'undecided'}"
+                       for r in seq.get("rounds") or [])
+    lines = [title, "", stop_sentence(seq).replace("|", "/"),
+             f"Error rate: alpha {seq['alpha']:g} overall, split {split} "
+             f"(alpha {seq['alpha_each']:g} each).",
+             f"Order: {str(seq['order']).replace('|', '/')}." + (f" Rounds: {rounds}." if rounds
+                                                                 else ""), "",
+             "| checkpoint | gate scale | metric | target | sequence bounds at stop | "
+             "bootstrap 95% CI | decision |", "|---|---:|---|---|---|---|---|"]
+    for row in sequential_rows(results):
+        name = "all" if row["checkpoint"] == "*" else f"`{label_of(labels, row['checkpoint'])}`"
+        bounds = "-" if row.get("lower") is None and row.get("upper") is None else \
+            f"[{fmt(row.get('lower'))}, {fmt(row.get('upper'))}] at n {row['n']}"
+        target = matching_target(results, row)
+        ci = "-"
+        if target is not None and None not in (target.get("ci_low"), target.get("ci_high")):
+            ci = f"[{fmt(target['ci_low'])}, {fmt(target['ci_high'])}]"
+        elif row["metric"] in SET_METRICS:
+            ci = "- (set-level)"
+        lines.append(f"| {name} | {scale_label(row.get('gate_scale'))} | {row['metric']} | "
+                     f"{row['op']} {row['threshold']:g} | {bounds} | {ci} | "
+                     f"{decision_text(row)} |")
+    lines.append("")
+    if early_set_level(results):
+        lines += [set_level_note(seq), ""]
+    return lines + [SEQUENTIAL_EXPLAINED, ""]

@@ -17,6 +17,7 @@ from rich.table import Table
 from gatebench.metrics import spec as metric_spec
 from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
+from gatebench.render.sections import sequential_of
 from gatebench.rundir.saved import label_map, label_of, row_label
 
 HEADLINE = metric_spec.HEADLINE       # the table's headline metrics, in its order
@@ -80,11 +81,28 @@ def render_run(result, console: Console) -> None:
         targets.add_row(escape(label_of(labels, t.checkpoint)), scale, t.metric, value,
                         f"{t.op} {t.threshold:g}", mark)
     console.print(targets)
+    seq = sequential_of(results)
+    if seq is not None:
+        console.print(escape(stop_line(seq)), soft_wrap=True, highlight=False)
     gen = results["generation"]
     console.print(f"generated {gen['generated']} images, {gen['cached']} from cache, "
                   f"{results['timings'].get('total_s', 0):.1f} s total")
     style = "bold green" if results["verdict"] == "pass" else "bold red"
     console.print(f"verdict: [{style}]{results['verdict'].upper()}[/]  report: {escape(str(report))}")
+
+
+def stop_line(seq: dict[str, Any]) -> str:
+    """`run --until-decided`: where it stopped and why, one line under the targets."""
+    reason = str(seq.get("reason") or "").rstrip(".")
+    split = f"alpha {seq['alpha']:g} split over {seq['decisions']} decisions"
+    if seq["stopped_early"]:
+        line = f"stopped at {seq['n_layouts']} of {seq['max_layouts']} layouts: {reason} ({split})"
+        names = [str(m) for m in seq.get("set_level") or []]
+        return line + (f"; {', '.join(names)} computed on the {seq['n_layouts']} images "
+                       "generated" if names else "")
+    if seq.get("decided") is None:
+        return f"ran to N={seq['max_layouts']}: undecided earlier ({split})"
+    return f"ran to N={seq['max_layouts']}: decided in the last round: {reason} ({split})"
 
 
 def render_score(result: Any, targets: Sequence[Any], images: Path, out: Path | None,

@@ -8,7 +8,7 @@ one error naming the file and the field, not a TypeError deep inside a Markdown 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gatebench.errors import GatebenchError
 from gatebench.protocol import COMPARISONS
@@ -20,7 +20,8 @@ TOP: dict[str, str] = {
     "versions": "dict", "device": "str", "models": "dict", "verdict": "str",
     "layout_ids_sha256": "str", "protocol_sha256": "?str", "command": "?str",
     "generation": "?dict", "timings": "?dict", "gate_findings": "?list",
-    "real_images_ceiling": "?dict", "dtype": "?str"}
+    "real_images_ceiling": "?dict", "dtype": "?str", "max_layouts": "?int",
+    "sequential": "?dict"}
 PROTOCOL: dict[str, str] = {"name": "str", "generation": "dict", "scoring": "dict",
                             "data": "?dict"}
 ROW: dict[str, str] = {"checkpoint": "str", "gate_scale": "num", "metrics": "dict",
@@ -34,6 +35,18 @@ TARGET: dict[str, str] = {"checkpoint": "str", "gate_scale": "?num", "metric": "
 CHECKPOINT: dict[str, str] = {"path": "str", "step": "?int", "epoch": "?int", "stats": "?dict",
                               "findings": "?list", "gates": "?list"}
 FINDING: dict[str, str] = {"code": "str", "severity": "str", "message": "str"}
+# `run --until-decided` (absent on an ordinary run): how the confidence sequences stopped it
+SEQUENTIAL: dict[str, str] = {
+    "alpha": "num", "alpha_each": "num", "decisions": "int", "split": "str",
+    "round_layouts": "int", "n_layouts": "int", "max_layouts": "int", "stopped_early": "bool",
+    "decided": "?str", "reason": "?str", "order": "str", "set_level": "list", "rounds": "list",
+    "rows": "list"}
+SEQUENTIAL_ROUND: dict[str, str] = {"n_layouts": "int", "decided": "?str"}
+SEQUENTIAL_ROW: dict[str, str] = {
+    "checkpoint": "str", "gate_scale": "?num", "metric": "str", "op": "str", "threshold": "num",
+    "lower": "?num", "upper": "?num", "n": "int", "decision": "?str", "decidable": "bool",
+    "why": "str"}
+DECISIONS = ("pass", "fail")      # or null: not decided
 _NAMES = {"int": "an integer", "num": "a number", "str": "a string", "bool": "true or false",
           "dict": "an object", "list": "a list", "any": "a value"}
 
@@ -111,7 +124,46 @@ def validate_results(results: dict[str, Any], path: Path) -> dict[str, Any]:
     ceiling = results.get("real_images_ceiling")
     if ceiling is not None:
         _check(ceiling, {"metrics": "dict", "n_images": "?int"}, "real_images_ceiling", path)
+    if results.get("sequential") is not None:
+        _check_sequential(results, path)
     return results
+
+
+def _refuse(name: str, expected: str, got: Any, path: Path) -> NoReturn:
+    raise GatebenchError(f"expected results.json field '{name}' {expected}, got {got!r}",
+                         path=path,
+                         hint="re-run `gatebench run`, or restore the file the run wrote")
+
+
+def _check_sequential(results: dict[str, Any], path: Path) -> None:
+    """The "sequential" record's shape, and that it agrees with the run's own layout counts."""
+    seq = results["sequential"]
+    _check(seq, SEQUENTIAL, "sequential", path)
+    _each(seq["rounds"], SEQUENTIAL_ROUND, "sequential.rounds", path)
+    _each(seq["rows"], SEQUENTIAL_ROW, "sequential.rows", path)
+    decided = [("sequential.decided", seq.get("decided"))]
+    decided += [(f"sequential.rounds[{i}].decided", r.get("decided"))
+                for i, r in enumerate(seq["rounds"])]
+    decided += [(f"sequential.rows[{i}].decision", r.get("decision"))
+                for i, r in enumerate(seq["rows"])]
+    for name, value in decided:
+        if value is not None and value not in DECISIONS:
+            _refuse(name, "to be pass, fail or null", value, path)
+    for i, row in enumerate(seq["rows"]):
+        if row["op"] not in COMPARISONS:
+            _refuse(f"sequential.rows[{i}].op", f"in {', '.join(COMPARISONS)}", row["op"], path)
+    for i, name in enumerate(seq["set_level"]):
+        if not isinstance(name, str):
+            _refuse(f"sequential.set_level[{i}]", "to be a metric name", name, path)
+    if seq["n_layouts"] > seq["max_layouts"]:
+        _refuse("sequential.n_layouts", f"to be at most max_layouts {seq['max_layouts']}",
+                seq["n_layouts"], path)
+    if seq["stopped_early"] and results["n_layouts"] != seq["n_layouts"]:
+        _refuse("n_layouts", f"to equal sequential.n_layouts {seq['n_layouts']} (the layouts a "
+                "stopped run generated)", results["n_layouts"], path)
+    if results.get("max_layouts") is not None and results["max_layouts"] != seq["max_layouts"]:
+        _refuse("max_layouts", f"to equal sequential.max_layouts {seq['max_layouts']}",
+                results["max_layouts"], path)
 
 
 SAMPLE: dict[str, str] = {
