@@ -163,17 +163,7 @@ def _check_samples(run: SavedRun) -> None:
     if len(names) > 1 and "checkpoint" not in run.samples.columns:
         raise NotComparableError(f"expected a checkpoint column for {len(names)} checkpoints, "
                                  f"got none", path=where)
-    # a record counted twice would weigh its layout twice in every paired difference
-    key = [c for c in ("checkpoint", "gate_scale", "layout_id") if c in run.samples.columns]
-    repeated = run.samples.duplicated(subset=key, keep="first")
-    if repeated.any():
-        line = int(repeated.to_numpy().nonzero()[0][0]) + 1
-        row = run.samples[repeated].iloc[0]
-        raise NotComparableError(f"expected one record per (checkpoint, gate scale, layout), got "
-                                 f"layout {row['layout_id']!r} at gate scale {row['gate_scale']:g} "
-                                 f"again at record {line}", path=where,
-                                 hint="the file was edited or concatenated: regenerate it with "
-                                      "`gatebench run` (cached images make that fast)")
+    # (a record repeated in samples.jsonl is refused where the file is read: rundir/samples.py)
 
 
 def metric_units(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:

@@ -315,7 +315,7 @@ def test_a_duplicated_record_is_refused_not_counted_twice(tmp_path: Path) -> Non
     """One line of samples.jsonl repeated would weigh its layout twice (issue 22): exit 2."""
     doubled = copy_run(tmp_path, "d", lambda s: pd.concat([s, s.iloc[[3]]], ignore_index=True))
     result = invoke("compare", GOLDEN / "results.json", doubled)
-    assert result.exit_code == 2 and "again at record" in result.output
+    assert result.exit_code == 2 and "again (first at line" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2
 
 

@@ -22,6 +22,7 @@ from gatebench.cli import evaluate as cli_eval
 from gatebench.cli.support import (RichProgress, Terminated, consoles, finish, parse_floats,
                                    parse_ints, quiet_model_libraries, sigterm_as_interrupt)
 from gatebench.errors import GatebenchError
+from gatebench.files import write_fault
 
 
 
@@ -39,6 +40,15 @@ class GatebenchGroup(click.Group):
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             err.print(f"{what}; run the same command again to resume", markup=False)
             ctx.exit(getattr(exc, "exit_code", 130))
+        except OSError as exc:
+            # the net under every write site: a full disk, a read-only mount or a refused
+            # permission is one line naming the path and the fix (exit 2), never a traceback
+            fault = write_fault(exc)
+            if fault is None or ctx.params.get("debug"):
+                raise
+            _, err = consoles()
+            err.print(f"[bold red]error:[/bold red] {escape(fault.render())}", soft_wrap=True)
+            ctx.exit(fault.exit_code)
         except GatebenchError as exc:
             if ctx.params.get("debug"):
                 raise

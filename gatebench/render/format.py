@@ -19,9 +19,14 @@ def value_ci(metric: dict[str, Any] | None) -> str:
     if not metric or metric.get("value") is None:
         return "not computed"
     text = fmt(metric["value"])
-    if metric.get("ci_low") is not None:
+    if has_ci(metric):
         text += f" [{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
     return text
+
+
+def has_ci(metric: dict[str, Any]) -> bool:
+    """Both CI ends recorded (results.json may omit either: the schema calls them optional)."""
+    return metric.get("ci_low") is not None and metric.get("ci_high") is not None
 
 
 def fmt_against(value: float, op: str, threshold: float) -> str:

@@ -62,14 +62,14 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     order, labels = {ck: i for i, ck in enumerate(checkpoint_paths(results))}, label_map(results)
     rows = sorted(enumerate(results["targets"]), key=lambda it: (
         order.get(str(it[1]["checkpoint"]), len(order)),
-        -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
+        -1.0 if it[1].get("gate_scale") is None else float(it[1]["gate_scale"]), it[0]))
     for _, t in rows:
         value = r"\textit{not computed}"
         if t["computed"]:   # enough decimals that the printed value agrees with pass/fail
             shown = fmt_against(float(t["value"]), t["op"], float(t["threshold"]))
             decimals = len(shown.partition(".")[2])
             value = tex_value(t, None if shown == fmt(float(t["value"])) else decimals)
-        scale = "--" if t["gate_scale"] is None else f"{t['gate_scale']:g}"
+        scale = "--" if t.get("gate_scale") is None else f"{t['gate_scale']:g}"
         who = "all" if t["checkpoint"] == "*" else _ckpt(label_of(labels, t["checkpoint"]))
         mark = r"\checkmark" if t["passed"] else r"$\times$"
         if t["passed"] and t.get("ci_clear") is False:

@@ -19,7 +19,7 @@ from gatebench.files import atomic_write_bytes, atomic_write_text
 from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.results import overall_verdict
 from gatebench.render.flagged import flagged_section, flagged_strip
-from gatebench.render.format import (Figures, fmt, fmt_against, scale_label, short_sha,
+from gatebench.render.format import (Figures, fmt, fmt_against, has_ci, scale_label, short_sha,
                                      value_ci)
 from gatebench.render.sections import (early_set_level, gate_verdict, gates_section,
                                        samples_section, sequential_section, writes_section)
@@ -87,7 +87,7 @@ def n_unit(name: str) -> str:
 
 
 def ci_text(metric: dict[str, Any]) -> str:
-    if metric.get("ci_low") is None:
+    if not has_ci(metric):
         return "- (set-level)" if metric.get("metric") in SET_LEVEL else "-"
     return f"[{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
 
@@ -99,7 +99,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
     labels = label_map(results)
     rows = sorted(enumerate(results["targets"]), key=lambda it: (
         order.get(str(it[1]["checkpoint"]), len(order)),
-        -1.0 if it[1]["gate_scale"] is None else float(it[1]["gate_scale"]), it[0]))
+        -1.0 if it[1].get("gate_scale") is None else float(it[1]["gate_scale"]), it[0]))
     lines = ["| checkpoint | gate scale | metric | value | 95% CI | N | target | pass |",
              "|---|---:|---|---:|---|---:|---|:---:|"]
     straddle = False
@@ -108,7 +108,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         if t["computed"]:
             value, ci = fmt_against(float(t["value"]), t["op"], float(t["threshold"])), ci_text(t)
         else:
-            value, ci = t["note"] or "not computed", "-"
+            value, ci = t.get("note") or "not computed", "-"
         if t["computed"] and t["metric"] in stopped:
             value += "†"
         mark = "✓" if t["passed"] else "✗"
@@ -116,7 +116,7 @@ def headline_table(results: dict[str, Any]) -> list[str]:
             mark, straddle = "✓*", True
         name = "all" if t["checkpoint"] == "*" else f"`{label_of(labels, t['checkpoint'])}`"
         n = "-" if t.get("n") is None else str(t["n"])
-        lines.append(f"| {name} | {scale_label(t['gate_scale'])} | {t['metric']} | {value} | {ci} "
+        lines.append(f"| {name} | {scale_label(t.get('gate_scale'))} | {t['metric']} | {value} | {ci} "
                      f"| {n} | {t['op']} {t['threshold']:g} | {mark} |")
     if straddle:
         lines += ["", "✓* passes on the point value, but its 95% CI crosses the threshold: not a "

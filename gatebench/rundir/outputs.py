@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from gatebench.errors import GatebenchError
+from gatebench.files import WRITE_FAULTS, sweep_temporaries
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -48,6 +49,7 @@ def ensure_out_dir(out: Path, flag: str = "--out") -> Path:
         raise GatebenchError(f"{flag}: cannot create the output folder ({exc.strerror})",
                              path=out, hint="check the path and its permissions") from None
     check_writable(out, flag)
+    sweep_temporaries(out, recursive=False)   # a killed write's leftovers beside the outputs
     return out
 
 
@@ -65,8 +67,7 @@ def check_writable(folder: Path, what: str = "--out") -> Path:
         with open(probe, "wb") as handle:
             handle.write(b"gatebench")
     except OSError as exc:
-        fix = ("free some space" if exc.errno == errno.ENOSPC else
-               "choose a writable folder or fix its permissions")
+        fix = WRITE_FAULTS.get(exc.errno or -1, "choose a writable folder or fix its permissions")
         raise GatebenchError(f"{what}: expected a writable folder, got one that refuses writes "
                              f"({exc.strerror or exc})", path=folder, hint=fix) from None
     finally:

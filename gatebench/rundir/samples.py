@@ -50,6 +50,18 @@ def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
     from gatebench.rundir.schema import validate_sample  # noqa: PLC0415
 
     path = Path(path)
-    rows = [validate_sample(row.value, path, row.line)
-            for row in read_jsonl(path, what="samples", error=MetricError)]
+    rows, seen = [], {}
+    for row in read_jsonl(path, what="samples", error=MetricError):
+        record = validate_sample(row.value, path, row.line)
+        # a record counted twice would weigh its layout twice in every mean and paired difference
+        key = (record.get("checkpoint"), record.get("gate_scale"), record["layout_id"])
+        if key in seen:
+            scale = "" if key[1] is None else f" at gate scale {key[1]:g}"
+            raise MetricError(f"expected one record per (checkpoint, gate scale, layout), got "
+                              f"layout {key[2]!r}{scale} again (first at line {seen[key]})",
+                              path=path, line=row.line,
+                              hint="the file was edited or concatenated: regenerate it with "
+                                   "`gatebench run` (cached images make that fast)")
+        seen[key] = row.line
+        rows.append(record)
     return pd.DataFrame(rows)
