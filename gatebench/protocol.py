@@ -108,6 +108,11 @@ class ScoringSpec:
     garbled_threshold: float = metric_spec.GARBLED_THRESHOLD
     blank_threshold: float = metric_spec.BLANK_THRESHOLD  # near-black / -white / -uniform
     fid_resize: Literal["bilinear", "bicubic", "clean"] = "bilinear"
+    # stop when the verdict is decided (gatebench.sequential): anytime-valid confidence
+    # sequences at overall error rate decision_alpha, updated after each round of layouts
+    until_decided: bool = False
+    decision_alpha: float = 0.05
+    round_layouts: int = 8
 
 
 @dataclass(frozen=True)

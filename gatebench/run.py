@@ -20,7 +20,7 @@ from gatebench.checkpoint import inspect_checkpoint
 from gatebench.distributed import (barrier, distributed, import_collective_libraries,
                                    sum_over_ranks)
 from gatebench.errors import GatebenchError, ModelFileError
-from gatebench.files import cache_dir
+from gatebench.files import cache_dir, sweep_temporaries
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import GenerationStats, Sampler, grounded_steps
 from gatebench.image_cache import KEEP_IMAGES_BYTES, KeptImages
@@ -32,6 +32,7 @@ from gatebench.rundir.outputs import check_writable, ensure_out_dir, run_lock
 from gatebench.rundir.results import build_results, exit_code, write_json
 from gatebench.rundir.samples import write_samples_jsonl
 from gatebench.score_run import detector_ceiling, score_sets
+from gatebench.sequential.rounds import generate_until_decided, sequential_record
 from gatebench.rundir.saved import label_map
 from gatebench.verdict import TargetRow, evaluate_targets
 from gatebench.writes.findings import write_findings
@@ -104,6 +105,11 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
     rank, world = distributed()
     # one run at a time into a folder: a second one exits 2 (rundir/outputs.py run_lock says why)
     with run_lock(out, rank):
+        if world == 1:
+            # temporaries of killed runs (kill -9, a crash); with several ranks, possibly on
+            # other hosts, a pid says nothing about liveness, so they are left alone
+            for folder in (out, cache_dir()):
+                sweep_temporaries(folder)
         return _evaluate(checkpoints, protocol, options, out, rank, world, started,
                          eval_models=eval_models, base=base, progress_factory=progress_factory)
 
@@ -144,13 +150,22 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     total = len(layouts) * (1 + len(infos) * (len(scales) - 1))
     bar = progress_factory(-(-total // world)) if progress_factory and rank == 0 else None
+    rounds, max_layouts = None, len(layouts)
     with _timed(timings, "generate_s"):
         try:
-            items, gen_stats, caches = generate_all(
-                base, sampler, infos, layouts, protocol, root=out / "images",
-                batch=options.batch_size or protocol.generation.batch_size,
-                progress=bar.advance if bar else None, shard=(rank, world), keep=keep,
-                adapters=adapters)
+            batch = options.batch_size or protocol.generation.batch_size
+            if protocol.scoring.until_decided:   # rounds until the verdict is decided, or N
+                rounds = generate_until_decided(
+                    base, sampler, infos, layouts, protocol, eval_models, root=out / "images",
+                    batch=batch, keep=keep, adapters=adapters, world=world,
+                    progress=bar.advance if bar else None)
+                items, gen_stats, caches = rounds.items, rounds.stats, rounds.caches
+                layouts = rounds.layouts
+            else:
+                items, gen_stats, caches = generate_all(
+                    base, sampler, infos, layouts, protocol, root=out / "images", batch=batch,
+                    progress=bar.advance if bar else None, shard=(rank, world), keep=keep,
+                    adapters=adapters)
         finally:
             if bar:
                 bar.close()
@@ -165,6 +180,10 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         ceiling = detector_ceiling(protocol, eval_models)
     targets = evaluate_targets(protocol.targets, rows)
     # results -> render
+    sequential = None
+    if rounds is not None:
+        sequential = sequential_record(rounds, protocol, max_layouts,
+                                       sorted({m for r in rows for m in r["metrics"]}))
     timings["total_s"] = time.perf_counter() - started
     timings["s_per_image_generated"] = (timings["generate_s"] / gen_stats.generated
                                         if gen_stats.generated else None)
@@ -175,6 +194,10 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         generation=_generation_record(gen_stats, world, base, protocol, caches, adapters, keep),
         command=options.command, device=device, dtype=dtype, ceiling=ceiling,
         layout_ids=[lay.layout_id for lay in layouts])
+    if sequential is not None:
+        results["sequential"], results["max_layouts"] = sequential, max_layouts
+        if sequential["decided"] == "fail":   # decided by the sequences, whatever a point says
+            results["verdict"] = "fail"
     # why placement fails, read from where the adapter writes (warnings: never the verdict)
     results["write_findings"] = [f.to_dict() for f in write_findings(
         rows, results["checkpoints"], label_map(results))]

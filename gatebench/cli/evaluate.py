@@ -43,11 +43,15 @@ from gatebench.rundir.outputs import check_not_input, ensure_out_dir
               help="Garbled score above this flags an image (default: the protocol's [scoring]).")
 @click.option("--blank-threshold", type=float, default=None,
               help="Blank score above this flags an image (default: the protocol's [scoring]).")
+@click.option("--until-decided/--fixed-n", default=None,
+              help="Generate layouts in rounds and stop as soon as anytime-valid confidence "
+                   "sequences decide the verdict (at most N layouts; README: Stop when "
+                   "decided). Default: the protocol's [scoring] until_decided.")
 def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | None,
         num_samples: int | None, seed: int | None, steps: int | None, device: str | None,
         dtype: str | None, batch_size: int | None, base_model: str | None, layouts: str | None,
         out: Path, baseline: Path | None, garbled_threshold: float | None,
-        blank_threshold: float | None) -> None:
+        blank_threshold: float | None, until_decided: bool | None) -> None:
     """Generate from ground-truth boxes at every gate scale and judge each checkpoint.
 
     Gate pre-flight -> batched generation (cached, resumable) -> detection, CLIP, FID/KID, image
@@ -69,7 +73,7 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
                        num_samples=num_samples, seed=seed, steps=steps, dtype=dtype,
                        device=device, batch_size=batch_size, base_model=base_model,
                        layouts=layouts, garbled_threshold=garbled_threshold,
-                       blank_threshold=blank_threshold)
+                       blank_threshold=blank_threshold, until_decided=until_decided)
     default_reason = None if protocol else "no --protocol was given"
     check_inputs(proto, default_reason=default_reason)
     if base_run is not None:

@@ -47,6 +47,8 @@ class Ratio:
     counts only images with a scorable box). An image with a zero denominator weighs nothing.
     ``empty_reason``: why the metric is absent when no image has a positive denominator;
     ``reason``: a column of per-image reasons that, when present, says it more precisely.
+    ``per_box``: the denominator counts a layout's boxes; otherwise it is at most 1 per image
+    (what bounds a layout's sums, for the sequential decision: gatebench.sequential).
     """
 
     numerator: str
@@ -55,6 +57,7 @@ class Ratio:
     where: str | None = None
     empty_reason: str = ""
     reason: str | None = None
+    per_box: bool = False       # the denominator counts boxes (<= a layout's boxes), else <= 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class MetricSpec:
     default_margin: float | None = None  # compare gates it by default (None: only when named)
     headline: bool = False               # shown on a narrow terminal
     set_value: str | None = None         # set-level: its @set_value name, metrics/aggregate.py
+    # per-image: the range every image's value lies in (numerator / denominator); None when
+    # unbounded, which a confidence sequence cannot bound (it never decides early)
+    value_range: tuple[float, float] | None = None
 
     @property
     def direction(self) -> str:
@@ -87,8 +93,9 @@ class MetricSpec:
 
 def _image(name: str, higher: bool, needs: Need, tex: str, unit: str, n_of: str,
            definition: str, ratio: Ratio, margin: float, headline: bool = False) -> MetricSpec:
+    """A per-image share or score in [0, 1]."""
     return MetricSpec(name, higher, "image", needs, tex, unit, n_of, definition, ratio, margin,
-                      headline)
+                      headline, value_range=(0.0, 1.0))
 
 
 def _set(name: str, higher: bool, needs: Need, tex: str, unit: str, n_of: str,
@@ -102,10 +109,12 @@ _NO_WRITE = NEED_REASONS["adapter"]
 METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _image("iou50_rate", True, "detector", r"IoU$>$0.5 rate", "share in [0, 1]", _BOX,
            "share of scorable GT boxes matched one-to-one by a same-class detection, IoU > 0.5",
-           Ratio("n_matched", "n_scorable", empty_reason=NO_SCORABLE), 0.02, headline=True),
+           Ratio("n_matched", "n_scorable", empty_reason=NO_SCORABLE, per_box=True), 0.02,
+           headline=True),
     _image("miou", True, "detector", "mIoU", "IoU in [0, 1]", _BOX,
            "mean IoU over scorable GT boxes (0 when unmatched)",
-           Ratio("iou_sum", "n_scorable", empty_reason=NO_SCORABLE), 0.02, headline=True),
+           Ratio("iou_sum", "n_scorable", empty_reason=NO_SCORABLE, per_box=True), 0.02,
+           headline=True),
     _set("ap50", True, "detector", r"AP$_{50}$", "AP in [0, 1]", _BOX,
          "COCO-style AP at IoU 0.5 over all images and GT classes"),
     _set("ap", True, "detector", "AP", "AP in [0, 1]", _BOX,
@@ -119,7 +128,7 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _image("region_clip_score", True, "clip", "Region CLIP", "cosine similarity, 0-1 scale",
            "boxes", "cosine similarity of each GT box crop and its phrase, mean over boxes",
            Ratio("region_clip_score", "n_boxes", weighted=True,
-                 empty_reason="no ground-truth boxes"), 0.02),
+                 empty_reason="no ground-truth boxes", per_box=True), 0.02),
     _set("fid", False, "fid", "FID", "Frechet distance (features)", "images",
          "Frechet distance to the real-image reference statistics", headline=True),
     _set("kid", False, "fid", "KID", "unbiased MMD^2 (features)", "images",
@@ -135,7 +144,7 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                "images", "share of the adapter's residual energy on tokens inside the union of "
                "the layout's boxes, pooled over sites and grounded steps",
                Ratio("effect_in_boxes", "write_located", reason="effect_in_boxes_reason",
-                     empty_reason=_NO_WRITE)),
+                     empty_reason=_NO_WRITE), value_range=(0.0, 1.0)),
     MetricSpec("effect_lift", True, "image", "adapter", "Effect lift", "ratio (1 = uniform)",
                "images", "effect_in_boxes over a uniform writer's (the boxes' token share): "
                "> 1 concentrates in the boxes",
@@ -146,7 +155,7 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
                "per box, the share of its attention received from tokens inside it, "
                "chance-corrected by its token share, averaged over boxes",
                Ratio("box_attention_kappa", "kappa_measured", reason="box_attention_kappa_reason",
-                     empty_reason=_NO_WRITE)),
+                     empty_reason=_NO_WRITE), value_range=(-1.0, 1.0)),
     MetricSpec("effect_norm", False, "image", "adapter", "Effect norm", "RMS ratio", "images",
                "RMS of the adapter's residual over RMS of the stream it is added to (the "
                "overwrite risk; 0: the adapter does nothing)",

@@ -23,6 +23,7 @@ FLAG_FIELDS: dict[str, tuple[str | None, str]] = {
     "base_model": ("models", "base_model"),
     "garbled_threshold": ("scoring", "garbled_threshold"),
     "blank_threshold": ("scoring", "blank_threshold"),
+    "until_decided": ("scoring", "until_decided"),
 }
 
 
@@ -65,6 +66,8 @@ RANGES: dict[tuple[str | None, str], tuple[float | None, float | None, bool, boo
     # health scores lie in [0, 1]: a threshold outside (0, 1) flags every image or none
     ("scoring", "garbled_threshold"): (0, 1, True, True),
     ("scoring", "blank_threshold"): (0, 1, True, True),
+    ("scoring", "decision_alpha"): (0, 1, True, True),
+    ("scoring", "round_layouts"): (1, None, False, False),
     ("gates", "near_zero"): (0, None, False, False), ("gates", "saturated"): (0, 1, True, False),
     ("gates", "healthy_mean_low"): (0, 1, False, False),
     ("gates", "healthy_mean_high"): (0, 1, False, False),
