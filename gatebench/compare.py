@@ -28,8 +28,10 @@ from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.rundir.outputs import check_not_input
 from gatebench.rundir.pairing import (check_comparable, comparability_problems, gate_scales,
-                                      model_warnings, pair_checkpoints, run_identity)
+                                      model_warnings, pair_checkpoints, run_identity,
+                                      stopped_early)
 from gatebench.rundir.saved import SavedRun, label_map, load_run
+from gatebench.metrics.paired_sequence import compare_sequences
 
 SCHEMA_VERSION = 1
 # All read from the metric table (gatebench.metrics.spec); kept here under their old names.
@@ -65,6 +67,11 @@ class CompareRow:
     note: str = ""
     baseline_label: str = ""       # checkpoints as the runs label them (saved_run.row_label)
     candidate_label: str = ""
+    # the anytime-valid confidence sequence of the difference (gatebench.sequential.paired):
+    # valid however the layouts were stopped; "regression" / "no regression" / None
+    seq_low: float | None = None
+    seq_high: float | None = None
+    seq_decision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,6 +246,12 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
     b_labels, c_labels = label_map(base), label_map(cand)    # {path: label}, in run order
     seen: dict[str, set[str]] = {m: set() for m in chosen}
     rows: list[CompareRow] = []
+    pairs: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    for run, side in ((baseline, "baseline"), (candidate, "candidate")):
+        if stopped_early(run.results):
+            seq = run.results["sequential"]
+            warnings.append(f"the {side} stopped at {seq['n_layouts']} of {seq['max_layouts']} "
+                            f"layouts (--until-decided: {seq['reason']}); compared on those")
     for index, b_ck, c_ck in pair_checkpoints(list(b_labels), list(c_labels)):
         for scale in scales:
             if scale == 0.0 and index > 0:
@@ -250,6 +263,11 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                 which, label = (baseline, b_labels[b_ck]) if not b_ids else (candidate, c_labels[c_ck])
                 raise NotComparableError(f"expected per-sample records of {label} at gate scale "
                                          f"{scale:g}, got none", path=which.folder / "samples.jsonl")
+            short = _stopped_side(baseline, candidate, b_ids, c_ids)
+            if short is not None:     # a run stopped early pairs on the layouts it generated
+                b_df = b_df[b_df["layout_id"].astype(str).isin(short)]
+                c_df = c_df[c_df["layout_id"].astype(str).isin(short)]
+                b_ids = c_ids = set(short)
             if b_ids != c_ids:
                 odd = sorted(b_ids ^ c_ids)
                 raise NotComparableError(
@@ -266,6 +284,9 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                     seen[metric].update(s for s, ok in zip(("baseline", "candidate"), common) if ok)
                 rows.append(_paired_row(index, b_ck, c_ck, scale, metric, b_units, c_units,
                                         margin, n_boot=n_boot, level=level, seed=seed))
+                if b_units is not None and c_units is not None:
+                    both = b_units.index.intersection(c_units.index)
+                    pairs[len(rows) - 1] = (c_units.loc[both], b_units.loc[both])
             for metric in SET_METRICS:
                 b_row, c_row = _results_row(base, b_ck, scale), _results_row(cand, c_ck, scale)
                 b_val = ((b_row or {}).get("metrics", {}).get(metric) or {}).get("value")
@@ -299,9 +320,26 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                             for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
                         f"margin on the bad side (a rise for {rising})"}
+    alpha = float(scoring.get("decision_alpha", 0.05))
+    sequences = compare_sequences(pairs, rows, seed=seed, alpha=alpha)
+    rows = [replace(r, seq_low=s.lower, seq_high=s.upper, seq_decision=s.decision)
+            if (s := sequences.get(i)) is not None else r for i, r in enumerate(rows)]
+    settings["sequences"] = {
+        "alpha": alpha, "rows": len(sequences),
+        "split": f"Bonferroni: alpha / {len(sequences)} for each gated paired row at a non-zero "
+                 f"gate scale" if sequences else "no gated paired row"}
     rows = [replace(r, baseline_label=b_labels[r.baseline_checkpoint],
                     candidate_label=c_labels[r.candidate_checkpoint]) for r in rows]
     return Comparison(run_identity(baseline), run_identity(candidate), rows, settings, warnings)
+
+
+def _stopped_side(baseline: SavedRun, candidate: SavedRun, b_ids: set[str],
+                  c_ids: set[str]) -> set[str] | None:
+    """The layouts of the side that stopped early, when the other holds them all."""
+    for run, mine, other in ((candidate, c_ids, b_ids), (baseline, b_ids, c_ids)):
+        if stopped_early(run.results) and mine < other:
+            return mine
+    return None
 
 
 def _paired_row(index: int, b_ck: str, c_ck: str, scale: float, metric: str,

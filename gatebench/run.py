@@ -29,7 +29,7 @@ from gatebench.models.device import resolve_device, resolve_dtype
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
 from gatebench.protocol import Protocol
 from gatebench.rundir.outputs import check_writable, ensure_out_dir, run_lock
-from gatebench.rundir.results import build_results, exit_code, write_json
+from gatebench.rundir.results import build_results, exit_code, layout_ids_sha256, write_json
 from gatebench.rundir.samples import write_samples_jsonl
 from gatebench.score_run import detector_ceiling, score_sets
 from gatebench.sequential.rounds import generate_until_decided, sequential_record
@@ -94,8 +94,12 @@ def _load_base(protocol: Protocol, device: str, dtype: Any) -> Any:
 
 def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, *,
                    eval_models: Any = None, base: Any = None,
-                   progress_factory: Callable[[int], Any] | None = None) -> RunResult:
-    """The whole `gatebench run` as a library call (the CLI only parses flags and renders)."""
+                   progress_factory: Callable[[int], Any] | None = None,
+                   baseline: Any = None) -> RunResult:
+    """The whole `gatebench run` as a library call (the CLI only parses flags and renders).
+
+    ``baseline`` (a SavedRun, `run --baseline`): with ``until_decided``, the regression gate's
+    rows are decided by sequences beside the targets, round by round."""
     started = time.perf_counter()
     # the output folder (and the reference-statistics cache, when FID needs it) take a probe
     # write before anything else: a read-only folder costs seconds, not a model load
@@ -111,7 +115,8 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             for folder in (out, cache_dir()):
                 sweep_temporaries(folder)
         return _evaluate(checkpoints, protocol, options, out, rank, world, started,
-                         eval_models=eval_models, base=base, progress_factory=progress_factory)
+                         eval_models=eval_models, base=base, progress_factory=progress_factory,
+                         baseline=baseline)
 
 
 def _uses_reference_cache(protocol: Protocol) -> bool:
@@ -122,7 +127,7 @@ def _uses_reference_cache(protocol: Protocol) -> bool:
 
 def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, out: Path,
               rank: int, world: int, started: float, *, eval_models: Any, base: Any,
-              progress_factory: Callable[[int], Any] | None) -> RunResult:
+              progress_factory: Callable[[int], Any] | None, baseline: Any) -> RunResult:
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.render.markdown import write_report  # noqa: PLC0415
 
@@ -150,7 +155,7 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
     total = len(layouts) * (1 + len(infos) * (len(scales) - 1))
     bar = progress_factory(-(-total // world)) if progress_factory and rank == 0 else None
-    rounds, max_layouts = None, len(layouts)
+    rounds, all_ids = None, [lay.layout_id for lay in layouts]
     with _timed(timings, "generate_s"):
         try:
             batch = options.batch_size or protocol.generation.batch_size
@@ -158,7 +163,7 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
                 rounds = generate_until_decided(
                     base, sampler, infos, layouts, protocol, eval_models, root=out / "images",
                     batch=batch, keep=keep, adapters=adapters, world=world,
-                    progress=bar.advance if bar else None)
+                    progress=bar.advance if bar else None, baseline=baseline)
                 items, gen_stats, caches = rounds.items, rounds.stats, rounds.caches
                 layouts = rounds.layouts
             else:
@@ -182,7 +187,7 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     # results -> render
     sequential = None
     if rounds is not None:
-        sequential = sequential_record(rounds, protocol, max_layouts,
+        sequential = sequential_record(rounds, protocol, len(all_ids),
                                        sorted({m for r in rows for m in r["metrics"]}))
     timings["total_s"] = time.perf_counter() - started
     timings["s_per_image_generated"] = (timings["generate_s"] / gen_stats.generated
@@ -195,7 +200,9 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         command=options.command, device=device, dtype=dtype, ceiling=ceiling,
         layout_ids=[lay.layout_id for lay in layouts])
     if sequential is not None:
-        results["sequential"], results["max_layouts"] = sequential, max_layouts
+        # the N layouts it may stop short of: what a baseline run of the same protocol holds
+        results["sequential"], results["max_layouts"] = sequential, len(all_ids)
+        results["max_layout_ids_sha256"] = layout_ids_sha256(all_ids)
         if sequential["decided"] == "fail":   # decided by the sequences, whatever a point says
             results["verdict"] = "fail"
     # why placement fails, read from where the adapter writes (warnings: never the verdict)

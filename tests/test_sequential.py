@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from gatebench.cli import cli
 from gatebench.protocol import Target
-from gatebench.sequential.decide import RunCell, decide_verdict, decision_order, round_sizes
+from gatebench.metrics.paired_sequence import decision_order
+from gatebench.sequential.decide import RunCell, decide_verdict, round_sizes
 
 CELL = RunCell("/x/epoch_3.pt", "epoch_3.pt", 1.0)
 IOU = Target("iou50_rate", ">=", 0.6, (1.0,))
@@ -137,3 +138,95 @@ def test_the_world_keeps_the_good_checkpoints_fixed_n_verdict(tmp_path: Path) ->
     if seq["n_layouts"] == 48:     # ran to N: the very numbers of the fixed-N run
         assert sequential["results"] == fixed["results"]
         assert "ran to N" in sequential["_output"] or "no verdict decided" in seq["reason"]
+
+
+# -- the regression gate ---------------------------------------------------------------------
+
+def _units(match: float, n: int, seed: int, den: np.ndarray | None = None) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    den = rng.integers(1, 4, n).astype(float) if den is None else den
+    return pd.DataFrame({"num": rng.binomial(den.astype(int), match).astype(float), "den": den},
+                        index=[f"l{i:03d}" for i in range(n)])
+
+
+def test_a_clear_paired_regression_is_decided_and_noise_is_not() -> None:
+    from gatebench.metrics.paired_sequence import paired_sequence
+
+    base = _units(0.85, 96, 0)
+    worse = _units(0.10, 96, 1, den=base["den"].to_numpy())
+    ids = list(base.index)
+    first = next(n for n in range(8, 97, 8) if paired_sequence(
+        worse, base, ids[:n], "iou50_rate", 0.02, 0.05 / 4, 3).decision is not None)
+    seq = paired_sequence(worse, base, ids[:first], "iou50_rate", 0.02, 0.05 / 4, 3)
+    assert seq.decision == "regression" and seq.upper < -0.02 and first <= 64, first
+    same = paired_sequence(base, base, ids, "iou50_rate", 0.02, 0.05 / 4, 3)
+    assert same.decision is None and same.lower < 0 < same.upper   # 96 layouts: not yet sure
+    lower_better = paired_sequence(worse.assign(num=worse["den"] - worse["num"]),
+                                   base.assign(num=base["den"] - base["num"]), ids,
+                                   "garbled_rate", 0.02, 0.05 / 4, 1)
+    assert lower_better.why      # garbled_rate is per image: a denominator above 1 is refused
+
+
+def test_paired_sequences_need_the_same_denominators() -> None:
+    from gatebench.metrics.paired_sequence import paired_sequence
+
+    base, other = _units(0.8, 24, 0), _units(0.8, 24, 5)
+    seq = paired_sequence(other, base, list(base.index), "iou50_rate", 0.02, 0.05, 3)
+    assert seq.decision is None and "denominators differ" in seq.why
+
+
+def _stopped_copy(tmp_path: Path, keep: int) -> Path:
+    """The golden run as if `--until-decided` had stopped it after ``keep`` layouts."""
+    import shutil
+
+    from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
+
+    golden = Path(__file__).parent / "data" / "golden" / "run"
+    folder = tmp_path / "stopped"
+    shutil.copytree(golden, folder)
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    samples = read_samples_jsonl(folder / "samples.jsonl")
+    ids = sorted(samples["layout_id"].astype(str).unique())[:keep]
+    write_samples_jsonl(samples[samples["layout_id"].astype(str).isin(ids)],
+                        folder / "samples.jsonl")
+    results.update(max_layouts=results["n_layouts"], n_layouts=keep,
+                   max_layout_ids_sha256=results["layout_ids_sha256"],
+                   layout_ids_sha256="0" * 64)
+    results["sequential"] = {
+        "alpha": 0.05, "alpha_each": 0.05, "decisions": 1, "split": "Bonferroni: alpha / 1",
+        "round_layouts": keep, "n_layouts": keep, "max_layouts": results["max_layouts"],
+        "stopped_early": True, "decided": "fail", "reason": "a test's stop", "order": "test",
+        "set_level": [], "rounds": [{"n_layouts": keep, "decided": "fail"}], "rows": []}
+    (folder / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    return folder / "results.json"
+
+
+def test_compare_pairs_a_stopped_run_on_the_layouts_it_generated(tmp_path: Path) -> None:
+    golden = Path(__file__).parent / "data" / "golden" / "run" / "results.json"
+    n_all = json.loads(golden.read_text(encoding="utf-8"))["n_layouts"]
+    stopped = _stopped_copy(tmp_path, n_all - 2)
+    result = CliRunner().invoke(cli, ["compare", str(golden), str(stopped), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert any(f"stopped at {n_all - 2} of {n_all}" in w for w in document["warnings"])
+    paired = [r for r in document["rows"] if r["kind"] == "paired" and r["n_pairs"]]
+    assert paired and all(r["n_pairs"] == n_all - 2 for r in paired)
+    gated = [r for r in paired if r["gated"] and r["gate_scale"] != 0]
+    assert gated and all(r["seq_low"] <= 0 <= r["seq_high"] for r in gated)  # identical images
+    assert document["settings"]["sequences"]["rows"] == len(gated)
+    text = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["compare", str(golden), str(stopped)]).output
+    assert "anytime-valid" in text and "stopped at" in text
+
+
+@pytest.mark.slow
+def test_run_with_a_baseline_stops_at_a_clear_regression(tmp_path: Path) -> None:
+    """The good checkpoint as the baseline, the deadlocked one as the candidate."""
+    base = _world_run(tmp_path, "base", "--ckpt", _asset("good/good_step_4000.pt"))
+    assert base["verdict"] == "pass"
+    cand = _world_run(tmp_path, "cand", "--ckpt", _asset("deadlock/deadlock_step_50.pt"),
+                      "--until-decided", "--baseline", str(tmp_path / "base" / "results.json"))
+    seq = cand["sequential"]
+    assert seq["decided"] == "fail" and seq["stopped_early"] and cand["_code"] == 1
+    assert seq["regression_rows"] and seq["decisions"] > 4      # targets + gate rows share alpha
+    compare = json.loads((tmp_path / "cand" / "compare.json").read_text(encoding="utf-8"))
+    assert compare["verdict"] == "regression"

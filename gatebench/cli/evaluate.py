@@ -84,7 +84,8 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
     options = RunOptions(out_dir=out, device=device or "auto", batch_size=batch_size,
                          command=" ".join(["gatebench", *sys.argv[1:]]))
     result = run_evaluation(list(checkpoints), proto, options,
-                            progress_factory=lambda total: RichProgress(total, "generating"))
+                            progress_factory=lambda total: RichProgress(total, "generating"),
+                            baseline=base_run)
     code = result.exit_code
     if result.results:          # empty on torchrun ranks other than 0: rank 0 reports
         render_run(result, console)

@@ -66,6 +66,14 @@ def diff_text(row: CompareRow) -> str:
     return text
 
 
+def seq_text(row: CompareRow) -> str:
+    """The difference's anytime-valid bounds and what they decide ("-": no sequence)."""
+    if row.seq_low is None:
+        return "-"
+    return (f"[{_signed(row.seq_low)}, {_signed(row.seq_high)}]"
+            + (f" {row.seq_decision}" if row.seq_decision else ""))
+
+
 def margin_text(row: CompareRow) -> str:
     if row.margin is None:
         return "-"
@@ -87,8 +95,9 @@ def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool 
     table = Table(title=f"paired comparison: candidate - baseline ({s['ci_level']:.0%} CI, "
                         f"{s['n_boot']} bootstrap replicates over layouts, seed {s['seed']})",
                   title_justify="left")
-    for column in ("checkpoint", "scale", "metric", "baseline", "candidate", "Δ [CI]", "allowed",
-                   "status"):
+    sequences = any(r.seq_low is not None for r in comparison.rows)
+    for column in ("checkpoint", "scale", "metric", "baseline", "candidate", "Δ [CI]",
+                   *(("anytime-valid",) if sequences else ()), "allowed", "status"):
         table.add_column(column, justify="right" if column in ("scale", "baseline", "candidate")
                          else "left")
     for row in comparison.rows:
@@ -96,7 +105,8 @@ def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool 
             continue
         style = _STYLE.get(row.status, "")
         table.add_row(escape(_checkpoint(row)), f"{row.gate_scale:g}", row.metric, _f(row.baseline),
-                      _f(row.candidate), diff_text(row), margin_text(row),
+                      _f(row.candidate), diff_text(row), *((seq_text(row),) if sequences else ()),
+                      margin_text(row),
                       f"[{style}]{_MARK[row.status]}[/]" if style else _MARK[row.status])
     console.print(table)
     if any(r.kind == "set" for r in comparison.rows):
@@ -111,6 +121,17 @@ def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool 
     console.print(f"regression check: [{style}]{'REGRESSION' if n else 'PASS'}[/] "
                   f"({n} regression{'s' if n != 1 else ''} in {sum(r.gated for r in comparison.rows)}"
                   f" gated comparisons)")
+
+
+def _sequences_sentence(settings: dict[str, Any]) -> str:
+    """What the anytime-valid bounds beside the bootstrap CI are (compare.json's settings)."""
+    seq = settings.get("sequences") or {}
+    if not seq.get("rows"):
+        return ""
+    return (f" \"anytime-valid\" bounds are confidence sequences of the difference over the "
+            f"layouts in their seeded order (overall alpha {seq['alpha']:g}, {seq['split']}): "
+            f"valid however a run was stopped, and what `--until-decided` decides by; a "
+            f"\"regression\" / \"no regression\" beside them is decided at that error rate.")
 
 
 def render_markdown(document: dict[str, Any]) -> str:
@@ -129,19 +150,22 @@ def render_markdown(document: dict[str, Any]) -> str:
              f"{s.get('seed')}). A regression is a change in the bad direction whose whole CI "
              f"lies beyond the allowed margin; {join_names(LOWER_IS_BETTER)} regress by rising. "
              f"{'/'.join(SET_METRICS)} are set-level: point differences, no CI, gated only when "
-             f"named with `--metric`.", ""]
+             f"named with `--metric`.{_sequences_sentence(s)}", ""]
     level = f"{s.get('ci_level', 0.95):.0%}"
+    sequences = any(r.get("seq_low") is not None for r in rows)
+    extra = ("anytime-valid | ", "---|") if sequences else ("", "")
     header = [f"| checkpoint | gate scale | metric | baseline | candidate | Δ [{level} CI] | "
-              "allowed | status |", "|---|---:|---|---:|---:|---|---|---|"]
+              f"{extra[0]}allowed | status |", f"|---|---:|---|---:|---:|---|{extra[1]}---|---|"]
 
     def table(selected: list[dict[str, Any]]) -> list[str]:
         out = list(header)
         for r in selected:
             row = CompareRow(**r)
             mark = f"**{_MARK[row.status]}**" if row.status == "regression" else _MARK[row.status]
+            seq = f"{seq_text(row)} | " if sequences else ""
             out.append(f"| `{_checkpoint(row)}` | {row.gate_scale:g} | {row.metric} | "
                        f"{_f(row.baseline)} | {_f(row.candidate)} | {diff_text(row)} | "
-                       f"{margin_text(row)} | {mark} |")
+                       f"{seq}{margin_text(row)} | {mark} |")
         return out
 
     notable = [r for r in rows if r["status"] in ("regression", "improved", "not compared")]

@@ -40,8 +40,8 @@ def comparability_problems(base: dict[str, Any], cand: dict[str, Any]) -> list[s
     checks = [("protocol name", base["protocol"].get("name"), cand["protocol"].get("name")),
               ("protocol file sha256", base.get("protocol_sha256"), cand.get("protocol_sha256")),
               ("seed", base.get("seed"), cand.get("seed")),
-              ("N (layouts)", base.get("n_layouts"), cand.get("n_layouts")),
-              ("layout ids sha256", base.get("layout_ids_sha256"), cand.get("layout_ids_sha256"))]
+              ("N (layouts)", _population(base)[0], _population(cand)[0]),
+              ("layout ids sha256", _population(base)[1], _population(cand)[1])]
     for what, b, c in checks:
         if b != c:
             short = (lambda v: v[:12] + "..." if isinstance(v, str) and len(v) > 40 else v)
@@ -54,6 +54,17 @@ def comparability_problems(base: dict[str, Any], cand: dict[str, Any]) -> list[s
         problems.append(f"no common gate scale (baseline {gate_scales(base)}, candidate "
                         f"{gate_scales(cand)})")
     return problems
+
+
+def _population(results: dict[str, Any]) -> tuple[Any, Any]:
+    """(N, layout ids sha256) of the layouts a run was asked for: a run stopped early by
+    `--until-decided` pairs with a full run of the same layouts on the ones it generated."""
+    return (results.get("max_layouts", results.get("n_layouts")),
+            results.get("max_layout_ids_sha256", results.get("layout_ids_sha256")))
+
+
+def stopped_early(results: dict[str, Any]) -> bool:
+    return bool((results.get("sequential") or {}).get("stopped_early"))
 
 
 def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> None:

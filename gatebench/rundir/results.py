@@ -42,6 +42,11 @@ def overall_verdict(targets: Iterable[Any], gate_verdict: str = "pass",
     return "fail" if failed or gate_verdict == "fail" or regressions else "pass"
 
 
+def layout_ids_sha256(layout_ids: Sequence[str]) -> str:
+    """Which layouts, in which order: what pairs two runs' records."""
+    return hashlib.sha256("\n".join(layout_ids).encode()).hexdigest()
+
+
 def exit_code(verdict: str) -> int:
     return 1 if verdict == "fail" else 0
 
@@ -73,7 +78,7 @@ def build_results(*, protocol: Any, gate_report: Any, rows: list[dict[str, Any]]
         "command": command,
         "seed": protocol.seed,
         "n_layouts": n_layouts,
-        "layout_ids_sha256": hashlib.sha256("\n".join(layout_ids).encode()).hexdigest(),
+        "layout_ids_sha256": layout_ids_sha256(layout_ids),
         "protocol": plain(dataclasses.asdict(protocol)),
         "protocol_sha256": file_sha256(Path(protocol.source)) if protocol.source and
         Path(protocol.source).is_file() else None,

@@ -19,7 +19,6 @@ once, so the run may stop the moment the sequences decide, with the stated error
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
@@ -29,17 +28,6 @@ import pandas as pd
 from gatebench.metrics import confseq
 from gatebench.metrics import spec as metric_spec
 from gatebench.protocol import Target
-
-ORDER_RULE = "layouts in a fixed random order: sha256(seed:layout_id)"
-
-
-def decision_order(layout_ids: Sequence[str], seed: int) -> list[str]:
-    """The order layouts are generated in: a pure function of the seed and each id, so a larger
-    N keeps the common layouts' relative order (and every cached image)."""
-    def key(layout_id: str) -> tuple[str, str]:
-        return hashlib.sha256(f"{seed}:{layout_id}".encode()).hexdigest(), layout_id
-    return sorted(layout_ids, key=key)
-
 
 def round_sizes(total: int, per_round: int) -> list[int]:
     """Cumulative layout counts after each round: per_round, 2 per_round, ..., total."""
@@ -80,7 +68,8 @@ class Decision:
 
     def split_text(self) -> str:
         return (f"Bonferroni: alpha / {self.decisions} for each of the {self.decisions} "
-                f"(target, checkpoint, gate scale) rows a sequence can decide")
+                f"rows a sequence can decide (target or regression-gate row, checkpoint, "
+                f"gate scale)")
 
 
 @dataclass(frozen=True)
@@ -101,13 +90,20 @@ def _why_not(metric: str) -> str:
     return ""
 
 
-def _units(frame: pd.DataFrame, metric: str, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per layout, in ``order``: the (numerator, denominator) the metric aggregates by."""
+def layout_units(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per layout id: the (num, den) the metric aggregates by (``spec.units``), only layouts
+    whose image counts (a recorded value, something to average)."""
     ratio = metric_spec.METRICS[metric].ratio
     assert ratio is not None
     units = metric_spec.units(frame, ratio)
     units = units[units["num"].notna() & (units["den"] > 0)]
-    by_layout = units.groupby("layout_id")[["num", "den"]].sum()
+    return units.assign(layout_id=units["layout_id"].astype(str)).groupby("layout_id")[
+        ["num", "den"]].sum()
+
+
+def _units(frame: pd.DataFrame, metric: str, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per layout, in ``order``: the (numerator, denominator) the metric aggregates by."""
+    by_layout = layout_units(frame, metric)
     num = by_layout["num"].reindex(order).fillna(0.0).to_numpy(float)
     den = by_layout["den"].reindex(order).fillna(0.0).to_numpy(float)
     return num, den
@@ -137,15 +133,18 @@ def _row(cell: RunCell, target: Target, frame: pd.DataFrame, order: Sequence[str
 
 def decide_verdict(samples: pd.DataFrame, order: Sequence[str], targets: Sequence[Target],
                    cells: Sequence[RunCell], *, alpha: float, max_boxes: int,
-                   nonfinite: Mapping[tuple[str, float], int]) -> Decision:
+                   nonfinite: Mapping[tuple[str, float], int],
+                   other_decisions: int = 0) -> Decision:
     """The decision after the layouts ``order`` (generated so far, in order) were scored.
 
     ``samples``: the per-image records of those layouts (checkpoint label, gate_scale,
-    layout_id, metric columns); ``nonfinite``: NaN/Inf image counts per (checkpoint, scale).
+    layout_id, metric columns); ``nonfinite``: NaN/Inf image counts per (checkpoint, scale);
+    ``other_decisions``: sequences decided beside the targets (the regression gate's rows),
+    which take their share of alpha.
     """
     applied = [(t, c) for t in targets for c in cells if t.applies_to(c.gate_scale)]
     decidable = [(t, c) for t, c in applied if not _why_not(t.metric)]
-    k = max(len(decidable), 1)
+    k = max(len(decidable) + other_decisions, 1)
     alpha_each = confseq.split_alpha(alpha, k)
     rows: list[RowSequence] = []
     for target, cell in applied:
@@ -158,7 +157,7 @@ def decide_verdict(samples: pd.DataFrame, order: Sequence[str], targets: Sequenc
                         & np.isclose(samples["gate_scale"].astype(float), cell.gate_scale)]
         rows.append(_row(cell, target, frame, order, alpha_each, max_boxes))
     decided, reason = _verdict(rows, targets, applied, cells, nonfinite, len(order))
-    return Decision(decided, reason, tuple(rows), alpha, len(decidable))
+    return Decision(decided, reason, tuple(rows), alpha, len(decidable) + other_decisions)
 
 
 def _verdict(rows: Sequence[RowSequence], targets: Sequence[Target], applied: Sequence[Any],

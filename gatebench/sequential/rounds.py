@@ -24,11 +24,14 @@ from gatebench.layouts import Layout
 from gatebench.metrics import spec as metric_spec
 from gatebench.plan import LoadedAdapters, generate_all
 from gatebench.protocol import Protocol
-from gatebench.rundir.saved import checkpoint_labels
+from gatebench.rundir.pairing import gate_scales, pair_checkpoints
+from gatebench.rundir.saved import SavedRun, checkpoint_labels, label_map
 from gatebench.score import ImageItem
 from gatebench.score_run import score_sets
-from gatebench.sequential.decide import (ORDER_RULE, Decision, RunCell, decide_verdict,
-                                         decision_order, round_sizes)
+from gatebench.metrics.paired_sequence import (NO_REGRESSION, ORDER_RULE, REGRESSION, decidable,
+                                               decision_order, paired_sequence)
+from gatebench.sequential.decide import (Decision, RunCell, decide_verdict, layout_units,
+                                         round_sizes)
 
 
 @dataclass
@@ -41,6 +44,73 @@ class RoundsResult:
     layouts: list[Layout]
     decision: Decision
     rounds: list[dict[str, Any]] = field(default_factory=list)
+    regression: list[dict[str, Any]] = field(default_factory=list)   # the baseline gate's rows
+
+
+@dataclass(frozen=True)
+class GateCell:
+    """One regression-gate row decided by a sequence: candidate vs baseline at a scale."""
+
+    baseline: str                 # path (results rows) and label (samples) on each side
+    baseline_label: str
+    candidate: str
+    candidate_label: str
+    gate_scale: float
+    metric: str
+    margin: float
+
+
+def gate_cells(baseline: SavedRun | None, cells: Sequence[RunCell]) -> list[GateCell]:
+    """`run --baseline`: every (checkpoint pair, non-zero common gate scale, metric with a
+    default margin) row compare would gate. Scale 0 is the base model in both runs (the
+    comparability rules make it the same images), so it decides nothing."""
+    if baseline is None:
+        return []
+    b_labels = label_map(baseline.results)
+    c_labels = {c.checkpoint: c.label for c in cells}
+    scales = sorted({c.gate_scale for c in cells} & set(gate_scales(baseline.results)) - {0.0})
+    return [GateCell(b, b_labels[b], c, c_labels[c], s, metric, margin)
+            for _, b, c in pair_checkpoints(list(b_labels), list(c_labels)) for s in scales
+            for metric, margin in metric_spec.DEFAULT_MARGINS.items() if decidable(metric)]
+
+
+def _group(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
+    scale_of = pd.to_numeric(samples["gate_scale"], errors="coerce").astype(float)
+    return samples[(samples["checkpoint"].astype(str) == label) & (scale_of == scale)]
+
+
+def gate_rows(gates: Sequence[GateCell], samples: pd.DataFrame, baseline: SavedRun,
+              order: Sequence[str], alpha_each: float, max_boxes: int) -> list[dict[str, Any]]:
+    """Each gate row's sequence of candidate - baseline over the layouts so far."""
+    rows = []
+    for g in gates:
+        cand = _group(samples, g.candidate_label, g.gate_scale)
+        base = _group(baseline.samples, g.baseline_label, g.gate_scale)
+        seq = paired_sequence(layout_units(cand, g.metric) if len(cand) else None,
+                              layout_units(base, g.metric) if len(base) else None,
+                              order, g.metric, g.margin, alpha_each, max_boxes)
+        rows.append({"baseline_checkpoint": g.baseline, "candidate_checkpoint": g.candidate,
+                     "gate_scale": g.gate_scale, "metric": g.metric, "margin": g.margin,
+                     **seq.to_dict()})
+    return rows
+
+
+def _combine(decision: Decision, rows: Sequence[dict[str, Any]], n: int) -> Decision:
+    """The targets' decision with the regression gate's: a clear regression fails the run (as
+    `run --baseline` does); a pass needs every gate row clearly not a regression too."""
+    if not rows or decision.decided == "fail":
+        return decision
+    hit = next((r for r in rows if r["decision"] == REGRESSION), None)
+    if hit is not None:
+        return dataclasses.replace(decision, decided="fail", reason=(
+            f"regression: {hit['metric']} at gate scale {hit['gate_scale']:g} of "
+            f"{hit['candidate_checkpoint']} vs the baseline: the sequence of the difference "
+            f"[{hit['lower']:+.3f}, {hit['upper']:+.3f}] lies beyond the margin "
+            f"{hit['margin']:g} after {n} layouts"))
+    if decision.decided == "pass" and any(r["decision"] != NO_REGRESSION for r in rows):
+        return dataclasses.replace(decision, decided=None, reason=(
+            "the targets are decided PASS; the regression gate is not yet decided"))
+    return decision
 
 
 class _PerImageOnly:
@@ -67,7 +137,8 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
                            layouts: Sequence[Layout], protocol: Protocol, eval_models: Any, *,
                            root: Path, batch: int, keep: KeptImages | None,
                            adapters: LoadedAdapters | None, world: int,
-                           progress: Callable[[int], None] | None = None) -> RoundsResult:
+                           progress: Callable[[int], None] | None = None,
+                           baseline: SavedRun | None = None) -> RoundsResult:
     """Rounds of ``protocol.scoring.round_layouts`` layouts until the decision or N."""
     if world > 1:
         raise GatebenchError("--until-decided runs in one process: each round's decision needs "
@@ -82,6 +153,8 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
              for s in scales]
     # a layout's box count bounds its per-box sums (the protocol may keep fewer boxes)
     max_boxes = max((len(lay.objects) for lay in layouts), default=1)
+    gates = gate_cells(baseline, cells)
+    gate_now: list[dict[str, Any]] = []
     items: dict[tuple[str, float], list[ImageItem]] = {}
     stats, caches = GenerationStats(), []
     frames: list[pd.DataFrame] = []
@@ -104,9 +177,14 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
             key = (row["checkpoint"], float(row["gate_scale"]))
             nonfinite[key] = nonfinite.get(key, 0) + int(row.get("nonfinite_images", 0))
         done = n
-        decision = decide_verdict(pd.concat(frames, ignore_index=True), order[:n],
-                                  protocol.targets, cells, alpha=scoring.decision_alpha,
-                                  max_boxes=max_boxes, nonfinite=nonfinite)
+        so_far = pd.concat(frames, ignore_index=True)
+        decision = decide_verdict(so_far, order[:n], protocol.targets, cells,
+                                  alpha=scoring.decision_alpha, max_boxes=max_boxes,
+                                  nonfinite=nonfinite, other_decisions=len(gates))
+        if baseline is not None:
+            gate_now = gate_rows(gates, so_far, baseline, order[:n], decision.alpha_each,
+                                 max_boxes)
+            decision = _combine(decision, gate_now, n)
         rounds.append({"n_layouts": n, "decided": decision.decided})
         if decision.decided is not None:
             break
@@ -118,7 +196,7 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
         group.sort(key=lambda item: position[item.layout.layout_id])
     chosen = set(order[:done])
     return RoundsResult(items, stats, caches, [lay for lay in layouts if lay.layout_id in chosen],
-                        decision, rounds)
+                        decision, rounds, gate_now)
 
 
 def sequential_record(result: RoundsResult, protocol: Protocol, max_layouts: int,
@@ -135,4 +213,5 @@ def sequential_record(result: RoundsResult, protocol: Protocol, max_layouts: int
             f"no verdict decided before N = {max_layouts} ({decision.reason})",
             "order": f"{ORDER_RULE}, seed {protocol.seed}",
             "set_level": [m for m in set_level if metric_spec.is_set_level(m)],
-            "rounds": result.rounds, "rows": [row.to_dict() for row in decision.rows]}
+            "rounds": result.rounds, "rows": [row.to_dict() for row in decision.rows],
+            "regression_rows": result.regression}
