@@ -125,6 +125,10 @@ def test_the_world_decides_the_deadlocked_checkpoint_fail_early(tmp_path: Path) 
     assert results["verdict"] == "fail" and results["_code"] == 1
     assert "iou50_rate" in seq["reason"] and f"after {seq['n_layouts']} layouts" in seq["reason"]
     assert f"stopped at {seq['n_layouts']} of 48 layouts" in results["_output"]
+    # the same seed stops at the same layout with the same bounds (its images now cached)
+    again = _world_run(tmp_path, "deadlock", "--ckpt", _asset("deadlock/deadlock_step_50.pt"),
+                       "--until-decided")
+    assert again["sequential"] == seq and again["generation"]["generated"] == 0
 
 
 @pytest.mark.slow
@@ -133,6 +137,9 @@ def test_the_world_keeps_the_good_checkpoints_fixed_n_verdict(tmp_path: Path) ->
     sequential = _world_run(tmp_path, "seq", "--ckpt", good, "--until-decided")
     fixed = _world_run(tmp_path, "fixed", "--ckpt", good)
     assert sequential["verdict"] == fixed["verdict"] and sequential["_code"] == fixed["_code"]
+    # the fixed-N run into the sequential run's folder makes no image again
+    again = _world_run(tmp_path, "seq", "--ckpt", good)
+    assert again["generation"]["generated"] == 0 and again["results"] == fixed["results"]
     seq = sequential["sequential"]
     assert seq["reason"] and (seq["decided"] is not None or seq["n_layouts"] == 48)
     if seq["n_layouts"] == 48:     # ran to N: the very numbers of the fixed-N run
