@@ -61,12 +61,14 @@ WRITE_FAULTS: dict[int, str] = {
     errno.EACCES: "choose a folder you may write to, or fix its permissions",
     errno.EPERM: "choose a folder you may write to, or fix its permissions",
 }
-_TMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+# gatebench's own mark: the sweep never touches another program's temporaries in a shared --out
+_TMP = re.compile(r"^\.(?P<name>.+)\.gatebench-(?P<pid>\d+)\.tmp$")
 
 
 def temporary_name(path: Path) -> Path:
-    """``.<name>.<pid>.tmp`` beside ``path``: hidden, per process, and recognised by the sweep."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """``.<name>.gatebench-<pid>.tmp`` beside ``path``: hidden, per process, and ours (the
+    sweep deletes only names of this form)."""
+    return path.with_name(f".{path.name}.gatebench-{os.getpid()}.tmp")
 
 
 def write_fault(exc: OSError, path: Path | str | None = None) -> GatebenchError | None:
@@ -124,14 +126,16 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
 def sweep_temporaries(folder: Path | str, recursive: bool = True) -> list[Path]:
     """Delete this tool's temporaries left by processes that no longer run (a kill -9, a crash).
 
-    Only ``.<name>.<pid>.tmp`` files whose pid is not alive are removed, so a concurrent run's
-    write in progress is left alone. Returns what was removed.
+    Only ``.<name>.gatebench-<pid>.tmp`` files whose pid is not alive are removed: a concurrent
+    run's write in progress is left alone, and so is every other program's file. Returns what
+    was removed.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed: list[Path] = []
-    for candidate in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+    pattern = ".*.gatebench-*.tmp"
+    for candidate in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
         match = _TMP.match(candidate.name)
         if match is None or not candidate.is_file() or _alive(int(match["pid"])):
             continue

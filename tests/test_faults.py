@@ -30,7 +30,7 @@ from gatebench.rundir import schema
 from tests.run_builders import tiny_world
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "run"
-TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")
+TEMPORARY = re.compile(r"^\..+\.gatebench-\d+\.tmp$")
 # what may be opened for writing under its own name: the run lock and the writability probe
 IN_PLACE_ALLOWED = re.compile(r"^\.gatebench-(run\.lock|probe\.\d+\.tmp)$")
 
@@ -140,14 +140,14 @@ def test_no_output_is_written_in_place(world, tmp_path: Path, monkeypatch) -> No
 
 
 SITES = {   # a write site -> the file whose write fails
-    "image": r"__s1\.png\.\d+\.tmp$",
-    "write record": r"\.writes\.json\.\d+\.tmp$",
-    "recipe": r"recipe\.json\.\d+\.tmp$",
-    "samples": r"\.samples\.jsonl\.\d+\.tmp$",
-    "results": r"\.results\.json\.\d+\.tmp$",
-    "report": r"\.report\.md\.\d+\.tmp$",
-    "plot": r"\.metric_vs_scale\.png\.\d+\.tmp$",
-    "grid": r"\.grid_.*\.png\.\d+\.tmp$",
+    "image": r"__s1\.png\.gatebench-\d+\.tmp$",
+    "write record": r"\.writes\.json\.gatebench-\d+\.tmp$",
+    "recipe": r"recipe\.json\.gatebench-\d+\.tmp$",
+    "samples": r"\.samples\.jsonl\.gatebench-\d+\.tmp$",
+    "results": r"\.results\.json\.gatebench-\d+\.tmp$",
+    "report": r"\.report\.md\.gatebench-\d+\.tmp$",
+    "plot": r"\.metric_vs_scale\.png\.gatebench-\d+\.tmp$",
+    "grid": r"\.grid_.*\.png\.gatebench-\d+\.tmp$",
 }
 
 
@@ -164,7 +164,7 @@ def test_a_full_disk_at_each_write_site(site: str, world, clean, tmp_path: Path,
     line = _one_line(result.output)
     assert result.exit_code == 2, result.output
     assert "No space left on device" in line and "free some space" in line
-    final = opens.failed[0].name.split(".")[1:-2]
+    final = opens.failed[0].name.split(".")[1:-2]     # .<name>.gatebench-<pid>.tmp
     assert ".".join(final) in line, line
     assert not _temporaries(tmp_path)
     rerun = _run(world, out)
@@ -178,7 +178,7 @@ def test_a_full_disk_keeps_the_reference_stats_cache_whole(tmp_path: Path, monke
     stats.save(path)
     before = path.read_bytes()
     with monkeypatch.context() as patch:
-        _Opens(patch, re.compile(r"refstats\.npz\.\d+\.tmp$"))
+        _Opens(patch, re.compile(r"refstats\.npz\.gatebench-\d+\.tmp$"))
         with pytest.raises(GatebenchError, match="free some space"):
             other.save(path)
     assert path.read_bytes() == before and not _temporaries(tmp_path)
@@ -216,14 +216,16 @@ def test_stale_temporaries_are_swept_on_the_next_run(world, tmp_path: Path) -> N
     assert _run(world, out).exit_code in (0, 1)
     images = next((out / "images").iterdir())
     dead = _dead_pid()
-    stale = [out / f".results.json.{dead}.tmp", images / f".x__s1.png.{dead}.tmp"]
+    stale = [out / f".results.json.gatebench-{dead}.tmp",
+             images / f".x__s1.png.gatebench-{dead}.tmp"]
+    foreign = out / f".notes.txt.{dead}.tmp"       # another program's: never ours to delete
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        live = images / f".y__s1.png.{sleeper.pid}.tmp"
-        for path in (*stale, live):
+        live = images / f".y__s1.png.gatebench-{sleeper.pid}.tmp"
+        for path in (*stale, live, foreign):
             path.write_bytes(b"half")
         assert _run(world, out).exit_code in (0, 1)
-        assert not any(p.exists() for p in stale) and live.exists()
+        assert not any(p.exists() for p in stale) and live.exists() and foreign.exists()
         assert sweep_temporaries(out) == []
     finally:
         sleeper.kill()
@@ -241,7 +243,7 @@ def test_atomic_write_leaves_the_old_file_on_failure(tmp_path: Path, monkeypatch
     path = tmp_path / "a.json"
     path.write_text("old")
     with monkeypatch.context() as patch:
-        _Opens(patch, re.compile(r"\.a\.json\.\d+\.tmp$"))
+        _Opens(patch, re.compile(r"\.a\.json\.gatebench-\d+\.tmp$"))
         with pytest.raises(GatebenchError) as caught:
             atomic_write_text(path, "new")
     assert str(path) in caught.value.render() and path.read_text() == "old"
