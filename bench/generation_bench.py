@@ -70,7 +70,10 @@ from gatebench.checkpoint import load_adapter  # noqa: E402
 from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, import_ultralytics  # noqa: E402
 from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,  # noqa: E402
                                 grounded_steps, layout_seed, resolve_uncond)
-from gatebench.image_cache import write_png  # noqa: E402
+from gatebench.image_cache import KeptImages, write_png  # noqa: E402
+from gatebench.metrics.health_prefetch import HealthPrefetch  # noqa: E402
+from gatebench.metrics.twin_cache import TwinCache  # noqa: E402
+from gatebench.plan import prefetch_health  # noqa: E402
 from gatebench.layouts import Layout, LayoutObject  # noqa: E402
 from gatebench.metrics.fid import ModuleExtractor, reference_stats  # noqa: E402
 from gatebench.models import load_base_model  # noqa: E402
@@ -174,7 +177,7 @@ _SCORE, _AGG = "gatebench.score", "gatebench.metrics.aggregate"
 SCORE_PROBES = ((_SCORE, "_load", "png_read"), (_SCORE, "clip_scores", "clip"),
                 (_SCORE, "region_clip_scores", "clip"),
                 (_SCORE, "extract_features", "fid_features"),
-                (_SCORE, "assess_many", "image_health"),
+                (_SCORE, "assess_with", "image_health"),   # the wait for prefetched health + the rest
                 (_AGG, "frechet_distance", "fid_kid_math"),
                 (_AGG, "fid_from_features", "fid_kid_math"), (_AGG, "kid", "fid_kid_math"),
                 (_AGG, "feature_stats", "fid_kid_math"), (_AGG, "bootstrap_ci", "bootstrap_ap"),
@@ -405,48 +408,62 @@ def jobs_for(world: World, root: Path) -> tuple[list[ImageJob], list[ImageJob]]:
 
 # --- (a) gatebench -------------------------------------------------------------------------------------
 def run_batched(world: World, root: Path, batch_size: int, *, score: bool = True) -> dict[str, Any]:
-    """Sampler.run as run.generate_all drives it, then score_images per gate scale."""
+    """Sampler.run as run.generate_all drives it (images kept in memory, their image health
+    started on a thread while the next batch samples), then score_images per gate scale from
+    memory with one twin cache, as run.score_sets does. ``score=False``: generation alone."""
     root.mkdir(parents=True, exist_ok=True)
     zero, jobs = jobs_for(world, root)
-    device = world.device
-    sync(device)
-    t0 = time.perf_counter()
-    sampler = Sampler(world.base, world.settings)           # a fresh run: nothing encoded yet
-    stats = GenerationStats()
-    sampler.run(zero, None, batch_size=batch_size, stats=stats)
-    t1 = time.perf_counter()
-    adapter = load_adapter(world.ckpt, world.base)
-    adapter_s = time.perf_counter() - t1
-    try:
-        sampler.run(jobs, adapter, batch_size=batch_size, stats=stats)
-    finally:
-        adapter.remove()
-    sync(device)
-    generate_s = time.perf_counter() - t0
-    out: dict[str, Any] = {"images": stats.generated, "batch_size": batch_size,
-                           "generate_s": generate_s, "adapter_load_s": adapter_s,
-                           "generation": stats.to_dict()}
-    if not score:
-        return out
-    clock = Clock(device)
-    detector = TimedDetector(world.detector, clock)
     zero_path = {j.layout.layout_id: j.path for j in zero}
-    groups: dict[float, list[ImageItem]] = {0.0: [ImageItem(j.path, j.layout, 0.0) for j in zero]}
-    for j in jobs:
-        groups.setdefault(j.gate_scale, []).append(
-            ImageItem(j.path, j.layout, j.gate_scale, zero_path[j.layout.layout_id]))
-    metrics = {}
-    t0 = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        missing = [f"{module}.{name}" for module, name, phase in SCORE_PROBES
-                   if not stack.enter_context(patched(importlib.import_module(module), name,
-                                                      clock, phase))]
-        for scale, items in groups.items():
-            result = score_images(items, world.protocol, detector=detector, clip=world.clip,
-                                  fid_extractor=world.fid, real_images=world.reference)
-            metrics[f"{scale:g}"] = sorted(result.metrics)
-    sync(device)
-    score_s = time.perf_counter() - t0
+    device = world.device
+    scoring = world.protocol.scoring
+    keep = KeptImages() if score else None
+    with HealthPrefetch(garbled_threshold=scoring.garbled_threshold,
+                        blank_threshold=scoring.blank_threshold, twin_cache=TwinCache()) as health:
+        sync(device)
+        t0 = time.perf_counter()
+        sampler = Sampler(world.base, world.settings)           # a fresh run: nothing encoded yet
+        stats = GenerationStats()
+        with prefetch_health(keep, health, {}):
+            sampler.run(zero, None, batch_size=batch_size, stats=stats, keep=keep)
+        t1 = time.perf_counter()
+        adapter = load_adapter(world.ckpt, world.base)
+        adapter_s = time.perf_counter() - t1
+        try:
+            with prefetch_health(keep, health, {j.path: zero_path[j.layout.layout_id]
+                                                for j in jobs}):
+                sampler.run(jobs, adapter, batch_size=batch_size, stats=stats, keep=keep)
+        finally:
+            adapter.remove()
+        sync(device)
+        generate_s = time.perf_counter() - t0
+        out: dict[str, Any] = {"images": stats.generated, "batch_size": batch_size,
+                               "generate_s": generate_s, "adapter_load_s": adapter_s,
+                               "generation": stats.to_dict(), "health_prefetched": len(health)}
+        if not score:
+            return out
+        assert keep is not None
+        clock = Clock(device)
+        detector = TimedDetector(world.detector, clock)
+        groups: dict[float, list[ImageItem]] = {
+            0.0: [ImageItem(j.path, j.layout, 0.0, image=keep.get(j.path)) for j in zero]}
+        for j in jobs:
+            twin = zero_path[j.layout.layout_id]
+            groups.setdefault(j.gate_scale, []).append(
+                ImageItem(j.path, j.layout, j.gate_scale, twin, image=keep.get(j.path),
+                          reference_image=keep.get(twin)))
+        metrics = {}
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            missing = [f"{module}.{name}" for module, name, phase in SCORE_PROBES
+                       if not stack.enter_context(patched(importlib.import_module(module), name,
+                                                          clock, phase))]
+            for scale, items in groups.items():
+                result = score_images(items, world.protocol, detector=detector, clip=world.clip,
+                                      fid_extractor=world.fid, real_images=world.reference,
+                                      twin_cache=health.twin_cache, health_prefetch=health)
+                metrics[f"{scale:g}"] = sorted(result.metrics)
+        sync(device)
+        score_s = time.perf_counter() - t0
     out.update(score_s=score_s, score_phases=dict(clock.totals), metrics_computed=metrics,
                total_s=generate_s + score_s, score_probes_missing=missing)
     return out

@@ -12,7 +12,7 @@ import re
 import struct
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -105,6 +105,8 @@ class KeptImages:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._images: dict[Path, np.ndarray] = {}
+        # told of every image kept (plan.generate_all: its health starts while the sampler runs)
+        self.on_keep: Callable[[Path, np.ndarray], None] | None = None
 
     def put(self, path: Path, image: np.ndarray) -> bool:
         """Keep ``image`` for ``path`` if the budget allows; True when kept."""
@@ -112,6 +114,8 @@ class KeptImages:
             return False
         self._images[Path(path)] = image
         self.bytes += image.nbytes
+        if self.on_keep is not None:
+            self.on_keep(Path(path), image)
         return True
 
     def get(self, path: Path | None) -> np.ndarray | None:

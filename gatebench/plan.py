@@ -9,8 +9,9 @@ again for its images), so each adapter is loaded once.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import load_adapter
@@ -19,6 +20,7 @@ from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSetti
                                 layout_seed, resolve_uncond)
 from gatebench.image_cache import ImageCache, KeptImages
 from gatebench.layouts import Layout
+from gatebench.metrics.health_prefetch import HealthPrefetch
 from gatebench.protocol import Protocol
 from gatebench.score import ImageItem
 
@@ -35,7 +37,8 @@ def sampler_settings(protocol: Protocol, base: Any) -> SamplerSettings:
 def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                  layouts: Sequence[Layout], protocol: Protocol, *, root: Path, batch: int,
                  progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
-                 keep: KeptImages | None = None, adapters: LoadedAdapters | None = None
+                 keep: KeptImages | None = None, adapters: LoadedAdapters | None = None,
+                 health: HealthPrefetch | None = None
                  ) -> tuple[dict[tuple[str, float], list[ImageItem]], GenerationStats, list[dict]]:
     """Images for every checkpoint x gate scale; scale 0 (no adapter) is shared by all.
 
@@ -43,7 +46,8 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     returned items still name every image (paths are a pure function of the recipe), so the
     scorer sees the whole set once all ranks are done. ``keep``: the images made here stay in
     memory and the items carry them (``image``, ``reference_image``): scoring reads no PNG
-    back. ``adapters``: the preflight's loads (preflight_adapters), reused.
+    back. ``adapters``: the preflight's loads (preflight_adapters), reused. ``health``: each
+    image kept starts its image health on a background thread (``prefetch_health``).
     """
     rank, world = shard
     position = {lay.layout_id: i for i, lay in enumerate(layouts)}
@@ -57,9 +61,10 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     base_cache = ImageCache(root, "base", {**common, "adapter": None})
     zero_jobs = [ImageJob(lay, 0.0, layout_seed(protocol.seed, lay.layout_id),
                           base_cache.path_for(lay.layout_id, 0.0)) for lay in layouts]
-    sampler.run(mine(zero_jobs), None, batch_size=batch, stats=stats, on_batch=progress,
-                keep=keep)
     zero_path = {job.layout.layout_id: job.path for job in zero_jobs}
+    with prefetch_health(keep, health, {}):
+        sampler.run(mine(zero_jobs), None, batch_size=batch, stats=stats, on_batch=progress,
+                    keep=keep)
     kept = keep.get if keep is not None else (lambda _path: None)
     items: dict[tuple[str, float], list[ImageItem]] = {}
     caches = [{"adapter": None, "folder": str(base_cache.folder), "recipe_sha256": base_cache.hash}]
@@ -81,9 +86,11 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
             adapter = adapters.take(info, base) if adapters is not None else \
                 load_adapter(info.path, base, info)
             caches[-1]["phrase_encoding"] = adapter.phrase_encoding
+            twins = {j.path: zero_path[j.layout.layout_id] for j in jobs}
             try:
-                sampler.run(mine(jobs), adapter, batch_size=batch, stats=stats, on_batch=progress,
-                            keep=keep)
+                with prefetch_health(keep, health, twins):
+                    sampler.run(mine(jobs), adapter, batch_size=batch, stats=stats,
+                                on_batch=progress, keep=keep)
             finally:
                 adapter.remove()
         for s in scales:
@@ -94,6 +101,29 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                               reference_image=kept(zero_path[j.layout.layout_id]))
                     for j in jobs if j.gate_scale == s]
     return items, stats, caches
+
+
+@contextmanager
+def prefetch_health(keep: KeptImages | None, health: HealthPrefetch | None,
+                    twins: Mapping[Path, Path]) -> Iterator[None]:
+    """While the sampler runs, each image it keeps in memory starts its image health on
+    ``health``'s thread, against its gate-0 twin (``twins``: image -> twin path; absent: none).
+    An image whose twin is not in memory is left to the score stage, which reads the twin."""
+    if keep is None or health is None:
+        yield
+        return
+
+    def start(path: Path, image: Any) -> None:
+        twin = twins.get(path)
+        reference = keep.get(twin) if twin is not None else None
+        if twin is None or reference is not None:
+            health.submit(str(path), image, reference, str(twin) if twin is not None else None)
+
+    keep.on_keep = start
+    try:
+        yield
+    finally:
+        keep.on_keep = None
 
 
 KEEP_ADAPTERS_BYTES = 1 << 30    # LoadedAdapters' default: 1 GiB of adapter tensors kept

@@ -25,6 +25,8 @@ from gatebench.gates import GateReport, analyse
 from gatebench.generate import GenerationStats, Sampler, grounded_steps
 from gatebench.image_cache import KEEP_IMAGES_BYTES, KeptImages
 from gatebench.layouts import select_layouts
+from gatebench.metrics.health_prefetch import HealthPrefetch
+from gatebench.metrics.twin_cache import TwinCache
 from gatebench.models.device import resolve_device, resolve_dtype
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
 from gatebench.protocol import Protocol
@@ -114,9 +116,17 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             # other hosts, a pid says nothing about liveness, so they are left alone
             for folder in (out, cache_dir()):
                 sweep_temporaries(folder)
-        return _evaluate(checkpoints, protocol, options, out, rank, world, started,
-                         eval_models=eval_models, base=base, progress_factory=progress_factory,
-                         baseline=baseline)
+        # only rank 0 scores: it keeps the images it makes in memory instead of reading them
+        # back, and starts their image health on a thread while the sampler makes the next batch
+        keep = (KeptImages(options.keep_images_bytes)
+                if rank == 0 and options.keep_images_bytes > 0 else None)
+        with HealthPrefetch(garbled_threshold=protocol.scoring.garbled_threshold,
+                            blank_threshold=protocol.scoring.blank_threshold,
+                            twin_cache=TwinCache()) as health:
+            return _evaluate(checkpoints, protocol, options, out, rank, world, started,
+                             eval_models=eval_models, base=base,
+                             progress_factory=progress_factory, baseline=baseline,
+                             keep=keep, health=health if keep is not None else None)
 
 
 def _uses_reference_cache(protocol: Protocol) -> bool:
@@ -127,7 +137,8 @@ def _uses_reference_cache(protocol: Protocol) -> bool:
 
 def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, out: Path,
               rank: int, world: int, started: float, *, eval_models: Any, base: Any,
-              progress_factory: Callable[[int], Any] | None, baseline: Any) -> RunResult:
+              progress_factory: Callable[[int], Any] | None, baseline: Any,
+              keep: KeptImages | None, health: HealthPrefetch | None) -> RunResult:
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.render.markdown import write_report  # noqa: PLC0415
 
@@ -147,9 +158,6 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         if rank == 0:   # only rank 0 scores; it loads the evaluation models up front to fail early
             eval_models = eval_models or load_eval_models(protocol, device=device, layouts=layouts)
         adapters = preflight_adapters(base, infos)
-    # only rank 0 scores: it keeps the images it makes in memory instead of reading them back
-    keep = KeptImages(options.keep_images_bytes) if rank == 0 and options.keep_images_bytes > 0 \
-        else None
     # plan + generate
     sampler = Sampler(base, sampler_settings(protocol, base))
     scales = sorted(set(protocol.generation.gate_scales) | {0.0})
@@ -163,14 +171,14 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
                 rounds = generate_until_decided(
                     base, sampler, infos, layouts, protocol, eval_models, root=out / "images",
                     batch=batch, keep=keep, adapters=adapters, world=world,
-                    progress=bar.advance if bar else None, baseline=baseline)
+                    progress=bar.advance if bar else None, baseline=baseline, health=health)
                 items, gen_stats, caches = rounds.items, rounds.stats, rounds.caches
                 layouts = rounds.layouts
             else:
                 items, gen_stats, caches = generate_all(
                     base, sampler, infos, layouts, protocol, root=out / "images", batch=batch,
                     progress=bar.advance if bar else None, shard=(rank, world), keep=keep,
-                    adapters=adapters)
+                    adapters=adapters, health=health)
         finally:
             if bar:
                 bar.close()
@@ -181,7 +189,8 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         return RunResult({}, pd.DataFrame(), [], gate_report, out, 0)
     # score -> verdict
     with _timed(timings, "score_s"):
-        samples, rows = score_sets(items, infos, scales, protocol, eval_models, out / "cache")
+        samples, rows = score_sets(items, infos, scales, protocol, eval_models, out / "cache",
+                                   health=health)
         ceiling = detector_ceiling(protocol, eval_models)
     targets = evaluate_targets(protocol.targets, rows)
     # results -> render
@@ -196,7 +205,8 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         protocol=protocol, gate_report=gate_report, rows=rows, targets=targets,
         models={"base": base.identity(), **eval_models.identity()}, layouts_info=layouts_info,
         n_layouts=len(layouts), timings=timings,
-        generation=_generation_record(gen_stats, world, base, protocol, caches, adapters, keep),
+        generation=_generation_record(gen_stats, world, base, protocol, caches, adapters, keep,
+                                      health),
         command=options.command, device=device, dtype=dtype, ceiling=ceiling,
         layout_ids=[lay.layout_id for lay in layouts])
     if sequential is not None:
@@ -217,7 +227,8 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
 
 def _generation_record(stats: GenerationStats, world: int, base: Any, protocol: Protocol,
                        caches: list[dict], adapters: LoadedAdapters | None = None,
-                       keep: KeptImages | None = None) -> dict[str, Any]:
+                       keep: KeptImages | None = None,
+                       health: HealthPrefetch | None = None) -> dict[str, Any]:
     g = protocol.generation
     return {**stats.to_dict(), "world_size": world, "phrase_encoding": base.phrase_encoding,
             "uncond_boxes": g.uncond_boxes, "caches": caches,
@@ -225,4 +236,6 @@ def _generation_record(stats: GenerationStats, world: int, base: Any, protocol: 
             "images_total": stats.generated + stats.cached,
             # one load per adapter when the preflight's is reused; images scored from memory
             "adapter_loads": adapters.loads if adapters is not None else None,
-            "images_kept_in_memory": len(keep) if keep is not None else 0}
+            "images_kept_in_memory": len(keep) if keep is not None else 0,
+            # image health started during generation, off the scoring stage's path
+            "health_prefetched": len(health) if health is not None else 0}

@@ -21,7 +21,8 @@ from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_s
 from gatebench.metrics.coco_ap import APImage
 from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
                                    reference_stats)
-from gatebench.metrics.health import ImageHealth, assess_many
+from gatebench.metrics.health import ImageHealth
+from gatebench.metrics.health_prefetch import HealthPrefetch, assess_with
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import match_boxes, summarize_matches
@@ -135,7 +136,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                  clip: ClipBackend | None = None, fid_extractor: FeatureExtractor | None = None,
                  real_images: Sequence[str | Path] | ReferenceStats | None = None,
                  cache_dir: str | Path | None = None, clip_language: str = "native",
-                 twin_cache: TwinCache | None = None, image_health: bool = True) -> ScoreResult:
+                 twin_cache: TwinCache | None = None, image_health: bool = True,
+                 health_prefetch: HealthPrefetch | None = None) -> ScoreResult:
     """Score ``(image_path, Layout, gate_scale|None, reference_image_path|None)`` items.
 
     ``detections`` (keyed by image file name) wins over ``detector``. ``detector_labels``: the
@@ -145,7 +147,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     ``reference_image``: uint8 RGB, what their PNG holds) are scored from memory, no file read;
     the others are decoded once for CLIP, FID features and health (the detector still gets the
     path: its own decoder can differ from PIL's on JPEGs or 16-bit PNGs). ``twin_cache``: one
-    TwinCache over several calls (a run's sets) analyses each gate-0 twin once.
+    TwinCache over several calls (a run's sets) analyses each gate-0 twin once;
+    ``health_prefetch``: verdicts started while generating (taken, not recomputed).
     ``image_health=False`` (the detector ceiling, which reports detection only) skips the health
     cues: their columns are empty and garbled_rate / blank_rate are not computed.
 
@@ -162,7 +165,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
         detections_vocabulary(detections))
     want_fid = fid_extractor is not None and real_images is not None
     scorer = _Scorer(protocol, detections, detector, labels, clip, clip_language,
-                     fid_extractor if want_fid else None, twin_cache, image_health)
+                     fid_extractor if want_fid else None, twin_cache, image_health,
+                     health_prefetch)
     rows: list[dict[str, Any]] = []
     ap_images: list[APImage] = []
     fid_chunks: list[np.ndarray] = []
@@ -228,6 +232,7 @@ class _Scorer:
     fid_extractor: FeatureExtractor | None   # None: no FID features wanted
     twin_cache: TwinCache | None
     image_health: bool
+    health: HealthPrefetch | None      # verdicts started during generation (run.py)
 
     @property
     def has_det(self) -> bool:
@@ -237,7 +242,8 @@ class _Scorer:
               ) -> tuple[list[dict[str, Any]], list[APImage], np.ndarray | None]:
         scoring = self.protocol.scoring
         pils = [_pixels(it.image, it.image_path) for it in chunk]
-        healths = assess_many(pils, [_twin(it) for it in chunk],
+        healths = assess_with(self.health, [str(it.image_path) for it in chunk], pils,
+                              [_twin(it) for it in chunk],
                               garbled_threshold=scoring.garbled_threshold,
                               blank_threshold=scoring.blank_threshold, twin_cache=self.twin_cache,
                               twin_keys=[str(it.reference_image_path) if it.reference_image_path

@@ -11,6 +11,7 @@ import pandas as pd
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.image_cache import read_png_meta
 from gatebench.metrics.spec import DETECTOR_METRICS
+from gatebench.metrics.health_prefetch import HealthPrefetch
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.protocol import Protocol, load_protocol, with_flags
 from gatebench.rundir.saved import checkpoint_labels
@@ -24,14 +25,17 @@ def nonfinite_count(items: Sequence[ImageItem]) -> int:
 
 def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                infos: Sequence[CheckpointInfo], scales: Sequence[float], protocol: Protocol,
-               eval_models: Any, cache_dir: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+               eval_models: Any, cache_dir: Path, health: HealthPrefetch | None = None
+               ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(samples of every image, one results row per checkpoint x gate scale).
 
     Items that carry their pixels are scored from memory; every gate-0 twin's health maps are
-    made once for all the sets (one TwinCache)."""
+    made once for all the sets (one TwinCache: ``health``'s, when its verdicts were started
+    during generation, which are then taken instead of computed)."""
     frames, rows = [], []
     zero: Any = None
-    twins = TwinCache()
+    twins = health.twin_cache if health is not None and health.twin_cache is not None \
+        else TwinCache()
     labels = checkpoint_labels(info.path for info in infos)   # runA/final.pt vs runB/final.pt
     for info in infos:
         for s in scales:
@@ -40,7 +44,8 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                 result = zero
             else:
                 result = score_images(group, protocol, **eval_models.score_kwargs(),
-                                      cache_dir=cache_dir, twin_cache=twins)
+                                      cache_dir=cache_dir, twin_cache=twins,
+                                      health_prefetch=health)
                 zero = result if s == 0.0 else zero
             frame = result.samples.copy()
             frame.insert(0, "checkpoint", labels[str(info.path)])

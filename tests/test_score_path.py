@@ -50,6 +50,7 @@ def test_a_run_scores_from_memory_and_loads_each_adapter_once(world, tmp_path: P
     generation = fast.results["generation"]
     assert generation["adapter_loads"] == 2                 # the preflight's loads, reused
     assert generation["images_kept_in_memory"] == generation["generated"] == 25
+    assert generation["health_prefetched"] == 25          # all started while generating
     assert slow.results["generation"]["images_kept_in_memory"] == 0
     assert [r["metrics"] for r in fast.results["results"]] == \
         [r["metrics"] for r in slow.results["results"]]

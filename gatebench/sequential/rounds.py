@@ -22,6 +22,7 @@ from gatebench.generate import GenerationStats, Sampler
 from gatebench.image_cache import KeptImages
 from gatebench.layouts import Layout
 from gatebench.metrics import spec as metric_spec
+from gatebench.metrics.health_prefetch import HealthPrefetch
 from gatebench.plan import LoadedAdapters, generate_all
 from gatebench.protocol import Protocol
 from gatebench.rundir.pairing import gate_scales, pair_checkpoints
@@ -138,7 +139,8 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
                            root: Path, batch: int, keep: KeptImages | None,
                            adapters: LoadedAdapters | None, world: int,
                            progress: Callable[[int], None] | None = None,
-                           baseline: SavedRun | None = None) -> RoundsResult:
+                           baseline: SavedRun | None = None,
+                           health: HealthPrefetch | None = None) -> RoundsResult:
     """Rounds of ``protocol.scoring.round_layouts`` layouts until the decision or N."""
     if world > 1:
         raise GatebenchError("--until-decided runs in one process: each round's decision needs "
@@ -166,12 +168,12 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
         new = [by_id[i] for i in order[done:n]]
         part, part_stats, caches = generate_all(base, sampler, infos, new, protocol, root=root,
                                                 batch=batch, progress=progress, keep=keep,
-                                                adapters=adapters)
+                                                adapters=adapters, health=health)
         _add_stats(stats, part_stats)
         for key, group in part.items():
             items.setdefault(key, []).extend(group)
         samples, rows = score_sets(part, infos, scales, protocol, _PerImageOnly(eval_models),
-                                   root.parent / "cache")
+                                   root.parent / "cache", health=health)
         frames.append(samples)
         for row in rows:
             key = (row["checkpoint"], float(row["gate_scale"]))
