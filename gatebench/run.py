@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import pandas as pd
 
@@ -25,6 +25,7 @@ from gatebench.gates import GateReport, analyse
 from gatebench.generate import GenerationStats, Sampler, grounded_steps
 from gatebench.image_cache import KEEP_IMAGES_BYTES, KeptImages
 from gatebench.layouts import select_layouts
+from gatebench.metrics.health import health_workers
 from gatebench.metrics.health_prefetch import HealthPrefetch
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.models.device import resolve_device, resolve_dtype
@@ -50,6 +51,9 @@ class RunOptions:
     command: str = ""
     # the images made stay in memory up to this many bytes for scoring (0: read the PNGs back)
     keep_images_bytes: int = KEEP_IMAGES_BYTES
+    # image health beside generation: "auto" when a CPU core is free of it (an accelerator
+    # samples, or torch leaves a core idle); on a CPU whose every core samples it only competes
+    health_prefetch: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass
@@ -129,6 +133,15 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
                              keep=keep, health=health if keep is not None else None)
 
 
+def _prefetch_pays(choice: str, device: str) -> bool:
+    """Whether image health may run beside generation without slowing it (RunOptions)."""
+    if choice != "auto":
+        return choice == "on"
+    import torch  # noqa: PLC0415
+
+    return not str(device).startswith("cpu") or torch.get_num_threads() < health_workers()
+
+
 def _uses_reference_cache(protocol: Protocol) -> bool:
     """Whether scoring will cache FID reference statistics under gatebench's cache folder."""
     m = protocol.models
@@ -151,6 +164,8 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     import_collective_libraries(protocol, world)     # every rank, before any other collective
     device = resolve_device(options.device if options.device != "auto" else protocol.generation.device)
     dtype = resolve_dtype(protocol.generation.dtype, device)
+    if not _prefetch_pays(options.health_prefetch, device):
+        health = None
     # models, each loaded once; every adapter checked against the base before any image (that
     # load is the one generation uses)
     with _timed(timings, "load_s"):

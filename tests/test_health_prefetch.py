@@ -58,3 +58,16 @@ def test_an_error_in_a_prefetched_verdict_is_raised_where_it_is_taken(monkeypatc
         health.submit("bad", _images(1)[0])
         with pytest.raises(MetricError, match="finite pixel values"):
             health.take("bad", 0.5, 0.5)
+
+
+def test_the_prefetch_runs_only_where_a_core_is_free_of_generation(monkeypatch) -> None:
+    import torch
+
+    from gatebench import run
+
+    monkeypatch.setattr(run, "health_workers", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not run._prefetch_pays("auto", "cpu")          # every core samples: it would compete
+    assert run._prefetch_pays("auto", "cuda:0") and run._prefetch_pays("on", "cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert run._prefetch_pays("auto", "cpu") and not run._prefetch_pays("off", "cuda")

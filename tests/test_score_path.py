@@ -44,7 +44,8 @@ def test_kept_images_stay_within_their_budget() -> None:
 def test_a_run_scores_from_memory_and_loads_each_adapter_once(world, tmp_path: Path) -> None:
     protocol = load_protocol(world["protocol"])
     second = write_checkpoint(tmp_path / "ckpt" / "epoch_10.pt", gate=0.2)
-    fast = run_evaluation([world["ckpt"], second], protocol, RunOptions(out_dir=tmp_path / "fast"))
+    fast = run_evaluation([world["ckpt"], second], protocol,
+                          RunOptions(out_dir=tmp_path / "fast", health_prefetch="on"))
     slow = run_evaluation([world["ckpt"], second], protocol,
                           RunOptions(out_dir=tmp_path / "slow", keep_images_bytes=0))
     generation = fast.results["generation"]
