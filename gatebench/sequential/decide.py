@@ -181,6 +181,9 @@ def _verdict(rows: Sequence[RowSequence], targets: Sequence[Target], applied: Se
     if rows and all(row.decision == "pass" for row in rows):
         return "pass", f"every target's sequence lies on its passing side after {n} layouts"
     waiting = [r for r in rows if r.decision is None]
-    if waiting and all(not r.decidable for r in waiting):
+    if not rows:
+        return None, "no target to decide: the run goes to N"
+    if all(not r.decidable for r in waiting):
         return None, "the remaining targets are set-level or unbounded: they decide only at N"
-    return None, "undecided"
+    return None, (f"{len(waiting)} target row(s) still straddle their thresholds after {n} "
+                  f"layouts")
