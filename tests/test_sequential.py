@@ -237,3 +237,12 @@ def test_run_with_a_baseline_stops_at_a_clear_regression(tmp_path: Path) -> None
     assert seq["regression_rows"] and seq["decisions"] > 4      # targets + gate rows share alpha
     compare = json.loads((tmp_path / "cand" / "compare.json").read_text(encoding="utf-8"))
     assert compare["verdict"] == "regression"
+
+
+def test_a_target_whose_model_is_not_configured_fails_at_once() -> None:
+    samples = _samples(8, match=0.97)
+    decision = decide_verdict(samples, list(samples["layout_id"]), [IOU, CLIP], [CELL],
+                              alpha=0.05, max_boxes=3, nonfinite={},
+                              unavailable={"iou50_rate": "no detector or detections configured"})
+    assert decision.decided == "fail" and "no detector" in decision.reason
+    assert decision.decisions == 1            # it takes no share of alpha: nothing to estimate

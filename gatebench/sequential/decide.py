@@ -134,20 +134,29 @@ def _row(cell: RunCell, target: Target, frame: pd.DataFrame, order: Sequence[str
 def decide_verdict(samples: pd.DataFrame, order: Sequence[str], targets: Sequence[Target],
                    cells: Sequence[RunCell], *, alpha: float, max_boxes: int,
                    nonfinite: Mapping[tuple[str, float], int],
-                   other_decisions: int = 0) -> Decision:
+                   other_decisions: int = 0,
+                   unavailable: Mapping[str, str] | None = None) -> Decision:
     """The decision after the layouts ``order`` (generated so far, in order) were scored.
 
     ``samples``: the per-image records of those layouts (checkpoint label, gate_scale,
     layout_id, metric columns); ``nonfinite``: NaN/Inf image counts per (checkpoint, scale);
     ``other_decisions``: sequences decided beside the targets (the regression gate's rows),
-    which take their share of alpha.
+    which take their share of alpha; ``unavailable``: metric -> why it can never be computed in
+    this run (its model is not configured), which fails its targets at once.
     """
+    missing = dict(unavailable or {})
     applied = [(t, c) for t in targets for c in cells if t.applies_to(c.gate_scale)]
-    decidable = [(t, c) for t, c in applied if not _why_not(t.metric)]
+    decidable = [(t, c) for t, c in applied if not _why_not(t.metric)
+                 and t.metric not in missing]
     k = max(len(decidable) + other_decisions, 1)
     alpha_each = confseq.split_alpha(alpha, k)
     rows: list[RowSequence] = []
     for target, cell in applied:
+        if target.metric in missing:     # a target on a number nobody can measure fails
+            rows.append(RowSequence(cell.checkpoint, cell.gate_scale, target.metric, target.op,
+                                    target.threshold, None, None, len(order), "fail", True,
+                                    f"not computed: {missing[target.metric]}"))
+            continue
         why = _why_not(target.metric)
         if why:
             rows.append(RowSequence(cell.checkpoint, cell.gate_scale, target.metric, target.op,
@@ -172,6 +181,9 @@ def _verdict(rows: Sequence[RowSequence], targets: Sequence[Target], applied: Se
     if orphan:
         return "fail", f"target {orphan[0].metric} applies to no evaluated gate scale"
     for row in rows:
+        if row.decision == "fail" and row.lower is None and row.upper is None:
+            return "fail", (f"{row.metric} at gate scale {row.gate_scale:g} of {row.checkpoint} "
+                            f"is {row.why}: its target fails at any n")
         if row.decision == "fail":
             side = "upper" if row.op in (">", ">=") else "lower"
             bound = row.upper if side == "upper" else row.lower

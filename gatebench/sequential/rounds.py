@@ -125,6 +125,13 @@ class _PerImageOnly:
         return {**self._models.score_kwargs(), "fid_extractor": None, "real_images": None}
 
 
+def _unconfigured(not_computed: dict[str, str]) -> dict[str, str]:
+    """The metrics not computed because their model is not configured (a detector, a CLIP):
+    more layouts cannot change that, unlike a round without a scorable box."""
+    permanent = {metric_spec.NEED_REASONS[need] for need in ("detector", "clip")}
+    return {m: why for m, why in not_computed.items() if why in permanent}
+
+
 def _add_stats(total: GenerationStats, part: GenerationStats) -> None:
     for f in dataclasses.fields(GenerationStats):
         value = getattr(part, f.name)
@@ -161,6 +168,7 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
     stats, caches = GenerationStats(), []
     frames: list[pd.DataFrame] = []
     nonfinite: dict[tuple[str, float], int] = {}
+    unavailable: dict[str, str] = {}
     rounds: list[dict[str, Any]] = []
     done = 0
     decision: Decision | None = None
@@ -178,11 +186,13 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
         for row in rows:
             key = (row["checkpoint"], float(row["gate_scale"]))
             nonfinite[key] = nonfinite.get(key, 0) + int(row.get("nonfinite_images", 0))
+            unavailable.update(_unconfigured(row.get("not_computed") or {}))
         done = n
         so_far = pd.concat(frames, ignore_index=True)
         decision = decide_verdict(so_far, order[:n], protocol.targets, cells,
                                   alpha=scoring.decision_alpha, max_boxes=max_boxes,
-                                  nonfinite=nonfinite, other_decisions=len(gates))
+                                  nonfinite=nonfinite, other_decisions=len(gates),
+                                  unavailable=unavailable)
         if baseline is not None:
             gate_now = gate_rows(gates, so_far, baseline, order[:n], decision.alpha_each,
                                  max_boxes)
