@@ -152,7 +152,7 @@ def write_verdict(document: dict[str, Any], path: Path) -> Path:
     return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))
 
 
-def _group(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
+def records_at(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
     """The records of one checkpoint (samples name it by its label) at one gate scale."""
     df = samples[samples["checkpoint"].astype(str) == label] if "checkpoint" in samples else samples
     return df[np.isclose(pd.to_numeric(df["gate_scale"], errors="coerce").astype(float), scale)]
@@ -256,8 +256,8 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
         for scale in scales:
             if scale == 0.0 and index > 0:
                 continue   # scale 0 is the base model, shared by every checkpoint: once is enough
-            b_df = _group(baseline.samples, b_labels[b_ck], scale)
-            c_df = _group(candidate.samples, c_labels[c_ck], scale)
+            b_df = records_at(baseline.samples, b_labels[b_ck], scale)
+            c_df = records_at(candidate.samples, c_labels[c_ck], scale)
             b_ids, c_ids = set(b_df["layout_id"].astype(str)), set(c_df["layout_id"].astype(str))
             if not b_ids or not c_ids:
                 which, label = (baseline, b_labels[b_ck]) if not b_ids else (candidate, c_labels[c_ck])

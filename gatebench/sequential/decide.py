@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from gatebench.compare import metric_units, records_at
 from gatebench.metrics import confseq
 from gatebench.metrics import spec as metric_spec
 from gatebench.protocol import Target
@@ -90,20 +91,12 @@ def _why_not(metric: str) -> str:
     return ""
 
 
-def layout_units(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per layout id: the (num, den) the metric aggregates by (``spec.units``), only layouts
-    whose image counts (a recorded value, something to average)."""
-    ratio = metric_spec.METRICS[metric].ratio
-    assert ratio is not None
-    units = metric_spec.units(frame, ratio)
-    units = units[units["num"].notna() & (units["den"] > 0)]
-    return units.assign(layout_id=units["layout_id"].astype(str)).groupby("layout_id")[
-        ["num", "den"]].sum()
-
-
 def _units(frame: pd.DataFrame, metric: str, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per layout, in ``order``: the (numerator, denominator) the metric aggregates by."""
-    by_layout = layout_units(frame, metric)
+    """Per layout, in ``order``: the (numerator, denominator) the metric aggregates by (compare's
+    per-layout units); a layout without a counting image is (0, 0)."""
+    by_layout = metric_units(frame, metric)
+    if by_layout is None:
+        return np.zeros(len(order)), np.zeros(len(order))
     num = by_layout["num"].reindex(order).fillna(0.0).to_numpy(float)
     den = by_layout["den"].reindex(order).fillna(0.0).to_numpy(float)
     return num, den
@@ -162,9 +155,8 @@ def decide_verdict(samples: pd.DataFrame, order: Sequence[str], targets: Sequenc
             rows.append(RowSequence(cell.checkpoint, cell.gate_scale, target.metric, target.op,
                                     target.threshold, None, None, len(order), None, False, why))
             continue
-        frame = samples[(samples["checkpoint"] == cell.label)
-                        & np.isclose(samples["gate_scale"].astype(float), cell.gate_scale)]
-        rows.append(_row(cell, target, frame, order, alpha_each, max_boxes))
+        rows.append(_row(cell, target, records_at(samples, cell.label, cell.gate_scale), order,
+                         alpha_each, max_boxes))
     decided, reason = _verdict(rows, targets, applied, cells, nonfinite, len(order))
     return Decision(decided, reason, tuple(rows), alpha, len(decidable) + other_decisions)
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from gatebench.adapters.types import CheckpointInfo
+from gatebench.compare import metric_units, records_at
 from gatebench.errors import GatebenchError
 from gatebench.generate import GenerationStats, Sampler
 from gatebench.image_cache import KeptImages
@@ -31,8 +32,7 @@ from gatebench.score import ImageItem
 from gatebench.score_run import score_sets
 from gatebench.metrics.paired_sequence import (NO_REGRESSION, ORDER_RULE, REGRESSION, decidable,
                                                decision_order, paired_sequence)
-from gatebench.sequential.decide import (Decision, RunCell, decide_verdict, layout_units,
-                                         round_sizes)
+from gatebench.sequential.decide import Decision, RunCell, decide_verdict, round_sizes
 
 
 @dataclass
@@ -75,20 +75,14 @@ def gate_cells(baseline: SavedRun | None, cells: Sequence[RunCell]) -> list[Gate
             for metric, margin in metric_spec.DEFAULT_MARGINS.items() if decidable(metric)]
 
 
-def _group(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
-    scale_of = pd.to_numeric(samples["gate_scale"], errors="coerce").astype(float)
-    return samples[(samples["checkpoint"].astype(str) == label) & (scale_of == scale)]
-
-
 def gate_rows(gates: Sequence[GateCell], samples: pd.DataFrame, baseline: SavedRun,
               order: Sequence[str], alpha_each: float, max_boxes: int) -> list[dict[str, Any]]:
     """Each gate row's sequence of candidate - baseline over the layouts so far."""
     rows = []
     for g in gates:
-        cand = _group(samples, g.candidate_label, g.gate_scale)
-        base = _group(baseline.samples, g.baseline_label, g.gate_scale)
-        seq = paired_sequence(layout_units(cand, g.metric) if len(cand) else None,
-                              layout_units(base, g.metric) if len(base) else None,
+        cand = records_at(samples, g.candidate_label, g.gate_scale)
+        base = records_at(baseline.samples, g.baseline_label, g.gate_scale)
+        seq = paired_sequence(metric_units(cand, g.metric), metric_units(base, g.metric),
                               order, g.metric, g.margin, alpha_each, max_boxes)
         rows.append({"baseline_checkpoint": g.baseline, "candidate_checkpoint": g.candidate,
                      "gate_scale": g.gate_scale, "metric": g.metric, "margin": g.margin,
