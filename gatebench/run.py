@@ -54,6 +54,9 @@ class RunOptions:
     # image health beside generation: "auto" when a CPU core is free of it (an accelerator
     # samples, or torch leaves a core idle); on a CPU whose every core samples it only competes
     health_prefetch: Literal["auto", "on", "off"] = "auto"
+    # the recipe-hashed image cache (default OUT/images); `watch` gives every checkpoint's run
+    # folder one shared cache, so the gate-0 images are made once per watch
+    images_root: Path | None = None
 
 
 @dataclass
@@ -101,11 +104,12 @@ def _load_base(protocol: Protocol, device: str, dtype: Any) -> Any:
 def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, *,
                    eval_models: Any = None, base: Any = None,
                    progress_factory: Callable[[int], Any] | None = None,
-                   baseline: Any = None) -> RunResult:
+                   baseline: Any = None, zero_scores: dict[Any, Any] | None = None) -> RunResult:
     """The whole `gatebench run` as a library call (the CLI only parses flags and renders).
 
     ``baseline`` (a SavedRun, `run --baseline`): with ``until_decided``, the regression gate's
-    rows are decided by sequences beside the targets, round by round."""
+    rows are decided by sequences beside the targets, round by round. ``zero_scores``: a memo
+    of the gate-0 set's scores kept across calls (`watch`: scored once, not per checkpoint)."""
     started = time.perf_counter()
     # the output folder (and the reference-statistics cache, when FID needs it) take a probe
     # write before anything else: a read-only folder costs seconds, not a model load
@@ -130,7 +134,8 @@ def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: Run
             return _evaluate(checkpoints, protocol, options, out, rank, world, started,
                              eval_models=eval_models, base=base,
                              progress_factory=progress_factory, baseline=baseline,
-                             keep=keep, health=health if keep is not None else None)
+                             keep=keep, health=health if keep is not None else None,
+                             zero_scores=zero_scores)
 
 
 def _prefetch_pays(choice: str, device: str) -> bool:
@@ -151,7 +156,8 @@ def _uses_reference_cache(protocol: Protocol) -> bool:
 def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, out: Path,
               rank: int, world: int, started: float, *, eval_models: Any, base: Any,
               progress_factory: Callable[[int], Any] | None, baseline: Any,
-              keep: KeptImages | None, health: HealthPrefetch | None) -> RunResult:
+              keep: KeptImages | None, health: HealthPrefetch | None,
+              zero_scores: dict[Any, Any] | None = None) -> RunResult:
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.render.markdown import write_report  # noqa: PLC0415
 
@@ -179,19 +185,20 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     total = len(layouts) * (1 + len(infos) * (len(scales) - 1))
     bar = progress_factory(-(-total // world)) if progress_factory and rank == 0 else None
     rounds, all_ids = None, [lay.layout_id for lay in layouts]
+    images_root = options.images_root or out / "images"
     with _timed(timings, "generate_s"):
         try:
             batch = options.batch_size or protocol.generation.batch_size
             if protocol.scoring.until_decided:   # rounds until the verdict is decided, or N
                 rounds = generate_until_decided(
-                    base, sampler, infos, layouts, protocol, eval_models, root=out / "images",
+                    base, sampler, infos, layouts, protocol, eval_models, root=images_root,
                     batch=batch, keep=keep, adapters=adapters, world=world,
                     progress=bar.advance if bar else None, baseline=baseline, health=health)
                 items, gen_stats, caches = rounds.items, rounds.stats, rounds.caches
                 layouts = rounds.layouts
             else:
                 items, gen_stats, caches = generate_all(
-                    base, sampler, infos, layouts, protocol, root=out / "images", batch=batch,
+                    base, sampler, infos, layouts, protocol, root=images_root, batch=batch,
                     progress=bar.advance if bar else None, shard=(rank, world), keep=keep,
                     adapters=adapters, health=health)
         finally:
@@ -205,7 +212,7 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     # score -> verdict
     with _timed(timings, "score_s"):
         samples, rows = score_sets(items, infos, scales, protocol, eval_models, out / "cache",
-                                   health=health)
+                                   health=health, zero_scores=zero_scores)
         ceiling = detector_ceiling(protocol, eval_models)
     targets = evaluate_targets(protocol.targets, rows)
     # results -> render

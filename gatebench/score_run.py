@@ -25,13 +25,16 @@ def nonfinite_count(items: Sequence[ImageItem]) -> int:
 
 def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                infos: Sequence[CheckpointInfo], scales: Sequence[float], protocol: Protocol,
-               eval_models: Any, cache_dir: Path, health: HealthPrefetch | None = None
+               eval_models: Any, cache_dir: Path, health: HealthPrefetch | None = None,
+               zero_scores: dict[Any, Any] | None = None
                ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(samples of every image, one results row per checkpoint x gate scale).
 
     Items that carry their pixels are scored from memory; every gate-0 twin's health maps are
     made once for all the sets (one TwinCache: ``health``'s, when its verdicts were started
-    during generation, which are then taken instead of computed)."""
+    during generation, which are then taken instead of computed). ``zero_scores``: a memo kept
+    by the caller across calls, keyed by the gate-0 set's image paths (`watch`: the base
+    model's images are scored once per watch, not once per checkpoint)."""
     frames, rows = [], []
     zero: Any = None
     twins = health.twin_cache if health is not None and health.twin_cache is not None \
@@ -40,6 +43,9 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
     for info in infos:
         for s in scales:
             group = items[(info.sha256, s)]
+            key = tuple(str(item.image_path) for item in group) if s == 0.0 else None
+            if s == 0.0 and zero is None and zero_scores is not None:
+                zero = zero_scores.get(key)
             if s == 0.0 and zero is not None:      # scale 0 is shared: score it once
                 result = zero
             else:
@@ -47,6 +53,8 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                                       cache_dir=cache_dir, twin_cache=twins,
                                       health_prefetch=health)
                 zero = result if s == 0.0 else zero
+                if s == 0.0 and zero_scores is not None:
+                    zero_scores[key] = result
             frame = result.samples.copy()
             frame.insert(0, "checkpoint", labels[str(info.path)])
             frames.append(frame)
