@@ -98,6 +98,12 @@ class DetectionSpec:
     imgsz: int = 640
     batch_size: int = 16
     class_map: dict[str, str] = field(default_factory=dict)  # GT name (e.g. Chinese) -> detector label
+    # relation_rate (metrics/relations.py, the user's rule): pairs whose centres differ by
+    # >= relation_min_sep on the dominant axis; kept with relation_margin; an object counts as
+    # detected when its assigned same-class detection has IoU > relation_min_iou (0: any overlap)
+    relation_min_sep: float = 0.1
+    relation_margin: float = 0.02
+    relation_min_iou: float = 0.0
 
 
 @dataclass(frozen=True)

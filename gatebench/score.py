@@ -25,7 +25,8 @@ from gatebench.metrics.health import ImageHealth
 from gatebench.metrics.health_prefetch import HealthPrefetch, assess_with
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.metrics.images import to_pil_rgb
-from gatebench.metrics.matching import match_boxes, summarize_matches
+from gatebench.metrics.matching import BoxMatch, match_boxes, summarize_matches
+from gatebench.metrics.relations import RelationCounts, relation_counts
 from gatebench.metrics.aggregate import SetAggregator
 from gatebench.metrics.stats import MetricValue
 from gatebench.protocol import Protocol
@@ -199,7 +200,9 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
             "fid_route": fid_routes if reference is not None else None,
             "match_iou": scoring.match_iou, "bootstrap": scoring.bootstrap,
             "ci_level": scoring.ci_level, "garbled_threshold": scoring.garbled_threshold,
-            "blank_threshold": scoring.blank_threshold}
+            "blank_threshold": scoring.blank_threshold,
+            "relations": {k: getattr(protocol.detection, f"relation_{k}")
+                          for k in ("min_sep", "margin", "min_iou")}}
     return ScoreResult(samples, metrics, not_computed, by_scale, info)
 
 
@@ -277,6 +280,16 @@ class _Scorer:
             ap_images.append(ap_image)
         return rows, ap_images, feats
 
+    def relations(self, objs: Sequence[Any], records: Sequence[BoxMatch],
+                  det: Sequence[Detection]) -> RelationCounts:
+        """The image's relation pairs: each object's assigned detection (IoU above the
+        protocol's relation_min_iou) stands for it (metrics/relations.py)."""
+        spec = self.protocol.detection
+        boxes = [det[r.det_index].bbox if r.scorable and r.det_index is not None
+                 and r.iou > spec.relation_min_iou else None for r in records]
+        return relation_counts([o.bbox for o in objs], [r.scorable for r in records], boxes,
+                               min_sep=spec.relation_min_sep, margin=spec.relation_margin)
+
     def record(self, it: ImageItem, pil: Any, det: Sequence[Detection], health: ImageHealth,
                clip_score: float, region_scores: Sequence[float] | None
                ) -> tuple[dict[str, Any], APImage]:
@@ -288,6 +301,7 @@ class _Scorer:
                               [d.label for d in det], [d.score for d in det],
                               self.protocol.scoring.match_iou)
         summary = summarize_matches(records)
+        rel = self.relations(objs, records, det) if has_det else None
         boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
                   "scorable": r.scorable, "matched": r.matched if has_det else None,
                   "iou": round(r.iou, 6) if has_det else None}
@@ -308,6 +322,10 @@ class _Scorer:
             "n_matched": summary["n_matched"] if has_det else None,
             "iou_sum": summary["iou_sum"] if has_det else None,
             "all_matched": summary["all_matched"] if has_det else None,
+            "rel_pairs": rel.pairs if rel else None,
+            "rel_pairs_matched": rel.matched if rel else None,
+            "rel_held": rel.held if rel else None,
+            "rel_pairs_unscorable": rel.unscorable if rel else None,
             **sample_columns(it.writes if it.writes is not None else
                              read_record(it.image_path), it.gate_scale),
             "boxes": boxes, "reason": _reason(boxes, has_det, health),

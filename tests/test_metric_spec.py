@@ -19,7 +19,8 @@ from gatebench.writes.records import NOT_RECORDED, write_sidecars
 from tests.test_score import PROTOCOL, folder  # noqa: F401  (the fixture)
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "run" / "results.json"
-STABLE = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "clip_score",
+STABLE = ("iou50_rate", "miou", "ap50", "ap", "all_matched_rate", "relation_rate",
+          "relation_rate_matched", "clip_score",
           "region_clip_score", "fid", "kid", "garbled_rate", "blank_rate")
 WRITES = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
 TOY = MetricSpec("toy_rate", False, "image", "none", "Toy rate", "share in [0, 1]", "images",
@@ -29,12 +30,14 @@ TOY = MetricSpec("toy_rate", False, "image", "none", "Toy rate", "share in [0, 1
 def test_the_table_keeps_the_stable_names_and_facts() -> None:
     assert metric_spec.METRIC_NAMES == STABLE + WRITES
     assert all(METRICS[n].name == n for n in METRICS)
-    assert compare.PAIRED_METRICS == ("iou50_rate", "miou", "all_matched_rate", "clip_score",
-                                      "region_clip_score", "garbled_rate", "blank_rate", *WRITES)
+    assert compare.PAIRED_METRICS == ("iou50_rate", "miou", "all_matched_rate", "relation_rate",
+                                      "relation_rate_matched", "clip_score", "region_clip_score",
+                                      "garbled_rate", "blank_rate", *WRITES)
     assert compare.SET_METRICS == ("ap50", "ap", "fid", "kid")
     assert compare.LOWER_IS_BETTER == {"fid", "kid", "garbled_rate", "blank_rate", "effect_norm"}
     margins = {m: compare.DEFAULT_MARGINS[m] for m in compare.PAIRED_METRICS if m not in WRITES}
     assert margins == {"iou50_rate": 0.02, "miou": 0.02, "all_matched_rate": 0.02,
+                       "relation_rate": 0.02, "relation_rate_matched": 0.02,
                        "clip_score": 0.005, "region_clip_score": 0.02, "garbled_rate": 0.02,
                        "blank_rate": 0.02}
     for m in METRICS.values():

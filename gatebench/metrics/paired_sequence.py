@@ -79,7 +79,7 @@ def paired_sequence(cand: pd.DataFrame | None, base: pd.DataFrame | None,
     diff = np.where(both, c["num"] - b["num"], 0.0)
     den = np.where(both, c["den"], 0.0)
     width = spec.value_range[1] - spec.value_range[0]
-    limit = max_boxes if spec.ratio.per_box else 1
+    limit = spec.ratio.max_denominator(max_boxes)
     try:
         bounds = confseq.ratio_sequence(diff, den, alpha, -width, width, max(limit, 1))
     except ValueError as exc:   # records outside the metric's stated facts: never guess

@@ -35,6 +35,9 @@ NAMED_MARGIN = 0.02   # --metric NAME without a value, for a metric with no defa
 GARBLED_THRESHOLD = 0.5
 BLANK_THRESHOLD = 0.5
 NO_SCORABLE = "no ground-truth box has a class the detector can name"
+NO_PAIRS = ("no pair of scorable ground-truth boxes whose centres differ by at least the "
+            "protocol's relation_min_sep")
+NO_MATCHED_PAIRS = "no pair of scorable boxes with a relation had both boxes detected"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ class Ratio:
     empty_reason: str = ""
     reason: str | None = None
     per_box: bool = False       # the denominator counts boxes (<= a layout's boxes), else <= 1
+    per_pair: bool = False      # the denominator counts pairs of boxes (<= n(n-1)/2)
+
+    def max_denominator(self, max_boxes: int) -> int:
+        """The most one layout's denominator can be, with at most ``max_boxes`` boxes."""
+        if self.per_pair:
+            return max(1, max_boxes * (max_boxes - 1) // 2)
+        return max(1, max_boxes) if self.per_box else 1
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,17 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in (
     _image("all_matched_rate", True, "detector", "All-matched rate", "share in [0, 1]", "images",
            "share of images (with a scorable box) whose every scorable box is matched",
            Ratio("all_matched", where="n_scorable", empty_reason=NO_SCORABLE), 0.02),
+    _image("relation_rate", True, "detector", "Relation rate", "share in [0, 1]", "box pairs",
+           "share of box pairs with a left/right/above/below relation (centres >= "
+           "relation_min_sep apart on the dominant axis) that the detections keep with "
+           "relation_margin; a pair with an undetected box fails (the user's rel_acc_all)",
+           Ratio("rel_held", "rel_pairs", empty_reason=NO_PAIRS, per_pair=True), 0.02),
+    _image("relation_rate_matched", True, "detector", "Relation rate (matched)",
+           "share in [0, 1]", "detected box pairs",
+           "relation_rate over the pairs whose two boxes are both detected (the user's "
+           "rel_acc_matched)",
+           Ratio("rel_held", "rel_pairs_matched", empty_reason=NO_MATCHED_PAIRS, per_pair=True),
+           0.02),
     _image("clip_score", True, "clip", "CLIP score", "cosine similarity, 0-1 scale", "images",
            "cosine similarity of image and caption embeddings (torchmetrics' CLIPScore / 100)",
            Ratio("clip_score"), 0.005, headline=True),

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SET_METRICS,
                                Comparison, CompareRow)
 from gatebench.errors import GatebenchError
 from gatebench.metrics.spec import LOWER_IS_BETTER, join_names
+from gatebench.render.escape import md_code, md_text
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 
 _STYLE = {"regression": "bold red", "improved": "green", "ok": "", "not gated": "dim",
           "not compared": "yellow"}
@@ -139,12 +140,12 @@ def render_markdown(document: dict[str, Any]) -> str:
     rows = document.get("rows", [])
     s = document.get("settings", {})
     base = document.get("baseline", {})
+    folder = Path(str(base.get("results", ""))).parent.name or base.get("results")
     n = document.get("regressions", 0)
     lines = ["## Regression check against the baseline", "",
              f"**{'REGRESSION' if n else 'PASS'}** — {n} regression{'s' if n != 1 else ''} in "
              f"{sum(1 for r in rows if r['gated'])} gated comparisons. Baseline "
-             f"`{Path(str(base.get('results', ''))).parent.name or base.get('results')}/results.json`"
-             f" (created {base.get('created')}).", "",
+             f"{md_code(f'{folder}/results.json')} (created {md_text(base.get('created'))}).", "",
              f"Candidate - baseline on the same layouts and seeds, paired bootstrap over layouts "
              f"({s.get('ci_level', 0.95):.0%} CI, {s.get('n_boot')} replicates, seed "
              f"{s.get('seed')}). A regression is a change in the bad direction whose whole CI "
@@ -163,7 +164,7 @@ def render_markdown(document: dict[str, Any]) -> str:
             row = CompareRow(**r)
             mark = f"**{_MARK[row.status]}**" if row.status == "regression" else _MARK[row.status]
             seq = f"{seq_text(row)} | " if sequences else ""
-            out.append(f"| `{_checkpoint(row)}` | {row.gate_scale:g} | {row.metric} | "
+            out.append(f"| {md_code(_checkpoint(row))} | {row.gate_scale:g} | {md_text(row.metric)} | "
                        f"{_f(row.baseline)} | {_f(row.candidate)} | {diff_text(row)} | "
                        f"{seq}{margin_text(row)} | {mark} |")
         return out
@@ -178,6 +179,6 @@ def render_markdown(document: dict[str, Any]) -> str:
     lines += ["", '<details markdown="1"><summary>every comparison</summary>', ""] + table(rows) + [
         "", "</details>"]
     for warning in document.get("warnings", []):
-        lines.append(f"\n> warning: {warning}")
+        lines.append(f"\n> warning: {md_text(warning)}")
     return "\n".join(lines) + "\n"
 

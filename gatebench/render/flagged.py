@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from gatebench.files import atomic_output, atomic_write_text
+from gatebench.render.escape import md_code, md_text, png_text
 MAX_FLAGGED = 24
 THUMB_PX = 200
 COLUMNS = 6
@@ -66,7 +67,8 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
         x, y = (i % cols) * (THUMB_PX + 4), (i // cols) * (THUMB_PX + 34)
         sheet.paste(thumb, (x, y))
         pen.text((x + 2, y + THUMB_PX + 2), f"#{i + 1}", fill=(40, 40, 40), font=font)
-        pen.text((x + 2, y + THUMB_PX + 17), _caption(rec), fill=(190, 30, 30), font=font)
+        pen.text((x + 2, y + THUMB_PX + 17), png_text(_caption(rec), font, THUMB_PX - 4),
+                 fill=(190, 30, 30), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(out) as tmp:
         sheet.save(tmp, format="PNG")
@@ -85,7 +87,7 @@ def flagged_section(info: dict[str, Any] | None) -> list[str]:
             "a blank image is never also counted garbled). Check them by eye: a flag is a "
             "measurement, not a verdict on the adapter.", "",
             f"![flagged images]({info['file']})", "", "| # | image | flag |", "|---|---|---|",
-            *[f"| {i} | {r['image'].replace('|', '/')} | {r['caption']} |"
+            *[f"| {i} | {md_code(r['image'])} | {md_text(r['caption'])} |"
               for i, r in enumerate(info["rows"], start=1)], ""]
 
 
@@ -95,14 +97,15 @@ def write_score_report(document: dict[str, Any], samples: pd.DataFrame, images_r
     from gatebench.render.format import value_ci  # noqa: PLC0415
 
     png, rows, total = flagged_strip(samples, images_root, out_dir / "flagged.png")
-    lines = [f"# gatebench score: {document.get('images')}", "",
-             f"{document.get('n_images')} images, layouts `{document.get('layouts')}`, "
-             f"protocol `{document.get('protocol')}`; verdict **{document.get('verdict')}**.", "",
+    lines = [f"# gatebench score: {md_text(document.get('images'))}", "",
+             f"{md_text(document.get('n_images'))} images, layouts "
+             f"{md_code(document.get('layouts'))}, protocol {md_code(document.get('protocol'))}; "
+             f"verdict **{md_text(document.get('verdict'))}**.", "",
              "| metric | value [95% CI] | N |", "|---|---|---|"]
     for name, metric in (document.get("metrics") or {}).items():
-        lines.append(f"| {name} | {value_ci(metric)} | {metric.get('n')} |")
+        lines.append(f"| {md_text(name)} | {value_ci(metric)} | {md_text(metric.get('n'))} |")
     for name, reason in (document.get("not_computed") or {}).items():
-        lines.append(f"| {name} | not computed ({reason}) | - |")
+        lines.append(f"| {md_text(name)} | not computed ({md_text(reason)}) | - |")
     lines.append("")
     info = {"file": png.name, "rows": rows, "total": total} if png is not None else None
     lines += flagged_section(info) or [

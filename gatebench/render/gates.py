@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gatebench.gates import Finding, GateReport, to_json
 from gatebench.files import atomic_output, atomic_write_text
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.sections import LIVE_STYLE, gates_markdown
 
 _STYLE = {"fail": "bold red", "warn": "yellow", "pass": "bold green"}
@@ -69,7 +69,7 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
             table = Table(title="where the adapter writes (train forward, by step)",
                           title_justify="left", show_edge=False)
             for column in writes.columns:
-                table.add_column(column.replace("box_attention_", ""), justify="right")
+                table.add_column(escape(column.replace("box_attention_", "")), justify="right")
             for row in writes.itertuples(index=False):
                 table.add_row(str(int(row[0])), *(_fmt(v, 3) if v == v else "-" for v in row[1:]))
             console.print(table)
@@ -82,7 +82,7 @@ def render_findings(findings: list[Finding], console: Console) -> None:
         console.print("[green]no gate findings[/green]")
         return
     for f in findings:
-        console.print(f"[{_STYLE[f.severity]}]{f.severity.upper():4}[/] [bold]{f.code}[/bold] "
+        console.print(f"[{_STYLE[f.severity]}]{f.severity.upper():4}[/] [bold]{escape(f.code)}[/bold] "
                       f"{escape(f.subject)}: {escape(f.message)}", soft_wrap=True, highlight=False)
 
 

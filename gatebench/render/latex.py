@@ -10,20 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from gatebench.metrics import spec as metric_spec
+from gatebench.render.escape import clean, tex_text
 from gatebench.render.format import Figures, fmt, fmt_against
 from gatebench.render.sections import (early_set_level, gate_verdict, sequential_of,
                                        sequential_rows, stop_sentence)
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 PRETTY = {m.name: m.tex_label for m in metric_spec.METRICS.values()}   # TeX name + arrow
-_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-            "^": r"\textasciicircum{}"}
 _OPS = {">": "$>$", ">=": r"$\geq$", "<": "$<$", "<=": r"$\leq$"}
-
-
-def tex_escape(text: str) -> str:
-    return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
 
 
 def _digits(value: float) -> int:
@@ -45,12 +39,12 @@ def tex_value(metric: dict[str, Any] | None, digits: int | None = None) -> str:
 
 
 def _ckpt(label: str) -> str:
-    return r"\texttt{" + tex_escape(label) + "}"
+    return r"\texttt{" + tex_text(label) + "}"
 
 
 def targets_table(results: dict[str, Any]) -> list[str]:
     level = results["protocol"].get("scoring", {}).get("ci_level", 0.95)
-    name = tex_escape(results["protocol"]["name"])
+    name = tex_text(results["protocol"]["name"])
     passed = sum(bool(t["passed"]) for t in results["targets"])
     lines = [r"\begin{table}[t]", r"\centering",
              rf"\caption{{Targets of protocol \texttt{{{name}}}: value with {level:.0%} bootstrap "
@@ -75,8 +69,8 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         if t["passed"] and t.get("ci_clear") is False:
             mark, straddle = r"\checkmark$^*$", True
         n = "--" if t.get("n") is None else str(t["n"])
-        lines.append(f"{who} & {scale} & {PRETTY.get(t['metric'], tex_escape(t['metric']))} & "
-                     f"{value} & {n} & {_OPS.get(t['op'], t['op'])} {t['threshold']:g} & "
+        lines.append(f"{who} & {scale} & {PRETTY.get(t['metric'], tex_text(t['metric']))} & "
+                     f"{value} & {n} & {_OPS.get(t['op'], tex_text(t['op']))} {t['threshold']:g} & "
                      f"{mark} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     if straddle:
@@ -90,7 +84,7 @@ def _bound(value: Any) -> str:
 
 def _prose(text: str) -> str:
     """Escaped running text; comparison signs in math mode (a text-mode < prints as ¡)."""
-    out = tex_escape(text)
+    out = tex_text(text)
     for sign, tex in (("<=", r"$\leq$"), (">=", r"$\geq$"), ("<", "$<$"), (">", "$>$")):
         out = out.replace(sign, tex)
     return out
@@ -113,9 +107,9 @@ def sequential_table(results: dict[str, Any]) -> list[str]:
         scale = "--" if row.get("gate_scale") is None else f"{row['gate_scale']:g}"
         bounds = "--" if row.get("lower") is None and row.get("upper") is None else \
             f"$[{_bound(row.get('lower'))}, {_bound(row.get('upper'))}]$"
-        lines.append(f"{who} & {scale} & {PRETTY.get(row['metric'], tex_escape(row['metric']))} "
-                     f"& {_OPS.get(row['op'], row['op'])} {row['threshold']:g} & {bounds} & "
-                     f"{row.get('decision') or 'undecided'} \\\\")
+        lines.append(f"{who} & {scale} & {PRETTY.get(row['metric'], tex_text(row['metric']))} "
+                     f"& {_OPS.get(row['op'], tex_text(row['op']))} {row['threshold']:g} & "
+                     f"{bounds} & {tex_text(row.get('decision') or 'undecided')} \\\\")
     return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
 
 
@@ -161,7 +155,7 @@ def metrics_table(results: dict[str, Any]) -> list[str]:
              " & ".join([""] + [scale for _, scale, _ in cols]) + r" \\", r"\midrule"]
     for name in names:
         cells = [tex_value(row["metrics"].get(name)) for _, _, row in cols]
-        lines.append(" & ".join([PRETTY.get(name, tex_escape(name))] + cells) + r" \\")
+        lines.append(" & ".join([PRETTY.get(name, tex_text(name))] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return lines
 
@@ -176,12 +170,12 @@ def render_latex(results: dict[str, Any], *, figures: Figures | None = None,
                  comparison: dict[str, Any] | None = None) -> str:
     """A .tex fragment: targets table, metrics table, optional figures and regression table."""
     versions = results.get("versions", {})
-    out = [f"% gatebench report: {results['protocol']['name']} (gatebench "
-           f"{versions.get('gatebench')}), re-rendered from results.json",
+    out = [f"% gatebench report: {clean(results['protocol']['name'])} (gatebench "
+           f"{clean(versions.get('gatebench'))}), re-rendered from results.json",
            "% needs \\usepackage{booktabs}, \\usepackage{amssymb} (\\checkmark) and graphicx",
            f"% verdict {results['verdict']}; gate health {gate_verdict(results)}; protocol "
-           f"sha256 {results.get('protocol_sha256')}; layout ids sha256 "
-           f"{results.get('layout_ids_sha256')}", ""]
+           f"sha256 {clean(results.get('protocol_sha256'))}; layout ids sha256 "
+           f"{clean(results.get('layout_ids_sha256'))}", ""]
     out += targets_table(results) + [""]
     if sequential_of(results):
         out += sequential_table(results) + [""]
@@ -208,7 +202,7 @@ def regression_table(doc: dict[str, Any]) -> list[str]:
         ci = "" if r["ci_low"] is None else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
         who = r.get("candidate_label") or Path(str(r["candidate_checkpoint"])).name
         lines.append(f"{_ckpt(who)} & {r['gate_scale']:g} & "
-                     f"{PRETTY.get(r['metric'], tex_escape(r['metric']))} & ${r['diff']:+.3f}$"
-                     f"{ci} & {r['margin']:g} & {tex_escape(r['status'])} \\\\")
+                     f"{PRETTY.get(r['metric'], tex_text(r['metric']))} & ${r['diff']:+.3f}$"
+                     f"{ci} & {r['margin']:g} & {tex_text(r['status'])} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return lines

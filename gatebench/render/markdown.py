@@ -35,6 +35,11 @@ DEFINITIONS = """\
   unscorable and excluded. **miou**: mean IoU over scorable GT boxes (0 when unmatched).
   **all_matched_rate**: share of images whose every scorable box is matched. **ap50/ap**:
   COCO-style AP from a maintained COCO evaluator.
+- **relation_rate**: share of box pairs with a spatial relation (left / right / above / below:
+  centres at least `relation_min_sep` apart along the dominant axis) that the detections kept
+  with `relation_margin`; a pair with an undetected box fails. **relation_rate_matched**: the
+  same over pairs whose two boxes were both detected. Pairs with an unscorable box are counted
+  apart (the user's rel_acc_all / rel_acc_matched, without dropping unnamed objects).
 - **clip_score**: cosine similarity between image and caption embeddings on a 0-1 scale
   (torchmetrics' CLIPScore is 100x this). **region_clip_score**: GT box crop vs its phrase.
 - **fid/kid**: against reference statistics of real images; N and the reference set are stated

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import pandas as pd
 
 from gatebench.metrics.spec import SET_METRICS
+from gatebench.render.escape import md_code, md_text
 from gatebench.render.format import fmt, scale_label
 from gatebench.rundir.saved import checkpoint_paths, checkpoint_position, label_map, label_of
 
@@ -55,7 +56,7 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
     for c in checkpoints:
         s = c.get("stats") or {}
         g = lambda k: _g(s.get(k))  # noqa: E731
-        lines.append(f"| `{label_of(labels, c['path'])}` | {c.get('format', '-')} | "
+        lines.append(f"| {md_code(label_of(labels, c['path']))} | {md_text(c.get('format', '-'))} | "
                      f"{_when(c, style.position_from_file_name)} | "
                      f"{s.get('n', '-')} | {g('mean')} | {g('std')} | {g('min')} | {g('max')} | "
                      f"{_pct(s.get('near_zero_share'))} | {_pct(s.get('saturated_share'))} |")
@@ -68,8 +69,8 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
             where = str(f.get("subject", ""))
             if style.label_subjects and ("/" in where or "\\" in where):
                 where = label_of(labels, where)
-            message = str(f["message"]).replace("|", "/")   # "|tanh|" must not split the row
-            lines.append(f"| {f['severity']} | `{f['code']}` | {where} | {message} |")
+            lines.append(f"| {md_text(f['severity'])} | {md_code(f['code'])} | {md_text(where)} | "
+                         f"{md_text(f['message'])} |")
     else:
         lines.append("No gate findings.")
     lines += ["", f"Gate verdict: **{findings_verdict(findings).upper()}**", ""]
@@ -127,7 +128,8 @@ def samples_section(results: dict[str, Any], samples: pd.DataFrame,
     captions = _captions(samples)
     for grid in figures.grids:
         label = grid.get("label") or Path(grid["checkpoint"]).name
-        lines += [f"### `{label}`", "", f"![sample grid {label}]({grid['file']})", ""]
+        lines += [f"### {md_code(label)}", "", f"![sample grid {md_text(label)}]({grid['file']})",
+                  ""]
         if grid.get("missing"):
             lines += [f"{grid['missing']} image(s) referenced in samples.jsonl were not found "
                       "on disk.", ""]
@@ -136,7 +138,7 @@ def samples_section(results: dict[str, Any], samples: pd.DataFrame,
         lines += ["| layout | caption | ground-truth boxes |", "|---|---|---|"]
         for layout in shown:
             cap, boxes = captions.get(layout, ("-", "-"))
-            lines.append(f"| {layout} | {cap} | {boxes} |")
+            lines.append(f"| {md_text(layout)} | {md_text(cap)} | {md_text(boxes)} |")
         lines.append("")
     return lines
 
@@ -148,8 +150,7 @@ def _captions(samples: pd.DataFrame) -> dict[str, tuple[str, str]]:
     for _, rec in samples.drop_duplicates("layout_id").iterrows():
         cap = rec.get("caption") if isinstance(rec.get("caption"), str) else "-"
         boxes = rec.get("boxes") if isinstance(rec.get("boxes"), list) else []
-        out[str(rec["layout_id"])] = (cap.replace("|", "/"),
-                                      ", ".join(str(b.get("label")) for b in boxes) or "-")
+        out[str(rec["layout_id"])] = (cap, ", ".join(str(b.get("label")) for b in boxes) or "-")
     return out
 
 
@@ -170,8 +171,8 @@ def writes_section(results: dict[str, Any]) -> list[str]:
     findings = results.get("write_findings") or []
     for f in findings:
         subject = labels.get(f.get("subject", ""), f.get("subject", ""))
-        lines.append(f"- **{str(f.get('severity', '')).upper()} `{f.get('code')}`** "
-                     f"{subject}: {f.get('message')}")
+        lines.append(f"- **{md_text(str(f.get('severity', '')).upper())} {md_code(f.get('code'))}"
+                     f"** {md_text(subject)}: {md_text(f.get('message'))}")
     if not findings:
         lines.append("No write findings: where the adapter changes the image, it changes it in "
                      "the boxes, and no gate scale garbles clearly more than the base.")
@@ -247,8 +248,8 @@ def sequential_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def decision_text(row: dict[str, Any]) -> str:
     """pass / fail / undecided, with the row's why when it has one."""
     text = row.get("decision") or "undecided"
-    why = str(row.get("why") or "").replace("|", "/")
-    return f"{text} ({why})" if why else text
+    why = md_text(row.get("why") or "")
+    return f"{md_text(text)} ({why})" if why else md_text(text)
 
 
 def sequential_section(results: dict[str, Any]) -> list[str]:
@@ -258,18 +259,18 @@ def sequential_section(results: dict[str, Any]) -> list[str]:
         return []
     labels = label_map(results)
     title = "## Stopped when decided" if seq["stopped_early"] else "## Sequential decision"
-    split = str(seq["split"]).replace("|", "/")
+    split = md_text(seq["split"])
     rounds = ", ".join(f"{r['n_layouts']} layouts {r.get('decided') or 'undecided'}"
                        for r in seq.get("rounds") or [])
-    lines = [title, "", stop_sentence(seq).replace("|", "/"),
+    lines = [title, "", md_text(stop_sentence(seq)),
              f"Error rate: alpha {seq['alpha']:g} overall, split {split} "
              f"(alpha {seq['alpha_each']:g} each).",
-             f"Order: {str(seq['order']).replace('|', '/')}." + (f" Rounds: {rounds}." if rounds
+             f"Order: {md_text(seq['order'])}." + (f" Rounds: {md_text(rounds)}." if rounds
                                                                  else ""), "",
              "| checkpoint | gate scale | metric | target | sequence bounds at stop | "
              "bootstrap 95% CI | decision |", "|---|---:|---|---|---|---|---|"]
     for row in sequential_rows(results):
-        name = "all" if row["checkpoint"] == "*" else f"`{label_of(labels, row['checkpoint'])}`"
+        name = "all" if row["checkpoint"] == "*" else md_code(label_of(labels, row["checkpoint"]))
         bounds = "-" if row.get("lower") is None and row.get("upper") is None else \
             f"[{fmt(row.get('lower'))}, {fmt(row.get('upper'))}] at n {row['n']}"
         target = matching_target(results, row)
@@ -278,8 +279,8 @@ def sequential_section(results: dict[str, Any]) -> list[str]:
             ci = f"[{fmt(target['ci_low'])}, {fmt(target['ci_high'])}]"
         elif row["metric"] in SET_METRICS:
             ci = "- (set-level)"
-        lines.append(f"| {name} | {scale_label(row.get('gate_scale'))} | {row['metric']} | "
-                     f"{row['op']} {row['threshold']:g} | {bounds} | {ci} | "
+        lines.append(f"| {name} | {scale_label(row.get('gate_scale'))} | {md_text(row['metric'])} | "
+                     f"{md_text(row['op'])} {row['threshold']:g} | {bounds} | {ci} | "
                      f"{decision_text(row)} |")
     lines.append("")
     if early_set_level(results):

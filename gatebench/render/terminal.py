@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from gatebench.metrics import spec as metric_spec
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
 from gatebench.render.sections import sequential_of
@@ -53,7 +53,8 @@ def render_run(result, console: Console) -> None:
     results = result.results
     render_findings(result.gate_report.findings, console)
     for f in results.get("write_findings") or []:      # why placement fails, when it does
-        console.print(f"[yellow]{str(f['severity']).upper():4}[/] [bold]{f['code']}[/bold] "
+        console.print(f"[yellow]{escape(str(f['severity']).upper()):4}[/] "
+                      f"[bold]{escape(f['code'])}[/bold] "
                       f"{escape(f['subject'])}: {escape(f['message'])}", soft_wrap=True,
                       highlight=False)
     names: list[str] = []
@@ -118,7 +119,8 @@ def render_score(result: Any, targets: Sequence[Any], images: Path, out: Path | 
     console.print(table)
     for t in targets:
         mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
-        console.print(f"target {t.metric} {t.op} {t.threshold:g}: {mark} {escape(t.note)}")
+        console.print(f"target {escape(t.metric)} {escape(t.op)} {t.threshold:g}: {mark} "
+                      f"{escape(t.note)}")
     if out is not None:
         console.print(escape(f"wrote {out / 'samples.jsonl'}, {out / 'score.json'} and "
                              f"{out / 'report.md'}"))

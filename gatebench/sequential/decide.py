@@ -108,7 +108,7 @@ def _row(cell: RunCell, target: Target, frame: pd.DataFrame, order: Sequence[str
     assert spec.ratio is not None and spec.value_range is not None
     low, high = spec.value_range
     num, den = _units(frame, target.metric, order)
-    limit = max_boxes if spec.ratio.per_box else 1
+    limit = spec.ratio.max_denominator(max_boxes)
     base = dict(checkpoint=cell.checkpoint, gate_scale=cell.gate_scale, metric=target.metric,
                 op=target.op, threshold=target.threshold, n=len(order))
     if not len(order) or not den.any():
