@@ -13,6 +13,7 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROTOCOL_DIR = Path(__file__).resolve().parent.parent / "protocols"
+# The shipped protocols are package data (gatebench/protocols/*.toml, in every wheel), found with
+# importlib.resources so an install without -e has them; the checkout's top-level protocols/ is a
+# link to this folder (README "Layout").
+PROTOCOL_DIR = Path(str(resources.files("gatebench").joinpath("protocols")))
 DEFAULT_PROTOCOL = "oracle-coco2014"   # `gatebench run` with no --protocol: the user's evaluation
 ASSETS_DIR = Path(__file__).resolve().parent / "world" / "assets"
 BUILTIN = "builtin:"       # a path prefix for the shipped shapes-world assets
@@ -347,7 +351,8 @@ def parse_protocol(text: str, path: Path) -> Protocol:
 
 
 def available_protocols(search: tuple[Path, ...] = ()) -> dict[str, Path]:
-    """Protocol names -> files, from ./protocols, the package's own protocols and ``search``."""
+    """Protocol names -> files: ``search``, then ./protocols (the working directory's own win),
+    then the ones shipped inside the package."""
     found: dict[str, Path] = {}
     for folder in (*search, Path.cwd() / "protocols", PROTOCOL_DIR):
         if folder.is_dir():
