@@ -42,14 +42,16 @@ def clean(text: Any) -> str:
 
 # -- Markdown (report.md; also the source of the HTML report) -------------------------------
 
-# Both CommonMark and Python-Markdown (the HTML step) honour a backslash before these; "<" and
-# "&" are not backslash-escapable in Python-Markdown, so they become entities (read as text by
-# both). "|" escaped is how a GFM table cell holds a pipe. "(", ")", "!" cannot start a link or
-# an image once "[" and "]" are escaped; ">" is escaped so no HTML or blockquote can start.
+# Both CommonMark and Python-Markdown (the HTML step) honour a backslash before these; "<" is not
+# backslash-escapable in Python-Markdown, so where it could open a tag, a comment or an autolink
+# (a letter, "/", "!" or "?" after it) it becomes "&lt;", as "&" does where it would start an
+# entity: read as text by both. "< 0.2" stays as written. "|" escaped is how a GFM table cell
+# holds a pipe; "(", ")", "!" cannot start a link or an image once "[" and "]" are escaped; ">"
+# starts a blockquote only at the start (_MD_LEADING), and closes no tag once "<" cannot open one.
 _MD_ESCAPED = {"\\": "\\\\", "`": "\\`", "*": "\\*", "[": "\\[", "]": "\\]", "|": "\\|",
-               ">": "\\>", "<": "&lt;"}
-_MD_SPECIAL = re.compile(r"[\\`*\[\]|<>]|&(?=#?\w+;)|_+")
-_MD_LEADING = re.compile(r"^(\s*(?:\d+)?)(#|[+-](?=[\s+-]|$)|(?<=\d)[.)](?=\s|$))")
+               "<": "&lt;", "&": "&amp;"}
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|]|<(?=[A-Za-z/!?])|&(?=#?\w+;)|_+")
+_MD_LEADING = re.compile(r"^(\s*(?:\d+)?)(#|>|[+-](?=[\s+-]|$)|(?<=\d)[.)](?=\s|$))")
 
 
 def _md_sub(match: re.Match[str]) -> str:
@@ -59,14 +61,14 @@ def _md_sub(match: re.Match[str]) -> str:
         inside = 0 < start and end < len(text) and text[start - 1].isalnum() \
             and text[end].isalnum()
         return token if inside else "\\_" * len(token)
-    return "&amp;" if token == "&" else _MD_ESCAPED[token]
+    return _MD_ESCAPED[token]
 
 
 def md_text(text: Any) -> str:
     """Inline Markdown text (prose, a table cell, image alt text): shown as written.
 
-    Escapes ``\\ ` * _ [ ] | < >``, an ``&`` that would start an entity, and markup that only
-    counts at the start (``#``, ``-``, ``+``, ``1.``)."""
+    Escapes ``\\ ` * [ ] |``, ``_`` outside a word, ``<`` and ``&`` where they would start a tag
+    or an entity, and markup that only counts at the start (``#``, ``>``, ``-``, ``+``, ``1.``)."""
     out = _MD_SPECIAL.sub(_md_sub, clean(text))
     return _MD_LEADING.sub(lambda m: m.group(1) + "\\" + m.group(2), out, count=1)
 

@@ -18,6 +18,7 @@ import pandas as pd
 from gatebench.files import atomic_write_bytes, atomic_write_text
 from gatebench.metrics import spec as metric_spec
 from gatebench.rundir.results import overall_verdict
+from gatebench.render.escape import md_code, md_text
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.format import (Figures, fmt, fmt_against, has_ci, scale_label, short_sha,
                                      value_ci)
@@ -113,16 +114,16 @@ def headline_table(results: dict[str, Any]) -> list[str]:
         if t["computed"]:
             value, ci = fmt_against(float(t["value"]), t["op"], float(t["threshold"])), ci_text(t)
         else:
-            value, ci = t.get("note") or "not computed", "-"
+            value, ci = md_text(t.get("note") or "not computed"), "-"
         if t["computed"] and t["metric"] in stopped:
             value += "†"
         mark = "✓" if t["passed"] else "✗"
         if t["computed"] and t.get("ci_clear") is False and t["passed"]:
             mark, straddle = "✓*", True
-        name = "all" if t["checkpoint"] == "*" else f"`{label_of(labels, t['checkpoint'])}`"
+        name = "all" if t["checkpoint"] == "*" else md_code(label_of(labels, t["checkpoint"]))
         n = "-" if t.get("n") is None else str(t["n"])
-        lines.append(f"| {name} | {scale_label(t.get('gate_scale'))} | {t['metric']} | {value} | {ci} "
-                     f"| {n} | {t['op']} {t['threshold']:g} | {mark} |")
+        lines.append(f"| {name} | {scale_label(t.get('gate_scale'))} | {md_text(t['metric'])} | "
+                     f"{value} | {ci} | {n} | {t['op']} {t['threshold']:g} | {mark} |")   # op: schema-checked
     if straddle:
         lines += ["", "✓* passes on the point value, but its 95% CI crosses the threshold: not a "
                       "confident pass."]
@@ -142,7 +143,7 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
         rows = sorted((r for r in results["results"] if str(r["checkpoint"]) == ck),
                       key=lambda r: float(r["gate_scale"]))
         where = f" ({axis} {xs[ck]:g})" if axis != "checkpoint" else ""
-        lines += [f"### `{labels[ck]}`{where}", "",
+        lines += [f"### {md_code(labels[ck])}{where}", "",
                   "| metric | N | " + " | ".join(f"scale {scale_label(float(r['gate_scale']))}"
                                                   for r in rows) + " |",
                   "|---|---:|" + "---|" * len(rows)]
@@ -151,7 +152,8 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
                                     for r in rows))
             unit = n_unit(name)
             cells = [value_ci(r["metrics"].get(name)) for r in rows]
-            lines.append(f"| {name} | {'/'.join(ns)} {unit} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_text(name)} | {md_text('/'.join(ns))} {unit} | "
+                         + " | ".join(cells) + " |")
         bad = [r for r in rows if r.get("nonfinite_images")]
         for r in bad:
             lines.append(f"\n{r['nonfinite_images']} image(s) with NaN/Inf pixels at scale "
@@ -163,7 +165,7 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
             if name not in names and name not in reasons.get(why, []):
                 reasons.setdefault(why, []).append(name)
     if reasons:
-        lines += ["Not computed: " + "; ".join(f"{', '.join(ns)} ({why})"
+        lines += ["Not computed: " + "; ".join(f"{md_text(', '.join(ns))} ({md_text(why)})"
                                                for why, ns in reasons.items()) + ".", ""]
     return lines
 
@@ -187,21 +189,22 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
 
     figures = figures or Figures()
     protocol = results["protocol"]
-    out = [f"# gatebench report: {protocol['name']}", "", summary_line(results, comparison), "",
-           f"{results['n_layouts']} layouts, seed {results['seed']}, protocol `{protocol['name']}`"
-           f" (sha256 {short_sha(results.get('protocol_sha256'))}), device {results['device']} "
-           f"({results.get('dtype') or 'dtype not recorded'}).", "", "## Targets", ""] + headline_table(results) + [""]
+    out = [f"# gatebench report: {md_text(protocol['name'])}", "", summary_line(results, comparison),
+           "", f"{results['n_layouts']} layouts, seed {results['seed']}, protocol "
+           f"{md_code(protocol['name'])} (sha256 {md_text(short_sha(results.get('protocol_sha256')))}"
+           f"), device {md_text(results['device'])} "
+           f"({md_text(results.get('dtype') or 'dtype not recorded')}).", "", "## Targets", ""] + headline_table(results) + [""]
     out += sequential_section(results)
     if comparison:
         out += [comparison_markdown(comparison)]
     out += ["## Metrics by checkpoint and gate scale", ""] + metrics_tables(results)
     ceiling = results.get("real_images_ceiling")
     if ceiling:
-        cells = ", ".join(f"{k} {value_ci(v)}" for k, v in ceiling["metrics"].items())
+        cells = ", ".join(f"{md_text(k)} {value_ci(v)}" for k, v in ceiling["metrics"].items())
         out += [f"Same detector on the {ceiling['n_images']} REAL images (the ceiling): {cells}.", ""]
     fid_note = results["models"].get("fid_reference")
     if fid_note:
-        out += [f"FID/KID reference set: {fid_note}.", ""]
+        out += [f"FID/KID reference set: {md_text(fid_note)}.", ""]
     out += writes_section(results)
     plots = [(figures.metric_vs_scale, "metrics vs gate scale"),
              (figures.metric_vs_epoch, "metrics vs checkpoint")]
@@ -223,9 +226,9 @@ def _adapter_build(config: dict[str, Any], uncond: str | None) -> str:
     built = {k: config[k] for k in FORWARD_KEYS if k in config}
     if not built:
         return ""
-    text = f"; follows {config['reference']}" if config.get("reference") else ""
-    text += "; adapter " + ", ".join(f"{k} {v}" for k, v in built.items())
-    return text + (f"; CFG unconditional half: {uncond}" if uncond else "")
+    text = f"; follows {md_text(config['reference'])}" if config.get("reference") else ""
+    text += "; adapter " + ", ".join(f"{k} {md_text(v)}" for k, v in built.items())
+    return text + (f"; CFG unconditional half: {md_text(uncond)}" if uncond else "")
 
 
 def reproducibility(results: dict[str, Any]) -> list[str]:
@@ -233,36 +236,39 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
     g = protocol.get("generation", {})
     s = protocol.get("scoring", {})
     out = ["## Reproducibility", "",
-           f"- command: `{results.get('command') or '(library call)'}`",
-           f"- created {results['created']}, gatebench {results['versions'].get('gatebench')}",
-           "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
-           f"- protocol `{protocol['name']}` sha256 `{results.get('protocol_sha256')}`; seed "
-           f"{results['seed']}; sampler {g.get('scheduler')}, {g.get('steps')} steps, guidance "
+           f"- command: {md_code(results.get('command') or '(library call)')}",
+           f"- created {md_text(results['created'])}, gatebench "
+           f"{md_text(results['versions'].get('gatebench'))}",
+           "- versions: " + ", ".join(f"{md_text(k)} {md_text(v)}"
+                                      for k, v in results["versions"].items()),
+           f"- protocol {md_code(protocol['name'])} sha256 "
+           f"{md_code(results.get('protocol_sha256'))}; seed {results['seed']}; sampler "
+           f"{md_text(g.get('scheduler'))}, {g.get('steps')} steps, guidance "
            f"{g.get('guidance_scale')}; bootstrap {s.get('bootstrap')} replicates, CI level "
            f"{s.get('ci_level')}, match IoU {s.get('match_iou')}",
-           f"- layouts: {results['n_layouts']} (ids sha256 `{results['layout_ids_sha256']}`); "
-           f"{results.get('layouts')}",
-           f"- phrase encoding: {gen.get('phrase_encoding')}; CFG unconditional half: boxes "
-           f"`{gen.get('uncond_boxes')}`"]
+           f"- layouts: {results['n_layouts']} (ids sha256 "
+           f"{md_code(results['layout_ids_sha256'])}); {md_text(results.get('layouts'))}",
+           f"- phrase encoding: {md_text(gen.get('phrase_encoding'))}; CFG unconditional half: "
+           f"boxes {md_code(gen.get('uncond_boxes'))}"]
     uncond = {str(cache.get("adapter")): cache.get("uncond_boxes")
               for cache in gen.get("caches") or [] if cache.get("adapter")}
     for c in results["checkpoints"]:
-        out.append(f"- checkpoint `{c['path']}` sha256 `{c['sha256']}`"
+        out.append(f"- checkpoint {md_code(c['path'])} sha256 {md_code(c['sha256'])}"
                    f"{_adapter_build(c.get('adapter_config') or {}, uncond.get(str(c['path'])))}")
     for name, model in results["models"].items():
         if not isinstance(model, dict):
             continue
         if model.get("sha256"):
             what = model.get("path") or model.get("name") or model.get("backend") or name
-            out.append(f"- {name}: `{what}` sha256 `{model['sha256']}`")
+            out.append(f"- {md_text(name)}: {md_code(what)} sha256 {md_code(model['sha256'])}")
         for file, sha in (model.get("weights") or {}).items():
-            out.append(f"- {name} `{file}` sha256 `{sha}`")
+            out.append(f"- {md_text(name)} {md_code(file)} sha256 {md_code(sha)}")
     for cache in gen.get("caches") or []:
-        out.append(f"- image cache `{Path(str(cache['folder'])).name}` recipe sha256 "
-                   f"`{cache['recipe_sha256']}`")
+        out.append(f"- image cache {md_code(Path(str(cache['folder'])).name)} recipe sha256 "
+                   f"{md_code(cache['recipe_sha256'])}")
     timings = results.get("timings") or {}
     if timings:
-        out.append("- timings: " + ", ".join(f"{k} {fmt(v, 2)}" for k, v in timings.items()))
+        out.append("- timings: " + ", ".join(f"{md_text(k)} {fmt(v, 2)}" for k, v in timings.items()))
     return out
 
 

@@ -280,7 +280,7 @@ def sequential_section(results: dict[str, Any]) -> list[str]:
         elif row["metric"] in SET_METRICS:
             ci = "- (set-level)"
         lines.append(f"| {name} | {scale_label(row.get('gate_scale'))} | {md_text(row['metric'])} | "
-                     f"{md_text(row['op'])} {row['threshold']:g} | {bounds} | {ci} | "
+                     f"{row['op']} {row['threshold']:g} | {bounds} | {ci} | "
                      f"{decision_text(row)} |")
     lines.append("")
     if early_set_level(results):
