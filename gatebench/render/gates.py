@@ -8,6 +8,7 @@ from rich.table import Table
 
 from gatebench.gates import Finding, GateReport, to_json
 from gatebench.files import atomic_output, atomic_write_text
+from gatebench.render.escape import plot_text
 from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.sections import LIVE_STYLE, gates_markdown
 
@@ -115,7 +116,8 @@ def plot_trajectory(report: GateReport, out: Path) -> Path | None:
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     for label, axis, xs, ys in series:
-        ax.plot(xs, ys, marker="o" if len(xs) < 40 else None, label=f"{label} (by {axis})")
+        ax.plot(xs, ys, marker="o" if len(xs) < 40 else None,
+                label=plot_text(f"{label} (by {axis})"))
     ax.axhline(0.0, color="0.7", linewidth=0.8)
     ax.set_xlabel(series[0][1])
     ax.set_ylabel("mean gate (raw)")

@@ -16,6 +16,7 @@ import numpy as np
 
 from gatebench.files import atomic_output
 from gatebench.metrics import spec as metric_spec
+from gatebench.render.escape import plot_text
 from gatebench.rundir.saved import (checkpoint_axis, checkpoint_paths, is_one_training_run,
                                  label_map, label_of)
 
@@ -86,7 +87,7 @@ def _title(name: str) -> str:
     """Metric name with its direction, and (no CI) for set-level metrics."""
     arrow = "↑ better" if metric_spec.higher_is_better(name) else "↓ better"
     extra = ", set-level, no CI" if metric_spec.is_set_level(name) else ""
-    return f"{name} ({arrow}{extra})"
+    return f"{plot_text(name)} ({arrow}{extra})"
 
 
 def _legend(fig: Any, axes: Sequence[Any]) -> float:
@@ -135,7 +136,7 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
             v = np.array([p[1][0] for p in pts])
             err = np.array([[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]])
             ax.errorbar(x, v, yerr=np.clip(err, 0, None), marker="o", ms=3.5, capsize=2.5,
-                        label=label_of(labels, ck))
+                        label=plot_text(label_of(labels, ck)))
         _draw_targets(ax, results, name)
         ax.set_title(_title(name))
         ax.set_xlabel("gate scale")
