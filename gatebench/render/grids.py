@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 
 from gatebench.files import atomic_output
+from gatebench.render.escape import png_text
 from gatebench.render.write_maps import overlay, write_map, write_scale
 from gatebench.rundir.saved import resolve_image
 
@@ -167,12 +168,13 @@ def sample_grid(samples: pd.DataFrame, checkpoint: str, images_root: Path, out: 
     height = top + (len(scales) + bool(writes)) * (side + under + gap) + legend_h
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     pen = ImageDraw.Draw(canvas)
-    pen.text((left, 8), f"{label}: one row per gate scale, one column per layout",
-             fill=(0, 0, 0), font=font)
+    what = ": one row per gate scale, one column per layout"
+    room = max(80, width - left - 8 - int(pen.textlength(what, font=font)))
+    pen.text((left, 8), png_text(label, font, room) + what, fill=(0, 0, 0), font=font)
     used: set[str] = set()
     missing = 0
     for c, layout in enumerate(layouts):
-        name = layout if len(layout) <= 24 else layout[:23] + "…"
+        name = png_text(layout, small, side + gap - 4, max_chars=24)
         pen.text((left + c * (side + gap) + side // 2, top - 6), name, fill=(0, 0, 0),
                  font=small, anchor="ms")
     for r, scale in enumerate(scales):
