@@ -24,7 +24,8 @@ from gatebench.adapters.user import (AdapterSet, Grounding, apply_init, attn2_wi
 from gatebench.adapters.write_meter import WriteMeter
 from gatebench.checkpoint import save_checkpoint, torch_load_safe
 from gatebench.errors import CheckpointError
-from gatebench.files import atomic_output
+from gatebench.files import atomic_output, atomic_write_text
+from gatebench.watch.discover import STATUS_FILE
 from train.config import TrainConfig
 from train.data import LayoutImageDataset, epoch_order
 
@@ -275,6 +276,17 @@ class Trainer:
                         for k, v in self.adapters.state_dict().items()}, tmp)
         return path
 
+    def write_status(self, state: str, final: Path | None = None) -> None:
+        """``training_status.json`` for `gatebench watch`: every checkpoint here is renamed into
+        place whole (``atomic_writes``: no settle interval needed), and ``complete`` with the
+        final file's name once training ended (follow mode then ends after evaluating it)."""
+        if self.rank != 0:
+            return
+        self.config.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config.output_dir / STATUS_FILE, json.dumps(
+            {"state": state, "atomic_writes": True, "step": self.state.step,
+             "final": final.name if final is not None else None}))
+
     def _resume(self, path: Path) -> None:
         obj = torch_load_safe(Path(path), mmap=False)
         if not isinstance(obj, dict) or "resume" not in obj:
@@ -302,6 +314,7 @@ class Trainer:
         logs.line(f"Training {c.init} init on {c.base_model}: {len(self.data)} layouts, "
                   f"{total} steps, world size {self.world}")
         started = time.perf_counter()
+        self.write_status("running")
         try:
             while s.step < total and s.epoch < c.epochs:
                 batches = self._micro_batches(s.epoch)
@@ -355,6 +368,7 @@ class Trainer:
                 logs.line(f"Wrote {bare.name}: the bare state dict the user's own code loads")
             logs.line(f"Done: {s.step} steps in {time.perf_counter() - started:.1f} s, "
                       f"{s.nonfinite_skipped} non-finite steps skipped, final {final}")
+            self.write_status("complete", final)
         finally:
             logs.close()
         return s

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from gatebench import __version__
 from gatebench.cli import evaluate as cli_eval
+from gatebench.cli.watch import watch as watch_command
 from gatebench.cli.support import (RichProgress, Terminated, consoles, finish, parse_floats,
                                    parse_ints, quiet_model_libraries, sigterm_as_interrupt)
 from gatebench.errors import GatebenchError
@@ -188,6 +189,7 @@ def demo(out: Path, num_samples: int | None, steps: int | None, device: str) -> 
 # The evaluation commands live in cli/evaluate.py, which never imports this module (no cycle).
 for _command in (cli_eval.run, cli_eval.compare, cli_eval.report, cli_eval.score):
     cli.add_command(_command)
+cli.add_command(watch_command)   # `gatebench watch RUN_DIR` (cli/watch.py)
 
 
 class _LazyTrain(click.Command):

@@ -56,6 +56,7 @@ class Entry:
     placed_by: str | None = None
     final: bool = False
     tb_step: int | None = None         # where its eval/ scalars stand in TensorBoard
+    gate_mean: float | None = None     # its mean effective gate (results.json's gate stats)
     same_as: str | None = None         # another file at the same point (identical gates)
     reported: list[str] = field(default_factory=list)   # statuses already told the user
     evaluated_at: str | None = None
