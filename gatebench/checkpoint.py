@@ -17,10 +17,12 @@ and nothing in it runs. Reading is memory-mapped, so only the gate tensors are p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -38,9 +40,10 @@ if TYPE_CHECKING:
 GATEBENCH_FORMAT = "gatebench-adapter"
 GATEBENCH_FORMAT_VERSION = 1
 
-__all__ = ["GATEBENCH_FORMAT", "GATEBENCH_FORMAT_VERSION", "adapter_state", "find_gates",
-           "inspect_checkpoint", "load_adapter", "read_raw", "save_checkpoint",
-           "strip_module_prefix", "torch_load_safe"]
+__all__ = ["GATEBENCH_FORMAT", "GATEBENCH_FORMAT_VERSION", "TORN", "UnreadableCheckpoint",
+           "adapter_state", "find_gates", "inspect_checkpoint", "load_adapter", "read_raw",
+           "save_checkpoint", "strip_module_prefix", "tensors_digest", "torch_load_safe",
+           "try_inspect_checkpoint"]
 
 
 def _check_readable(path: Path) -> int:
@@ -52,9 +55,29 @@ def _check_readable(path: Path) -> int:
                               hint="pass the .pt/.safetensors file inside it")
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError("expected a checkpoint, got an empty file (0 bytes)", path=path,
-                              hint="the save was probably interrupted; use an earlier checkpoint")
+        raise CheckpointError(f"expected a checkpoint, got an empty file (0 bytes) — {TORN}",
+                              path=path, hint=TORN_HINT)
     return size
+
+
+# A trainer that torch.save()s straight to the final name (the user's) leaves a partial file there
+# while it writes, and for good if the save is interrupted: said as such, never "not a checkpoint".
+TORN = "truncated — still being written, or its save was interrupted"
+TORN_HINT = "wait for the save to finish (gatebench reads it again next time), or use an earlier checkpoint"
+_ZIP_START = b"PK\x03\x04"        # torch.save's zip archive: local file headers first, end record last
+_PICKLE_START = (b"\x80", b"\x8a")  # the legacy format: a pickle protocol byte, or its magic number
+
+
+def _truncated(path: Path, is_zip: bool, exc: BaseException | None = None) -> bool:
+    """The start of a torch.save file without its end: a zip whose end record is missing, or a
+    legacy pickle that ran out of bytes."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head == _ZIP_START:
+        return not is_zip
+    ran_out = exc is not None and (isinstance(exc, EOFError) or any(
+        word in str(exc) for word in ("Ran out of input", "EOF", "truncated")))
+    return head[:1] in _PICKLE_START and ran_out
 
 
 def _torch_reason(exc: BaseException) -> str:
@@ -77,8 +100,11 @@ def torch_load_safe(path: Path, *, mmap: bool = True) -> Any:
     This is the boundary for checkpoint bytes: torch's weights-only unpickler raises whatever
     its parser hits on foreign bytes (IndexError, KeyError, UnpicklingError, ...), so every
     ``Exception`` from the load itself is re-raised typed, naming the file."""
-    _check_readable(path)
+    size = _check_readable(path)
     is_zip = zipfile.is_zipfile(path)
+    if _truncated(path, is_zip):
+        raise CheckpointError(f"expected a PyTorch checkpoint, got a {TORN} ({size} bytes: the "
+                              "start of a zip archive without its end)", path=path, hint=TORN_HINT)
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
@@ -90,11 +116,17 @@ def torch_load_safe(path: Path, *, mmap: bool = True) -> Any:
                 f"refused to load: the file is a pickle that wants to run code or build arbitrary "
                 f"objects{what}; nothing in it was executed", path=path,
                 hint="re-save it as a plain state dict or .safetensors from trusted code") from None
+        if _truncated(path, is_zip, exc):
+            raise CheckpointError(f"expected a PyTorch checkpoint, got a {TORN} ({size} bytes: "
+                                  f"{_torch_reason(exc)})", path=path, hint=TORN_HINT) from None
         raise CheckpointError(f"expected a PyTorch checkpoint, got a file torch cannot read as "
                               f"one ({_torch_reason(exc)})", path=path,
                               hint="pass the file torch.save(state_dict) wrote, or a "
                               ".safetensors file") from None
     except Exception as exc:  # noqa: BLE001 - the reader boundary: torch's parser raises anything
+        if _truncated(path, is_zip, exc):
+            raise CheckpointError(f"expected a PyTorch checkpoint, got a {TORN} ({size} bytes: "
+                                  f"{_torch_reason(exc)})", path=path, hint=TORN_HINT) from None
         kind = "a truncated or corrupt zip archive" if is_zip else "a file that is not a PyTorch checkpoint"
         raise CheckpointError(f"expected a PyTorch checkpoint, got {kind} ({_torch_reason(exc)})",
                               path=path, hint="pass the file torch.save(state_dict) wrote, or a "
@@ -189,11 +221,52 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
     # treatment it was made for), as its family says: the header's family, else its keys'
     rule = FAMILIES.get(family) or FAMILIES[found]
     info = CheckpointInfo(path=path, sha256=sha256 or file_sha256(path),
+                          tensors_sha256=tensors_digest(state),
                           size_bytes=path.stat().st_size, format=fmt, family=family, gates=gates,
                           training=TrainingMeta.from_dict(header.get("training")),
                           adapter_config=rule.forward_config(header, state),
                           base_model=dict(header.get("base_model") or {}))
     return dataclasses.replace(info, reference_uncond=rule.reference_uncond(info))
+
+
+def tensors_digest(state: Mapping[str, Any]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (``module.`` prefixes dropped):
+    two files of one state dict agree although their bytes differ (the user's final file repeats
+    its last checkpoint's tensors in a new zip), and two files with equal gates but different
+    weights do not."""
+    digest = hashlib.sha256()
+    for key in sorted(state.keys(), key=str):
+        value = state[key]
+        digest.update(str(key).removeprefix("module.").encode())
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class UnreadableCheckpoint:
+    """A checkpoint file that exists but could not be read (a partial save, a foreign or unsafe
+    file): listed beside the judged ones, so one such file never sinks its folder."""
+
+    path: Path
+    message: str        # the reader's one line (expected / got / hint)
+    truncated: bool     # a partial torch.save: still being written, or its save was interrupted
+
+
+def try_inspect_checkpoint(path: str | Path) -> CheckpointInfo | UnreadableCheckpoint:
+    """``inspect_checkpoint``, or what made the file unreadable. A path that does not exist (or
+    is a folder) is still an error: that is a mistyped argument, not a file in a folder."""
+    path = Path(path)
+    if not path.is_file():
+        _check_readable(path)
+    try:
+        return inspect_checkpoint(path)
+    except CheckpointError as exc:
+        return UnreadableCheckpoint(path, exc.render(), TORN in exc.message)
 
 
 def strip_module_prefix(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 
 from gatebench.adapters.types import CheckpointInfo
+from gatebench.errors import CheckpointError
 from gatebench.readers.logs import LogSeries
 from gatebench.protocol import GateThresholds
-from gatebench.readers.series import Member, Series, gate_fingerprint, order_runs
+from gatebench.readers.series import (FileStep, Member, Series, file_steps, gate_fingerprint,
+                                       order_runs)
 from gatebench.rundir.saved import checkpoint_labels
+
+if TYPE_CHECKING:
+    from gatebench.checkpoint import UnreadableCheckpoint
 
 SCHEMA_VERSION = 1
 Severity = Literal["fail", "warn"]
@@ -86,7 +92,8 @@ class TrajectoryPoint:
     series: str = ""     # the training run (checkpoint folder) when several are analysed together
     labels: tuple[str, ...] = ()   # each file at this point (readers.series: identical gates)
     placed_by: str = ""  # why it stands here: step / epoch / file name / final name / newest file
-    final: bool = False  # no position of its own: after the run's last point (x repeats that x)
+    final: bool = False  # no step of its own: x is one save interval after the run's last point
+    step: int | None = None   # the training step (None: unknown, or an epoch / number axis)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,9 @@ class GateReport:
     trajectory_findings: tuple[Finding, ...] = ()
     unplaced: tuple[str, ...] = ()   # checkpoints with no place in their run's series (paths)
     extra_findings: tuple[Finding, ...] = field(default_factory=tuple)
+    steps: tuple[FileStep, ...] = ()  # each checkpoint's step and where it came from
+    # files that could not be read (a partial save): listed, never judged, never sinking the rest
+    unreadable: tuple[UnreadableCheckpoint, ...] = ()
 
     @property
     def findings(self) -> list[Finding]:
@@ -136,9 +146,10 @@ def gate_stats(info: CheckpointInfo, thresholds: GateThresholds) -> GateStats:
         nonfinite=int(raw.size - finite.size))
 
 
-def checkpoint_findings(info: CheckpointInfo, stats: GateStats,
-                        t: GateThresholds) -> list[Finding]:
-    """Findings visible in a single checkpoint."""
+def checkpoint_findings(info: CheckpointInfo, stats: GateStats, t: GateThresholds,
+                        judge_level: bool = True) -> list[Finding]:
+    """Findings visible in a single checkpoint; ``judge_level`` False (a young, rising run:
+    ``level_judged``) keeps a below-range level from warning where the user's table expects it."""
     subject = str(info.path)
     out: list[Finding] = []
     if stats.nonfinite:
@@ -161,23 +172,62 @@ def checkpoint_findings(info: CheckpointInfo, stats: GateStats,
                            f"{HINTS['not_learning']}", subject))
     if stats.nonfinite == stats.n:
         return out
-    if not at_init and not dead:
+    if not at_init and not dead and judge_level:
         if stats.near_zero_share >= t.near_zero_share_max:
-            out.append(Finding("near_zero", "warn", f"{stats.near_zero_share:.0%} of gates have "
-                               f"|gate| < {t.near_zero:g} (healthy: < {t.near_zero_share_max:.0%})"
-                               f"; {HINTS['near_zero']}", subject))
+            out.append(Finding("near_zero", "warn", f"{_beside(stats.near_zero_share, t.near_zero_share_max, True)}"
+                               f" of gates have |gate| < {t.near_zero:g} (healthy: < "
+                               f"{t.near_zero_share_max:.0%}); {HINTS['near_zero']}", subject))
         elif abs(stats.mean) < t.healthy_mean_low:
-            out.append(Finding("near_zero", "warn", f"mean tanh(gate) {stats.mean:.3f} is below "
-                               f"the healthy range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}"
-                               f"; {HINTS['near_zero']}", subject))
+            out.append(Finding("near_zero", "warn", f"mean tanh(gate) "
+                               f"{_beside(stats.mean, t.healthy_mean_low)} is below the healthy "
+                               f"range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
+                               f"{HINTS['near_zero']}", subject))
     if stats.saturated_share >= t.saturated_share_max:
-        out.append(Finding("saturated", "warn", f"{stats.saturated_share:.0%} of gates have "
-                           f"|tanh(gate)| > {t.saturated:g} (healthy: < "
+        out.append(Finding("saturated", "warn", f"{_beside(stats.saturated_share, t.saturated_share_max, True)}"
+                           f" of gates have |tanh(gate)| > {t.saturated:g} (healthy: < "
                            f"{t.saturated_share_max:.0%}); {HINTS['saturated']}", subject))
     elif abs(stats.mean) > t.healthy_mean_high:
-        out.append(Finding("saturated", "warn", f"mean tanh(gate) {stats.mean:.3f} is above the "
-                           f"healthy range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
+        out.append(Finding("saturated", "warn", f"mean tanh(gate) "
+                           f"{_beside(stats.mean, t.healthy_mean_high)} is above the healthy range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
                            f"{HINTS['saturated']}", subject))
+    return out
+
+
+def _beside(value: float, limit: float, percent: bool = False) -> str:
+    """``value`` with the digits it needs to read on its own side of ``limit`` (by magnitude):
+    0.0996 < 0.1, never "0.100 is below 0.1"; 3 significant digits where that is enough."""
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    text = f"{value * scale:.3g}"
+    for digits in range(3, 17):
+        text = f"{value * scale:.{digits}g}"
+        shown = abs(float(text)) / scale
+        if (shown < limit) == (abs(value) < limit) and (shown > limit) == (abs(value) > limit):
+            break
+    return text + unit
+
+
+def level_judged(run: Series, means: Sequence[float], t: GateThresholds) -> list[bool]:
+    """Per point of one run: whether a below-range level (``near_zero``) means something there.
+
+    The user's table is the spec: gate mean 0.00 at the start, 0.05-0.1 in the middle, 0.3-0.8
+    late, rising. So a level below the healthy range is judged only where the run has had time
+    to rise (its step >= ``rise_steps``; a step that is not known, an epoch axis or a lone
+    final file, counts as late) or where it is not rising: it fell by more than
+    ``falling_fraction`` from its earlier peak, or it gained less than ``not_learning_tol`` over
+    at least ``not_learning_steps``. A final file without a step is judged at its place (at most
+    one save interval after the last checkpoint). ``means``: each point's mean tanh(gate)."""
+    out: list[bool] = []
+    first = run.points[0].place if run.points else None
+    for i, p in enumerate(run.points):
+        step = p.place if p.axis == "step" else None
+        if step is None:
+            out.append(True)
+            continue
+        mags = [abs(m) for m in means[:i + 1]]
+        fell = i > 0 and mags[-1] < (1.0 - t.falling_fraction) * max(mags[:-1])
+        flat = (first is not None and step - first >= t.not_learning_steps
+                and mags[-1] - mags[0] < t.not_learning_tol)
+        out.append(step >= t.rise_steps or fell or flat)
     return out
 
 
@@ -217,7 +267,8 @@ def trajectory_findings(points: Sequence[TrajectoryPoint], t: GateThresholds, su
                                f"trajectory {path}; "
                                f"{HINTS['falling_from_large' if mags[0] >= 1.0 else 'falling']}",
                                subject))
-    span = points[-1].x - points[0].x
+    known = [p for p in points if not p.final]     # a final file's step is not known
+    span = known[-1].x - known[0].x if known else 0
     if axis == "step" and span >= t.not_learning_steps and max(
             abs(v - values[0]) for v in values) < t.not_learning_tol:
         exact = " (exactly 0 throughout: consistent with a deadlock)" if all(
@@ -283,14 +334,23 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
             box_counts: Sequence[int] | None = None) -> GateReport:
     """The whole `gatebench gates` analysis over checkpoints and logs; ``box_counts`` (boxes per
     evaluated layout, from `run`) sizes the architecture findings."""
-    scales, members = tuple(gate_scales), [_member(info) for info in infos]
-    reports: dict[int, CheckpointReport] = {}
-    for info, member in zip(infos, members):
-        stats = gate_stats(info, thresholds)
-        findings = checkpoint_findings(info, stats, thresholds) + scale_findings(info, scales)
-        reports[id(member)] = CheckpointReport(info, stats, tuple(findings))
+    scales, members = tuple(gate_scales), [checkpoint_member(info) for info in infos]
+    stats = {id(m): gate_stats(info, thresholds) for info, m in zip(infos, members)}
     # One series per training run (folder), ordered by the rule readers.series documents.
     runs = order_runs(members)
+    judged: dict[int, bool] = {}
+    for run in runs:
+        means = [stats[id(p.members[0])].mean for p in run.points]
+        for p, judge in zip(run.points, level_judged(run, means, thresholds)):
+            judged.update({id(m): judge for m in p.members})
+        # no place in the series: only a recorded step says the file is young
+        judged.update({id(m): m.step is None or m.step >= thresholds.rise_steps
+                       for m in run.unplaced})
+    reports: dict[int, CheckpointReport] = {}
+    for info, member in zip(infos, members):
+        findings = checkpoint_findings(info, stats[id(member)], thresholds, judged[id(member)])
+        findings += scale_findings(info, scales)
+        reports[id(member)] = CheckpointReport(info, stats[id(member)], tuple(findings))
     names = {f: label + "/" for f, label in checkpoint_labels([r.run for r in runs]).items()}
     axes = {p.axis for run in runs for p in run.points if p.axis is not None}
     axis = axes.pop() if len(axes) == 1 else "checkpoint"
@@ -321,54 +381,80 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
                       trajectory=tuple(points), trajectory_axis=axis,
                       trajectory_findings=tuple(traj),
                       unplaced=tuple(m.key for run in runs for m in run.unplaced),
-                      extra_findings=tuple(architecture_findings(infos, box_counts)))
+                      extra_findings=tuple(architecture_findings(infos, box_counts)),
+                      steps=tuple(file_steps(members)))
 
 
-def _member(info: CheckpointInfo) -> Member:
-    """What the series rule reads of a checkpoint (mtime: a file written last is the final one)."""
+def checkpoint_member(info: CheckpointInfo) -> Member:
+    """What the series rule (readers.series) reads of a checkpoint: recorded step and epoch,
+    gates and tensors (identity) and mtime (a file written last is the final one)."""
     try:
         mtime: float | None = info.path.stat().st_mtime_ns
     except OSError:
         mtime = None
     return Member(str(info.path), info.training.step, info.training.epoch,
-                  gate_fingerprint((g.layer, g.raw) for g in info.gates), mtime)
+                  gate_fingerprint((g.layer, g.raw) for g in info.gates), mtime,
+                  info.tensors_sha256)
+
+
+def checkpoint_steps(infos: Sequence[CheckpointInfo]) -> list[FileStep]:
+    """Each checkpoint's step, where it came from and its place in its run (readers.series
+    rule 5): ``checkpoint-N.pt`` is step N; a final file repeating the last checkpoint's tensors
+    is that step; any other final file has step None and a place after the last point."""
+    return file_steps([checkpoint_member(info) for info in infos])
 
 
 def _run_points(run: Series, reports: dict[int, CheckpointReport], axis: str,
                 name: str) -> list[TrajectoryPoint]:
-    """One point per place in the run's series; a final file repeats the previous point's x."""
+    """One point per place in the run's series; a final file without a step stands at its own
+    place after the last point (readers.series: never another point's x)."""
     out: list[TrajectoryPoint] = []
     for i, p in enumerate(run.points):
         stats = reports[id(p.members[0])].stats
-        x = i if axis == "checkpoint" else p.x if p.x is not None else (out[-1].x if out else 0)
+        x = i if axis == "checkpoint" else p.place if p.place is not None else (
+            out[-1].x + 1 if out else 0)
         labels = tuple(dict.fromkeys(m.name for m in p.members))
         out.append(TrajectoryPoint(x, stats.raw_mean, stats.mean, " = ".join(labels), name,
-                                   labels, p.placed_by, p.final))
+                                   labels, p.placed_by, p.final, p.step))
     return out
 
 
 def analyse_paths(paths: Sequence[Path], logs: Sequence[Path], thresholds: GateThresholds,
                   gate_scales: Iterable[float] = ()) -> tuple[GateReport, list[Path]]:
-    """`gatebench gates PATHS --log LOG`: (the report, every input file it read)."""
-    from gatebench.checkpoint import inspect_checkpoint  # noqa: PLC0415
+    """`gatebench gates PATHS --log LOG`: (the report, every input file it read). A checkpoint
+    that cannot be read is listed in ``report.unreadable`` and the rest is judged; only when no
+    checkpoint and no log could be read is its error raised (bad input, exit 2)."""
+    from gatebench.checkpoint import UnreadableCheckpoint, try_inspect_checkpoint  # noqa: PLC0415
     from gatebench.readers.logs import read_logs  # noqa: PLC0415
     from gatebench.readers.paths import expand_paths  # noqa: PLC0415
 
     checkpoint_paths, log_dirs = expand_paths(tuple(paths))
-    infos = [inspect_checkpoint(p) for p in checkpoint_paths]
+    read = [try_inspect_checkpoint(p) for p in checkpoint_paths]
+    infos = [r for r in read if not isinstance(r, UnreadableCheckpoint)]
+    unreadable = tuple(r for r in read if isinstance(r, UnreadableCheckpoint))
     series = [s for source in (*log_dirs, *logs) for s in read_logs(source)]
-    return analyse(infos, series, thresholds, gate_scales), [*checkpoint_paths, *logs]
+    if unreadable and not infos and not series:     # nothing to judge: bad input, one line
+        raise CheckpointError(unreadable[0].message)
+    report = dataclasses.replace(analyse(infos, series, thresholds, gate_scales),
+                                 unreadable=unreadable)
+    return report, [*(i.path for i in infos), *logs]
 
 
 def to_json(report: GateReport) -> dict[str, Any]:
     """The ``gates --json`` document (README "Gate diagnostics" lists the trajectory's keys)."""
     checkpoints = []
+    steps = {s.key: s for s in report.steps}
     for c in report.checkpoints:
         info = c.info
+        placed = steps.get(str(info.path))
+        step = placed.step if placed is not None else info.training.step
         checkpoints.append({
             "path": str(info.path), "sha256": info.sha256, "format": info.format,
             "family": info.family, "size_bytes": info.size_bytes,
-            "step": info.training.step, "epoch": info.training.epoch,
+            # the step wherever it is known: recorded, the file name's, or the identical file's
+            "step": step, "step_source": (placed.step_source if placed is not None else
+                                          "recorded" if step is not None else None),
+            "epoch": info.training.epoch,
             "init_scheme": info.training.init_scheme,
             # what the adapter computes (query source, null slot, region attention): results
             # from differently built adapters are different claims
@@ -389,9 +475,12 @@ def to_json(report: GateReport) -> dict[str, Any]:
                            "points": [{"x": p.x, "gate_mean": _num(p.gate_mean),
                                        "effective_mean": _num(p.effective_mean), "label": p.label,
                                        "labels": list(p.labels), "series": p.series,
-                                       "placed_by": p.placed_by, "final": p.final}
+                                       "placed_by": p.placed_by, "final": p.final,
+                                       "step": p.step}
                                       for p in report.trajectory],
                            "unplaced": list(report.unplaced)},
+            "unreadable": [{"path": str(u.path), "message": u.message, "truncated": u.truncated}
+                           for u in report.unreadable],
             "findings": [f.to_dict() for f in report.findings], "verdict": report.verdict}
 
 

@@ -140,6 +140,9 @@ class GateThresholds:
     falling_fraction: float = 0.1       # a smaller, steady drop over the last points
     not_learning_steps: int = 1000      # still at its init value after this many steps
     not_learning_tol: float = 1e-4
+    # below this step a rising gate under the healthy range is where the user's table expects
+    # it (0.00 at the start, 0.05-0.1 in the middle): no level warning (gates.level_judged)
+    rise_steps: int = 10000
     fail_on_findings: bool = False      # make `run` stop on a gate `fail` finding
 
 

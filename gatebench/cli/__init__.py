@@ -87,7 +87,8 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
 
     PATHS are checkpoint files or folders (a folder adds its checkpoints and the train.log /
     TensorBoard / JSONL logs inside it). No GPU needed. Exit 0 healthy or warnings only,
-    1 on any `fail` finding, 2 on unreadable input.
+    1 on any `fail` finding or when a checkpoint could not be read (a partial save: listed,
+    the rest judged), 2 when nothing could be read or on bad usage.
     """
     from gatebench.gates import analyse_paths
     from gatebench.protocol import GateThresholds, load_protocol
@@ -108,7 +109,7 @@ def gates(paths: tuple[Path, ...], logs: tuple[Path, ...], protocol: str | None,
         render_terminal(report, console, per_gate=not summary)
         if out is not None:
             console.print(escape(f"wrote {out / 'gates.json'}, {out / 'gates.md'}"))
-    finish(1 if report.verdict == "fail" else 0)
+    finish(1 if report.verdict == "fail" or report.unreadable else 0)
 
 
 @cli.command("check-init")

@@ -81,6 +81,7 @@ RANGES: dict[tuple[str | None, str], tuple[float | None, float | None, bool, boo
     ("gates", "falling_fraction"): (0, 1, True, False),
     ("gates", "not_learning_steps"): (0, None, False, False),
     ("gates", "not_learning_tol"): (0, None, False, False),
+    ("gates", "rise_steps"): (0, None, False, False),
 }
 NON_EMPTY = {("generation", "gate_scales")}
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -16,6 +16,11 @@ run into a false ``collapse``. The rule (README "Gate diagnostics", "How a serie
    strictly the newest-modified file of the run, or when it is the run's only file: it then
    stands after every numbered point. Any other such file is left out of the series
    (``unplaced``), never guessed into it.
+5. Steps: a file's step is its recorded step, else the number of a step-named file
+   (``checkpoint-N``, ``step_N``: ``file name``), else, for a file joined to a point by identical
+   tensors, that point's step (``identical file``); a final file that joined nothing has NO step
+   (None, never guessed) and stands one save interval after the last numbered point
+   (``Point.place``), so it never shares another point's position (a TensorBoard step, a plot x).
 
 Torch-free: members are built from a CheckpointInfo or from a results.json entry.
 """
@@ -25,13 +30,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 _NUMBER_IN_NAME = re.compile(r"(\d+)(?!.*\d)")
 _FINAL_NAME = re.compile(r"(?:^|[^a-z])(?:final|last|latest)(?:[^a-z]|$)")
 _STEP_NAME = re.compile(r"step|^checkpoint[-_]\d+$")
 
 Fingerprint = tuple[tuple[str, str], ...]
+StepSource = Literal["recorded", "file name", "identical file"]
 
 
 @dataclass(frozen=True)
@@ -43,10 +49,18 @@ class Member:
     epoch: int | None = None
     gates: Fingerprint | None = None  # None: unknown, never identical to anything
     mtime: float | None = None        # None: unknown (a saved run), the newest-file rule is off
+    tensors: str | None = None        # digest of every tensor; None: unknown (gates decide alone)
 
     @property
     def name(self) -> str:
         return PurePath(self.key).name
+
+    def same(self, other: Member) -> bool:
+        """The same tensors: identical gates, and identical digests where both are known (two
+        files whose gates agree while their weights differ are different points)."""
+        if self.gates is None or self.gates != other.gates:
+            return False
+        return self.tensors is None or other.tensors is None or self.tensors == other.tensors
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,26 @@ class Point:
     x: int | None                     # None: a final file standing after every numbered point
     placed_by: str                    # "step", "epoch", "file name", "final name",
     #                                   "newest file" or "only file"
+    place: int | None = None          # x, or a final file's own position after every numbered
+    #                                   point (never another point's); None: the run has no axis
 
     @property
     def keys(self) -> list[str]:
         return [m.key for m in self.members]
+
+    @property
+    def step(self) -> int | None:
+        """The training step of this point (None: an epoch / number axis, or a final file)."""
+        return self.x if self.axis == "step" else None
+
+    def step_of(self, member: Member) -> tuple[int | None, StepSource | None]:
+        """(step, where it came from) for one file of this point (rule 5)."""
+        if member.step is not None:
+            return int(member.step), "recorded"
+        if self.step is None:
+            return None, None
+        found = position(member.name, None, member.epoch)
+        return self.step, "file name" if found == ("step", self.step) else "identical file"
 
     @property
     def final(self) -> bool:
@@ -183,7 +213,54 @@ def order_run(members: Sequence[Member]) -> Series:
         else:
             unplaced.append(m)
     run = training_run(members[0].key) if members else ""
-    return Series(run, tuple(p.freeze() for p in points + last_points), tuple(unplaced))
+    places = _places([p.x for p in points], len(last_points))
+    return Series(run, tuple(p.freeze(place) for p, place in zip(points + last_points, places)),
+                  tuple(unplaced))
+
+
+def _places(xs: Sequence[int], finals: int) -> list[int | None]:
+    """Numbered points keep their x; each final point stands one save interval (the last gap
+    between numbered points, or the only point's x: the user's trainer saves first at
+    ``--save-every``) after the point before it. Its step is still unknown: the interval is where
+    it is drawn, never what it is reported as. No numbered point: no axis (None)."""
+    if not xs:
+        return [None] * finals
+    gap = xs[-1] - xs[-2] if len(xs) > 1 else xs[-1]
+    gap = max(1, gap)
+    return [*xs, *(xs[-1] + gap * (i + 1) for i in range(finals))]
+
+
+@dataclass(frozen=True)
+class FileStep:
+    """One file's place, flat (what `watch` logs a checkpoint at): ``place`` is its x on ``axis``
+    (identical files share it; no two different points do); ``step`` None: unknown, never
+    guessed (a final file that repeats no checkpoint); ``index``: its point's order in the run."""
+
+    key: str
+    run: str
+    axis: str | None
+    place: int | None
+    step: int | None
+    step_source: StepSource | None
+    index: int | None                 # None: unplaced (no place in the series)
+    placed_by: str                    # Point.placed_by, or "unplaced"
+    final: bool
+
+
+def file_steps(members: Sequence[Member]) -> list[FileStep]:
+    """Every file's step and place under this module's rule, runs in first-appearance order,
+    each run's files in series order, then its unplaced files (no step, no place)."""
+    out: list[FileStep] = []
+    for s in order_runs(members):
+        for i, p in enumerate(s.points):
+            for m in p.members:
+                step, source = p.step_of(m)
+                out.append(FileStep(m.key, s.run, p.axis, p.place, step, source, i, p.placed_by,
+                                    p.final))
+        # an unplaced file has no position at all, so no step either
+        out += [FileStep(m.key, s.run, None, None, None, None, None, "unplaced", False)
+                for m in s.unplaced]
+    return out
 
 
 def plot_positions(series: Sequence[Series]) -> tuple[str, dict[str, float]]:
@@ -216,10 +293,10 @@ class _Building:
     placed_by: str
 
     def same(self, m: Member) -> bool:
-        return m.gates is not None and m.gates == self.members[0].gates
+        return self.members[0].same(m)
 
-    def freeze(self) -> Point:
-        return Point(tuple(self.members), self.axis, self.x, self.placed_by)
+    def freeze(self, place: int | None) -> Point:
+        return Point(tuple(self.members), self.axis, self.x, self.placed_by, place)
 
 
 def _strictly_newest(members: Sequence[Member]) -> Member | None:

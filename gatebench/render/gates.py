@@ -20,10 +20,15 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 def render_terminal(report: GateReport, console: Console, *, per_gate: bool = True) -> None:
+    steps = {s.key: s for s in report.steps}
     for c in report.checkpoints:
         info, stats = c.info, c.stats
         meta = [f"format {info.format}", f"family {info.family}", f"sha256 {info.sha256[:12]}"]
-        if info.training.step is not None:
+        placed = steps.get(str(info.path))
+        if placed is not None and placed.step is not None:
+            source = "" if placed.step_source == "recorded" else f" ({placed.step_source})"
+            meta.append(f"step {placed.step}{source}")
+        elif info.training.step is not None:
             meta.append(f"step {info.training.step}")
         if info.training.epoch is not None:
             meta.append(f"epoch {info.training.epoch}")
@@ -54,7 +59,7 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
         table.add_column("source")
         for p in report.trajectory:
             eff = "-" if p.effective_mean is None else _fmt(p.effective_mean, 3)
-            table.add_row("final" if p.final else str(p.x), _fmt(p.gate_mean, 3), eff,
+            table.add_row("final (step unknown)" if p.final else str(p.x), _fmt(p.gate_mean, 3), eff,
                           escape(f"{p.series}{p.label}"))
         console.print(table)
     if report.unplaced:
@@ -74,7 +79,13 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
             for row in writes.itertuples(index=False):
                 table.add_row(str(int(row[0])), *(_fmt(v, 3) if v == v else "-" for v in row[1:]))
             console.print(table)
+    for u in report.unreadable:
+        console.print(f"[yellow]UNREADABLE[/] {escape(u.message)}", soft_wrap=True,
+                      highlight=False)
     render_findings(report.findings, console)
+    if report.unreadable:
+        console.print(f"{len(report.unreadable)} checkpoint(s) not read: the verdict covers "
+                      "the rest (exit 1)")
     console.print(f"verdict: [{_STYLE[report.verdict]}]{report.verdict.upper()}[/]")
 
 
@@ -90,8 +101,12 @@ def render_findings(findings: list[Finding], console: Console) -> None:
 def render_markdown(report: GateReport, plot: str | None = None) -> str:
     """A Markdown section (gates.md, the demo report): the shared renderer over ``to_json``."""
     document = to_json(report)
-    return gates_markdown(document["checkpoints"], document["findings"], plot=plot,
+    text = gates_markdown(document["checkpoints"], document["findings"], plot=plot,
                           style=LIVE_STYLE)
+    if not report.unreadable:
+        return text
+    rows = [f"- `{u.path.name}`: {u.message}" for u in report.unreadable]
+    return "\n".join([text, "Not read (the verdict covers the rest):", "", *rows, ""])
 
 
 def plot_trajectory(report: GateReport, out: Path) -> Path | None:
