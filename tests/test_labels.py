@@ -41,7 +41,7 @@ def _result(results: dict) -> SimpleNamespace:
     out = Path("runs/eval")
     return SimpleNamespace(results=results, gate_report=SimpleNamespace(findings=[]),
                            targets=[TargetRow(**t) for t in results["targets"]], out_dir=out,
-                           paths={"report": out / "report.md"})
+                           paths={"report": out / "report.md"}, comparison=None)
 
 
 def _same_named_golden() -> dict:
@@ -69,12 +69,14 @@ def test_narrow_terminal_shows_headline_metrics_without_truncation() -> None:
     for header in ("iou50", "clip", "garbled", "miou", "fid"):   # headline: targets first
         assert header in table
     assert "ap50" not in table and "region" not in table
-    assert "[" in text.split("targets")[1]          # the targets table keeps its CIs
+    targets = text.split("targets")[1]              # the CI column leaves first, and says so
+    assert "0.250" in targets and "[0.000, 0.500]" not in targets
+    assert "(narrow terminal; 95% CI left out); the full table is in runs/eval/report.md" in text
     wide = Console(width=200, record=True)
     render_run(_result(results), wide)
     text = wide.export_text()
     assert "…" not in text and "region clip score" in text and "all matched rate" in text
-    assert "narrow" not in text and "95% CIs are in" in text
+    assert "narrow" not in text and "95% CIs are in" in text and "[0.000, 0.500]" in text
 
 
 def test_no_metric_or_gate_line_joins_different_training_runs(tmp_path: Path) -> None:

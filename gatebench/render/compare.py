@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SET_METRICS,
                                Comparison, CompareRow)
@@ -17,6 +16,7 @@ from gatebench.errors import GatebenchError
 from gatebench.metrics.spec import LOWER_IS_BETTER, join_names
 from gatebench.render.escape import md_code, md_text
 from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.fit import Col, print_fitted
 
 _STYLE = {"regression": "bold red", "improved": "green", "ok": "", "not gated": "dim",
           "not compared": "yellow"}
@@ -90,26 +90,27 @@ def _checkpoint(row: CompareRow) -> str:
     return c if b == c else f"{b} → {c}"
 
 
-def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool = True) -> None:
-    """The diff table (regressions red) and the verdict line."""
+def render_terminal(comparison: Comparison, console: Console, *, all_rows: bool = True,
+                    where: str = "`gatebench compare --json`") -> None:
+    """The diff table (regressions red; stacked rows when the terminal is too narrow for it:
+    ``where`` names the full table) and the verdict line."""
     s = comparison.settings
-    table = Table(title=f"paired comparison: candidate - baseline ({s['ci_level']:.0%} CI, "
-                        f"{s['n_boot']} bootstrap replicates over layouts, seed {s['seed']})",
-                  title_justify="left")
+    title = (f"paired comparison: candidate - baseline ({s['ci_level']:.0%} CI, "
+             f"{s['n_boot']} bootstrap replicates over layouts, seed {s['seed']})")
     sequences = any(r.seq_low is not None for r in comparison.rows)
-    for column in ("checkpoint", "scale", "metric", "baseline", "candidate", "Δ [CI]",
-                   *(("anytime-valid",) if sequences else ()), "allowed", "status"):
-        table.add_column(column, justify="right" if column in ("scale", "baseline", "candidate")
-                         else "left")
+    columns = [Col(name, "right" if name in ("scale", "baseline", "candidate") else "left")
+               for name in ("checkpoint", "scale", "metric", "baseline", "candidate", "Δ [CI]",
+                            *(("anytime-valid",) if sequences else ()), "allowed", "status")]
+    rows = []
     for row in comparison.rows:
         if not all_rows and row.status in ("ok", "not gated"):
             continue
         style = _STYLE.get(row.status, "")
-        table.add_row(escape(_checkpoint(row)), f"{row.gate_scale:g}", row.metric, _f(row.baseline),
-                      _f(row.candidate), diff_text(row), *((seq_text(row),) if sequences else ()),
-                      margin_text(row),
-                      f"[{style}]{_MARK[row.status]}[/]" if style else _MARK[row.status])
-    console.print(table)
+        rows.append([escape(_checkpoint(row)), f"{row.gate_scale:g}", row.metric,
+                     _f(row.baseline), _f(row.candidate), diff_text(row),
+                     *((seq_text(row),) if sequences else ()), margin_text(row),
+                     f"[{style}]{_MARK[row.status]}[/]" if style else _MARK[row.status]])
+    print_fitted(console, columns, rows, title=title, where=where, key_columns=3)
     if any(r.kind == "set" for r in comparison.rows):
         console.print(f"[dim]{', '.join(SET_METRICS)} are set-level: point differences without a "
                       "paired CI, gated only when named with --metric[/dim]")

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from gatebench.gates import Finding, GateReport, to_json
 from gatebench.files import atomic_output, atomic_write_text
+from gatebench.render.fit import Col, print_fitted
 from gatebench.render.escape import plot_text
 from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.sections import LIVE_STYLE, gates_markdown
@@ -20,6 +20,9 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 def render_terminal(report: GateReport, console: Console, *, per_gate: bool = True) -> None:
+    """Per checkpoint its gates, then the trajectory, the logs and the findings; every table
+    fitted to the console (render.fit: whole cells, stacked rows when too narrow)."""
+    where = "`gatebench gates --json` (gates.json with --out)"
     steps = {s.key: s for s in report.steps}
     for c in report.checkpoints:
         info, stats = c.info, c.stats
@@ -34,34 +37,30 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
             meta.append(f"epoch {info.training.epoch}")
         if info.training.init_scheme:
             meta.append(f"init {info.training.init_scheme}")
-        title = f"[bold]{escape(str(info.path))}[/bold]  ({escape(', '.join(meta))})"
+        # the path on a line of its own: a table title would fold a path longer than the table
+        console.print(f"[bold]{escape(str(info.path))}[/bold]  ({escape(', '.join(meta))})",
+                      soft_wrap=True, highlight=False)
         if per_gate:
-            table = Table(title=title, title_justify="left", show_edge=False)
-            for column in ("layer", "kind", "width", "raw", "tanh(raw)", "to_out zero"):
-                table.add_column(column, justify="right" if column not in ("layer", "kind") else "left")
+            columns = [Col("layer"), Col("kind", drop=1), Col("width", "right", drop=2),
+                       Col("raw", "right"), Col("tanh(raw)", "right"), Col("to_out zero", "right")]
+            rows = []
             for g in info.gates:
                 zero = "-" if g.out_proj_zero is None else ("yes" if g.out_proj_zero else "no")
-                table.add_row(escape(g.layer), g.kind, str(g.width or "-"), _fmt(g.raw),
-                              _fmt(g.effective), zero)
-            console.print(table)
-        else:
-            console.print(title)
+                rows.append([escape(g.layer), g.kind, str(g.width or "-"), _fmt(g.raw),
+                             _fmt(g.effective), zero])
+            print_fitted(console, columns, rows, where=where, show_edge=False)
         console.print(f"  tanh(gate): mean {_fmt(stats.mean, 3)}  std {_fmt(stats.std, 3)}  "
                       f"min {_fmt(stats.min, 3)}  max {_fmt(stats.max, 3)}  |  near-zero "
                       f"{stats.near_zero_share:.0%}  saturated {stats.saturated_share:.0%}  "
                       f"(n={stats.n})")
     if len(report.trajectory) > 1:
-        table = Table(title=f"gate trajectory (by {report.trajectory_axis})", title_justify="left",
-                      show_edge=False)
-        table.add_column(report.trajectory_axis, justify="right")
-        table.add_column("mean gate", justify="right")
-        table.add_column("mean tanh", justify="right")
-        table.add_column("source")
-        for p in report.trajectory:
-            eff = "-" if p.effective_mean is None else _fmt(p.effective_mean, 3)
-            table.add_row("final (step unknown)" if p.final else str(p.x), _fmt(p.gate_mean, 3), eff,
-                          escape(f"{p.series}{p.label}"))
-        console.print(table)
+        rows = [["final (step unknown)" if p.final else str(p.x), _fmt(p.gate_mean, 3),
+                 "-" if p.effective_mean is None else _fmt(p.effective_mean, 3),
+                 escape(f"{p.series}{p.label}")] for p in report.trajectory]
+        print_fitted(console, [Col(report.trajectory_axis, "right"), Col("mean gate", "right"),
+                               Col("mean tanh", "right"), Col("source")], rows,
+                     title=f"gate trajectory (by {report.trajectory_axis})", where=where,
+                     show_edge=False)
     if report.unplaced:
         console.print(f"not in the trajectory (no step, epoch or number, not the final file): "
                       f"{escape(', '.join(report.unplaced))}", soft_wrap=True, highlight=False)
@@ -72,13 +71,11 @@ def render_terminal(report: GateReport, console: Console, *, per_gate: bool = Tr
                       f"min {_fmt(last['gate_min'], 3)}, max {_fmt(last['gate_max'], 3)}")
         writes = series.write_points
         if len(writes):
-            table = Table(title="where the adapter writes (train forward, by step)",
-                          title_justify="left", show_edge=False)
-            for column in writes.columns:
-                table.add_column(escape(column.replace("box_attention_", "")), justify="right")
-            for row in writes.itertuples(index=False):
-                table.add_row(str(int(row[0])), *(_fmt(v, 3) if v == v else "-" for v in row[1:]))
-            console.print(table)
+            rows = [[str(int(row[0])), *(_fmt(v, 3) if v == v else "-" for v in row[1:])]
+                    for row in writes.itertuples(index=False)]
+            print_fitted(console, [Col(escape(c.replace("box_attention_", "")), "right")
+                                   for c in writes.columns], rows, where=where, show_edge=False,
+                         title="where the adapter writes (train forward, by step)")
     for u in report.unreadable:
         console.print(f"[yellow]UNREADABLE[/] {escape(u.message)}", soft_wrap=True,
                       highlight=False)

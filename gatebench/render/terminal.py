@@ -2,8 +2,10 @@
 `score` of images made elsewhere, and the `check-init` table.
 
 The terminal metrics table shows values only: a dozen "value [lo, hi]" columns do not fit a
-terminal and end up as "0.…". The 95% CIs are in report.md (and the targets table here); a
-console too narrow for every metric column gets the headline metrics only, and says so.
+terminal and end up as "0.…". The 95% CIs are in report.md (and the targets table here). Every
+table goes through ``render.fit.print_fitted``: a console too narrow for every metric column
+gets the headline metrics only (then fewer), a table too wide for its cells gets one block per
+row, and each says so; no number or name is ever cut.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gatebench.metrics import spec as metric_spec
+from gatebench.render.fit import Col, print_fitted
 from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
@@ -21,7 +24,6 @@ from gatebench.render.sections import sequential_of
 from gatebench.rundir.saved import label_map, label_of, row_label
 
 HEADLINE = metric_spec.HEADLINE       # the table's headline metrics, in its order
-COLUMN_CHARS = 9        # a metric column: a 5-7 character value plus borders and padding
 
 
 def headline_metrics(results: dict[str, Any], names: Sequence[str]) -> list[str]:
@@ -30,19 +32,30 @@ def headline_metrics(results: dict[str, Any], names: Sequence[str]) -> list[str]
     return [n for n in dict.fromkeys([*targets, *HEADLINE]) if n in names]
 
 
-def metrics_table(results: dict[str, Any], names: Sequence[str]) -> Table:
-    """Values only (3 decimals, as report.fmt), headers wrap at their words."""
-    table = Table(title=f"metrics ({results['n_layouts']} layouts, seed {results['seed']})",
-                  title_justify="left")
-    rows = [(escape(row_label(r)), f"{r['gate_scale']:g}",
-             *[_value(r["metrics"].get(n)) for n in names]) for r in results["results"]]
-    table.add_column("checkpoint", no_wrap=True)      # rich narrows wrapable columns first
-    table.add_column("scale", justify="right", no_wrap=True)
-    for name in names:
-        table.add_column(name.replace("_", " "), justify="right")
-    for row in rows:
-        table.add_row(*row)
-    return table
+def print_metrics(results: dict[str, Any], names: Sequence[str], report: Path,
+                  console: Console) -> None:
+    """Values only (3 decimals, as report.fmt), headers wrap at their words. Too narrow for
+    every metric: the other metrics leave first, then headline ones from the last; then one
+    block per row. The line under it says which and where the full table with CIs is."""
+    head = headline_metrics(results, names)
+
+    def rank(name: str) -> int:          # higher leaves first; non-headline ones as a group
+        if name in head:
+            return len(head) - head.index(name)
+        return len(names) + 1 if head else len(names) - names.index(name)
+
+    columns = [Col("checkpoint"), Col("scale", "right"),
+               *(Col(n.replace("_", " "), "right", rank(n)) for n in names)]
+    rows = [[escape(row_label(r)), f"{r['gate_scale']:g}",
+             *[_value(r["metrics"].get(n)) for n in names]] for r in results["results"]]
+    fitted = print_fitted(console, columns, rows, key_columns=2,
+                          title=f"metrics ({results['n_layouts']} layouts, seed {results['seed']})")
+    shown = len(fitted.shown) - 2
+    what = {"table": "values only; their 95% CIs are",
+            "records": "values only (narrow terminal: one block per row); their 95% CIs are",
+            "reduced": f"{shown} of {len(names)} metrics (narrow terminal); the full table with "
+                       "95% CIs is"}[fitted.layout]
+    console.print(f"[dim]{what} in {escape(str(report))}[/dim]", soft_wrap=True)
 
 
 def _value(metric: dict[str, Any] | None) -> str:
@@ -61,27 +74,24 @@ def render_run(result, console: Console) -> None:
     for row in results["results"]:
         names += [n for n in row["metrics"] if n not in names]
     labels = label_map(results)
-    label_width = max((len(v) for v in labels.values()), default=10)
-    shown = names
-    if label_width + 4 + COLUMN_CHARS * (len(names) + 1) > console.width:
-        shown = headline_metrics(results, names) or names
-    console.print(metrics_table(results, shown))
     report = result.paths.get("report") or Path(result.out_dir) / "report.md"
-    what = "values only; their 95% CIs are" if shown == names else \
-        f"{len(shown)} of {len(names)} metrics (narrow terminal); the full table with 95% CIs is"
-    console.print(f"[dim]{what} in {escape(str(report))}[/dim]", soft_wrap=True)
-    targets = Table(title="targets", title_justify="left")
-    targets.add_column("checkpoint", no_wrap=True)    # labels stay whole; the CI wraps instead
-    for column in ("scale", "metric", "value [95% CI]", "target", "pass"):
-        targets.add_column(column, overflow="fold")
+    print_metrics(results, names, report, console)
+    targets, notes = [], []
     for t in result.targets:
-        value = value_ci({"value": t.value, "ci_low": t.ci_low, "ci_high": t.ci_high}) \
-            if t.computed else f"[yellow]{escape(t.note)}[/yellow]"
         mark = "[green]✓[/green]" if t.passed else "[red]✗[/red]"
         scale = "-" if t.gate_scale is None else f"{t.gate_scale:g}"
-        targets.add_row(escape(label_of(labels, t.checkpoint)), scale, t.metric, value,
-                        f"{t.op} {t.threshold:g}", mark)
-    console.print(targets)
+        ci = f"[{fmt(t.ci_low)}, {fmt(t.ci_high)}]" if t.computed and t.ci_low is not None \
+            and t.ci_high is not None else "-"
+        key = [escape(label_of(labels, t.checkpoint)), scale, t.metric]
+        targets.append([*key, fmt(t.value) if t.computed else "[yellow]not computed[/yellow]",
+                        ci, f"{t.op} {t.threshold:g}", mark])
+        if not t.computed:        # a sentence: under the table, where it cannot widen a column
+            notes.append(f"[yellow]{' · '.join(key)}[/yellow]: {escape(t.note)}")
+    columns = [Col("checkpoint"), Col("scale", "right"), Col("metric"), Col("value", "right"),
+               Col("95% CI", drop=1), Col("target"), Col("pass")]
+    print_fitted(console, columns, targets, title="targets", where=str(report), key_columns=3)
+    for note in notes:
+        console.print(note, soft_wrap=True, highlight=False)
     seq = sequential_of(results)
     if seq is not None:
         console.print(escape(stop_line(seq)), soft_wrap=True, highlight=False)
@@ -108,15 +118,18 @@ def stop_line(seq: dict[str, Any]) -> str:
 
 def render_score(result: Any, targets: Sequence[Any], images: Path, out: Path | None,
                  console: Console) -> None:
-    """`gatebench score`: every metric with its CI (or why it was not computed), the targets."""
-    table = Table(title=escape(f"{len(result.samples)} images in {images}"), title_justify="left")
-    for column in ("metric", "value [95% CI]", "n"):
-        table.add_column(column)
-    for name, value in result.metrics.items():
-        table.add_row(name, value_ci(value.to_dict()), str(value.n))
+    """`gatebench score`: every metric with its CI, the metrics not computed and why (under the
+    table: a reason is a sentence, it would make the value column too wide for any terminal),
+    the targets."""
+    rows = [[name, value_ci(value.to_dict()), str(value.n)]
+            for name, value in result.metrics.items()]
+    rows += [[name, "[yellow]not computed[/yellow]", "-"] for name in result.not_computed]
+    where = "`gatebench score --json`" if out is None else str(out / "score.json")
+    print_fitted(console, [Col("metric"), Col("value [95% CI]"), Col("n", "right")], rows,
+                 title=escape(f"{len(result.samples)} images in {images}"), where=where)
     for name, reason in result.not_computed.items():
-        table.add_row(name, f"[yellow]not computed[/yellow] ({escape(reason)})", "-")
-    console.print(table)
+        console.print(f"[yellow]{escape(name)} not computed[/yellow]: {escape(reason)}",
+                      soft_wrap=True, highlight=False)
     for t in targets:
         mark = "[green]pass[/green]" if t.passed else "[red]FAIL[/red]"
         console.print(f"target {escape(t.metric)} {escape(t.op)} {t.threshold:g}: {mark} "
