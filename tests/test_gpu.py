@@ -27,8 +27,8 @@ def test_run_fp16_on_cuda_matches_cpu_metrics_shape(tmp_path: Path) -> None:
 
 
 def test_trainer_step_on_cuda(tmp_path: Path) -> None:
-    from train.config import TrainConfig
-    from train.loop import Trainer
+    from gatebench.train.config import TrainConfig
+    from gatebench.train.loop import Trainer
 
     world = tiny_world(tmp_path / "w")
     config = TrainConfig(mixed_data=world["layouts"], base_model=world["base"],

@@ -19,8 +19,8 @@ from gatebench.readers.logs import read_logs
 from gatebench.protocol import GateThresholds
 from tests.builders import free_port
 from tests.run_builders import tiny_world
-from train.config import TrainConfig
-from train.loop import Trainer
+from gatebench.train.config import TrainConfig
+from gatebench.train.loop import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,8 @@ def test_user_warnings_for_gate_init_and_freeze(world, tmp_path: Path) -> None:
 def test_two_process_gloo_run(world, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), "-m", "train", "--mixed-data", str(world["layouts"]),
+           "--master_port", str(free_port()), "-m", "gatebench", "train",
+           "--mixed-data", str(world["layouts"]),
            "--base-model", str(world["base"]), "--output-dir", str(tmp_path),
            "--image-dir", str(world["root"] / "real"), "--max-steps", "3", "--min-area", "0",
            "--min-side", "0", "--log-every", "1", "--log-gate-stats", "--batch-size", "1"]
@@ -183,7 +184,7 @@ def test_one_gate_scale_per_step_and_caption_dropped_samples_keep_their_boxes(wo
                                                                             monkeypatch) -> None:
     """The user's trainer: one s ~ U[min, max] per step for the whole batch; a caption-dropped
     sample keeps its boxes (grounded), unless --uncond-boxes off (then its scale is 0)."""
-    from train.loop import GroundedUNet
+    from gatebench.train.loop import GroundedUNet
 
     seen: list[torch.Tensor] = []
     forward = GroundedUNet.forward

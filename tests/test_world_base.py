@@ -12,7 +12,7 @@ from gatebench.models.base import coord_grid
 def test_world_base_folder_round_trip(tmp_path: Path) -> None:
     from diffusers import DDIMScheduler
 
-    from train.world.base import build_models, save_folder, world_tokenizer_fast
+    from gatebench.train.world.base import build_models, save_folder, world_tokenizer_fast
 
     tokenizer = world_tokenizer_fast(tmp_path / "tok")
     unet, text = build_models(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id,

@@ -172,7 +172,7 @@ def test_clip_training_smoke_and_roundtrip(world, tmp_path):
 
     from gatebench.metrics.fid import ModuleExtractor
     from gatebench.world.clip_model import load_world_clip, save_world_clip
-    from train.world.clip import evaluate_clip, train_clip
+    from gatebench.train.world.clip import evaluate_clip, train_clip
 
     model, state = train_clip(world, tmp_path / "run", epochs=2, batch=32, max_steps=3,
                               warmup=1, ckpt_every=2, log=lambda m: None,

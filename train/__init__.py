@@ -2,5 +2,5 @@
 
 It reuses gatebench's adapter architectures and checkpoint format (dependency direction:
 train -> gatebench). The trainer itself lands with the training issue; `gatebench train` and
-`python -m train` say so until then.
+`python -m gatebench train` say so until then.
 """

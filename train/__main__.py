@@ -1,3 +1,3 @@
-from train.cli import main
+from gatebench.train.cli import main
 
 main()

@@ -1,4 +1,4 @@
-"""`gatebench train` / `python -m train`: the user's flags (README "Training")."""
+"""`gatebench train` / `python -m gatebench train`: the user's flags (README "Training")."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from train.config import FREEZE_GATE_WARNING, GATE_INIT_WARNING, TrainConfig
+from gatebench.train.config import FREEZE_GATE_WARNING, GATE_INIT_WARNING, TrainConfig
 
 P = click.Path(path_type=Path)
 
@@ -74,9 +74,9 @@ P = click.Path(path_type=Path)
 def train_command(**flags) -> None:
     """Train a spatial adapter on a frozen base model and write gatebench checkpoints.
 
-    Multi-GPU: `torchrun --nproc_per_node K -m train ...` (DDP; rank 0 writes everything).
+    Multi-GPU: `torchrun --nproc_per_node K -m gatebench train ...` (DDP; rank 0 writes everything).
     """
-    from train.loop import Trainer
+    from gatebench.train.loop import Trainer
 
     err = Console(stderr=True)
     if flags["gate_init_value"] is not None:
@@ -104,4 +104,4 @@ def train_command(**flags) -> None:
 def main() -> None:
     from gatebench.cli.support import quiet_model_libraries
     quiet_model_libraries()
-    train_command(prog_name="python -m train")
+    train_command(prog_name="python -m gatebench.train")

@@ -26,8 +26,8 @@ from gatebench.checkpoint import save_checkpoint, torch_load_safe
 from gatebench.errors import CheckpointError
 from gatebench.files import atomic_output, atomic_write_text
 from gatebench.watch.discover import STATUS_FILE
-from train.config import TrainConfig
-from train.data import LayoutImageDataset, epoch_order
+from gatebench.train.config import TrainConfig
+from gatebench.train.data import LayoutImageDataset, epoch_order
 
 
 class GroundedUNet(nn.Module):

@@ -197,7 +197,7 @@ class _LazyTrain(click.Command):
     """`gatebench train` loads the training module only when used (gatebench never imports train)."""
 
     def _real(self) -> click.Command:
-        from train.cli import train_command
+        from gatebench.train.cli import train_command
         return train_command
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
@@ -214,7 +214,7 @@ class _LazyTrain(click.Command):
 
 
 cli.add_command(_LazyTrain("train", help="Train an adapter on a frozen base (the embedded training "
-                           "module; `python -m train` too).", add_help_option=False))
+                           "module; `python -m gatebench.train` too).", add_help_option=False))
 
 
 def main() -> None:

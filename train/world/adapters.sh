@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the shapes world's adapter checkpoints with `gatebench train` on the FROZEN world base.
-#   bash train/world/adapters.sh          (after build_assets.sh and python -m train.world.base)
+#   bash train/world/adapters.sh          (after build_assets.sh and python -m gatebench.train.world.base)
 # Series: good (zero-out init, the shipped evaluation series), gligen (same recipe, for the
 # init comparison), legacy (gate 3.0 + random to_out: the user's collapse) and deadlock (both 0).
 # good and gligen use region attention (--box-mask): plain box attention did not learn placement
@@ -22,7 +22,7 @@ common=(--mixed-data "$DATA/train.jsonl" --image-dir "$DATA/images/train" --base
         # caption-dropped samples with the adapter off, one scale per sample, clipping at 1.0
         --fourier nerf --adapter-query stream --text-proj always --phrases always
         --uncond-boxes off --scale-sampling per-sample --max-grad-norm 1.0)
-run() { $PY -m train "${common[@]}" "$@"; }
+run() { $PY -m gatebench.train "${common[@]}" "$@"; }
 
 # good: the user's current init; a checkpoint every 250 steps (the metrics-vs-step series)
 run --output-dir "$OUT/adapters/good" --box-mask --init zero-out --lr 2e-3 --warmup-steps 50 \

@@ -10,7 +10,8 @@ jointly with the UNet; 10% of captions are dropped for classifier-free guidance.
 what ships. Resumable: run it again with the same ``--out`` and it continues from the state.pt
 it saves there every ``--save-every`` steps (there is no --resume flag: resuming is automatic).
 
-    python -m train.world.base --data assets-build/data --out assets-build/base --minutes 70
+    python -m gatebench.train.world.base --data assets-build/data --out assets-build/base \
+        --minutes 70
 """
 from __future__ import annotations
 

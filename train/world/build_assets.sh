@@ -19,22 +19,22 @@ mkdir -p "$OUT" "$ASSETS"
 
 # 1. data: 20000 / 1000 / 500 images, 32x32 (about 1 min)
 if [ ! -f "$OUT/data/manifest.json" ]; then
-  $NICE $PY -m train.world.data --out "$OUT/data" --yolo "$OUT/yolo"
+  $NICE $PY -m gatebench.train.world.data --out "$OUT/data" --yolo "$OUT/yolo"
 fi
 
 # 2. detector: YOLOv8 at depth 0.33 / width 0.125 (yolov8n depth, half its width), imgsz 96,
 #    10 epochs, batch 64, AdamW lr 0.002, 1 CPU thread; then the ceiling check on val GT images
 #    (share of GT boxes matched one-to-one, same class, IoU > 0.5; bar >= 0.95).
-$NICE $PY -m train.world.detector train --data "$OUT/yolo/data.yaml" --run-dir "$OUT/detector" \
+$NICE $PY -m gatebench.train.world.detector train --data "$OUT/yolo/data.yaml" --run-dir "$OUT/detector" \
   --scale n --depth 0.33 --width 0.125 --imgsz 96 --epochs 10 --batch 64 --seed 0 \
   --threads 1 --workers 0 --final "$ASSETS/world_yolo.pt" --eval-dataset "$OUT/data"
-$NICE $PY -m train.world.detector eval --weights "$ASSETS/world_yolo.pt" --dataset "$OUT/data" \
+$NICE $PY -m gatebench.train.world.detector eval --weights "$ASSETS/world_yolo.pt" --dataset "$OUT/data" \
   --split test --imgsz 96 --out "$OUT/detector/eval_test.json"
 
 # 3. CLIP: open_clip CLIP (ViT 32px / patch 4 / width 128 / 4 layers; text width 128 / 2 layers,
 #    world word tokenizer, context 16; embed 128), 10 epochs, batch 128, AdamW lr 1e-3, seed 0,
 #    English + Chinese captions; fp16 safetensors + JSON config.
-$NICE $PY -m train.world.clip train --dataset "$OUT/data" --run-dir "$OUT/clip" --epochs 10 \
+$NICE $PY -m gatebench.train.world.clip train --dataset "$OUT/data" --run-dir "$OUT/clip" --epochs 10 \
   --batch 128 --lr 1e-3 --seed 0 --threads 1 \
   --weights "$ASSETS/world_clip.safetensors" --config "$ASSETS/world_clip.json"
 
@@ -42,7 +42,7 @@ $NICE $PY -m train.world.clip train --dataset "$OUT/data" --run-dir "$OUT/clip" 
 #    EMA weights ship in fp16. Resumable: rerun this script and base.py continues from
 #    $OUT/base/state.pt (automatic, no flag).
 if [ ! -f "$ASSETS/base/model_index.json" ] || [ -n "${REBUILD_BASE:-}" ]; then
-  $NICE $PY -m train.world.base --data "$OUT/data" --out "$OUT/base" --max-steps 3000 \
+  $NICE $PY -m gatebench.train.world.base --data "$OUT/data" --out "$OUT/base" --max-steps 3000 \
     --minutes 600 --threads 1 --seed 0
   rm -rf "$ASSETS/base" && cp -r "$OUT/base/model" "$ASSETS/base"
 fi

@@ -1,10 +1,11 @@
 """Train the shapes world's small open_clip model contrastively (CPU, seeded, resumable).
 
-    python -m train.world.clip train --dataset assets-build/data --run-dir assets-build/clip \
+    python -m gatebench.train.world.clip train --dataset assets-build/data \
+        --run-dir assets-build/clip \
         [--epochs 10] [--batch 128] [--lr 1e-3] [--seed 0] \
         [--weights gatebench/world/assets/world_clip.safetensors \
          --config gatebench/world/assets/world_clip.json]
-    python -m train.world.clip eval --dataset assets-build/data --split val \
+    python -m gatebench.train.world.clip eval --dataset assets-build/data --split val \
         --weights gatebench/world/assets/world_clip.safetensors \
         --config gatebench/world/assets/world_clip.json
 

@@ -1,6 +1,6 @@
 """Generate the shapes world's splits (layout JSONL + PNGs) and the ultralytics export.
 
-    python -m train.world.data --out assets-build/data [--yolo assets-build/yolo]
+    python -m gatebench.train.world.data --out assets-build/data [--yolo assets-build/yolo]
         [--train 20000 --val 1000 --test 500] [--size 32]
 
 Seeds are fixed per split (``gatebench.world.shapes.DEFAULT_SPLITS``: train 1001, val 2002,

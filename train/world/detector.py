@@ -1,9 +1,9 @@
 """Train and evaluate the shapes world's YOLO detector (ultralytics, CPU, seeded, resumable).
 
-    python -m train.world.detector train --data assets-build/yolo/data.yaml \
+    python -m gatebench.train.world.detector train --data assets-build/yolo/data.yaml \
         --run-dir assets-build/detector [--scale n] [--imgsz 64] [--epochs 8] [--batch 64]
         [--seed 0] [--final gatebench/world/assets/world_yolo.pt]
-    python -m train.world.detector eval --weights gatebench/world/assets/world_yolo.pt \
+    python -m gatebench.train.world.detector eval --weights gatebench/world/assets/world_yolo.pt \
         --dataset assets-build/data --split val [--imgsz 64]
 
 The model is built from ``yolov8.yaml`` (never a downloaded .pt) with nc=12 from ``data.yaml``;

@@ -8,8 +8,8 @@ PY=${PY:-python}
 OUT=${OUT:-/tmp/world}
 ASSETS=${ASSETS:-gatebench/world/assets}
 BASE_MIN=${BASE_MIN:-6}
-$PY -m train.world.data --out "$OUT/data" --yolo "$OUT/yolo"
-$PY -m train.world.base --data "$OUT/data" --out "$OUT/base" --device cuda --batch-size 128 \
+$PY -m gatebench.train.world.data --out "$OUT/data" --yolo "$OUT/yolo"
+$PY -m gatebench.train.world.base --data "$OUT/data" --out "$OUT/base" --device cuda --batch-size 128 \
     --lr 2e-3 --threads 8 --minutes "$BASE_MIN" --save-every 500
 OUT="$OUT" BASE="$OUT/base/model" DATA="$OUT/data" GOOD_STEPS=${GOOD_STEPS:-3000} \
     GLIGEN_STEPS=${GLIGEN_STEPS:-3000} LEGACY_STEPS=${LEGACY_STEPS:-600} \

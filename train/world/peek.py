@@ -1,6 +1,7 @@
 """Look at a base model (or base + adapter) while it trains: a grid of samples from val layouts.
 
-    python -m train.world.peek --base assets-build/base/model [--ckpt adapter.pt] --out peek.png
+    python -m gatebench.train.world.peek --base assets-build/base/model [--ckpt adapter.pt] \
+        --out peek.png
 
 Rows: layouts; columns: gate scales (0 = the base alone). Ground-truth boxes are drawn on the
 scale>0 columns, so placement can be judged by eye.
