@@ -60,6 +60,13 @@ def _holding(name: str) -> Callable[[Path], str | None]:
     return problem
 
 
+def _detector(path: Path) -> str | None:
+    """A YOLO .pt file, or a folder holding a zero-shot detector's config.json."""
+    if path.is_dir():
+        return _holding("config.json")(path)
+    return _file(path)
+
+
 def _with_config(path: Path) -> str | None:
     """The shapes world's CLIP: the weights file and its .json config beside it."""
     config = path.with_suffix(".json")
@@ -110,7 +117,8 @@ def missing_inputs(protocol: Protocol) -> list[MissingInput]:
                    Path(m.base_model).expanduser() if m.base_model else None, _base_model))
     if m.detector:
         checks.append(("models", "detector", "an ultralytics YOLO weights file (.pt, COCO "
-                       "classes)", Path(m.detector), _file))
+                       "classes) or a zero-shot detector's transformers folder (config.json)",
+                       Path(m.detector), _detector))
     if m.clip_model:
         expected, check = _clip(protocol)
         checks.append(("models", "clip_model", expected, Path(m.clip_model), check))

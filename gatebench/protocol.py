@@ -108,6 +108,13 @@ class DetectionSpec:
     relation_min_sep: float = 0.1
     relation_margin: float = 0.02
     relation_min_iou: float = 0.0
+    # zero-shot detectors (a transformers folder as [models] detector; metrics/zeroshot.py):
+    # "joined" = the user's verifier ("a. b. c.", one forward), "per_phrase" = MIG's (one
+    # query per distinct phrase); the user's thresholds; head_noun: the user's noun shortening
+    query: Literal["joined", "per_phrase"] = "joined"
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    head_noun: bool = False
 
 
 @dataclass(frozen=True)

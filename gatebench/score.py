@@ -14,7 +14,8 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.metrics.detect import Detection, Detector, detections_vocabulary, gt_label
+from gatebench.metrics.detect import (Detection, Detector, PhraseDetector, detections_vocabulary,
+                                      gt_label)
 from gatebench.errors import LayoutError, MetricError
 from gatebench.layouts import Layout, load_layouts
 from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_scores
@@ -27,6 +28,7 @@ from gatebench.metrics.twin_cache import TwinCache
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import BoxMatch, match_boxes, summarize_matches
 from gatebench.metrics.relations import RelationCounts, relation_counts
+from gatebench.metrics.zeroshot import object_queries
 from gatebench.metrics.aggregate import SetAggregator
 from gatebench.metrics.stats import MetricValue
 from gatebench.protocol import Protocol
@@ -108,7 +110,8 @@ def _load(path: Path) -> Any:
         raise MetricError(f"expected a readable image, got {exc}", path=path) from None
 
 
-def _reason(boxes: list[dict[str, Any]], det: bool, health: Any) -> str:
+def _reason(boxes: list[dict[str, Any]], det: bool, health: Any,
+            unscorable_why: str = "no detector class") -> str:
     parts = []
     if det:
         scorable = [b for b in boxes if b["scorable"]]
@@ -123,7 +126,7 @@ def _reason(boxes: list[dict[str, Any]], det: bool, health: Any) -> str:
         parts.append("no detector")
     unscorable = [b["label"] for b in boxes if b["scorable"] is False]
     if unscorable:
-        parts.append(f"{len(unscorable)} unscorable ({', '.join(unscorable)}: no detector class)")
+        parts.append(f"{len(unscorable)} unscorable ({', '.join(unscorable)}: {unscorable_why})")
     if health.garbled:
         parts.append(f"garbled {health.garbled_score:.2f}")
     if health.blank:
@@ -133,7 +136,8 @@ def _reason(boxes: list[dict[str, Any]], det: bool, health: Any) -> str:
 
 def score_images(images: Sequence[Any], protocol: Protocol, *,
                  detections: Mapping[str, Sequence[Detection]] | None = None,
-                 detector: Detector | None = None, detector_labels: Collection[str] | None = None,
+                 detector: Detector | PhraseDetector | None = None,
+                 detector_labels: Collection[str] | None = None,
                  clip: ClipBackend | None = None, fid_extractor: FeatureExtractor | None = None,
                  real_images: Sequence[str | Path] | ReferenceStats | None = None,
                  cache_dir: str | Path | None = None, clip_language: str = "native",
@@ -142,7 +146,9 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     """Score ``(image_path, Layout, gate_scale|None, reference_image_path|None)`` items.
 
     ``detections`` (keyed by image file name) wins over ``detector``. ``detector_labels``: the
-    vocabulary GT classes are mapped into (default: the detector's, else the 80 COCO names).
+    vocabulary GT classes are mapped into (default: the detector's, else the 80 COCO names). A
+    zero-shot ``detector`` (PhraseDetector) is queried with each image's own object queries
+    (metrics/zeroshot.py) and matched by the query each detection was assigned to.
     ``clip_language="en"`` scores ``caption_en``/``name_en`` where present instead of the
     caption/phrase the image was generated from. Items that carry their pixels (``image``,
     ``reference_image``: uint8 RGB, what their PNG holds) are scored from memory, no file read;
@@ -241,6 +247,11 @@ class _Scorer:
     def has_det(self) -> bool:
         return self.detections is not None or self.detector is not None
 
+    @property
+    def phrases(self) -> bool:
+        """Zero-shot: objects are classed by their query text, detections by their phrase."""
+        return self.detections is None and isinstance(self.detector, PhraseDetector)
+
     def chunk(self, chunk: list[ImageItem]
               ) -> tuple[list[dict[str, Any]], list[APImage], np.ndarray | None]:
         scoring = self.protocol.scoring
@@ -257,6 +268,10 @@ class _Scorer:
             pils, self.fid_extractor, resize=scoring.fid_resize, batch_size=_CHUNK)
         if self.detections is not None:
             dets = [list(self.detections[it.image_path.name]) for it in chunk]
+        elif self.phrases:                # each image queried with its own objects' phrases
+            dets = self.detector.detect_phrases(pils, [  # type: ignore[union-attr]
+                [q for q in object_queries(it.layout.objects, self.protocol.detection) if q]
+                for it in chunk])
         elif self.detector is not None:   # a file by its path: the detector decodes it its own way
             dets = self.detector.detect([pil if it.image is not None else it.image_path
                                          for it, pil in zip(chunk, pils)])
@@ -296,10 +311,12 @@ class _Scorer:
         """One image's per-sample record (``region_scores`` None: no CLIP) and its AP input."""
         has_det, image_health = self.has_det, self.image_health
         objs = it.layout.objects
-        gt_labels = [gt_label(o, self.labels, self.protocol.detection.class_map) for o in objs]
+        phrases = self.phrases
+        gt_labels = object_queries(objs, self.protocol.detection) if phrases else [
+            gt_label(o, self.labels, self.protocol.detection.class_map) for o in objs]
+        det_labels = [d.phrase if phrases else d.label for d in det]
         records = match_boxes([o.bbox for o in objs], gt_labels, [d.bbox for d in det],
-                              [d.label for d in det], [d.score for d in det],
-                              self.protocol.scoring.match_iou)
+                              det_labels, [d.score for d in det], self.protocol.scoring.match_iou)
         summary = summarize_matches(records)
         rel = self.relations(objs, records, det) if has_det else None
         boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
@@ -328,15 +345,19 @@ class _Scorer:
             "rel_pairs_unscorable": rel.unscorable if rel else None,
             **sample_columns(it.writes if it.writes is not None else
                              read_record(it.image_path), it.gate_scale),
-            "boxes": boxes, "reason": _reason(boxes, has_det, health),
+            "boxes": boxes, "reason": _reason(boxes, has_det, health, "no English query"
+                                              if phrases else "no detector class"),
             # optional extras for report grids (not Stable names): prompt and raw detections
             "caption": it.layout.caption,
             "detections": [{"bbox": [round(v, 6) for v in d.bbox], "label": d.label,
-                            "score": round(float(d.score), 4)} for d in det] if has_det else None}
+                            "score": round(float(d.score), 4),
+                            **({"phrase": d.phrase} if phrases else {})}
+                           for d in det] if has_det else None}
+        kept = [(d, lab) for d, lab in zip(det, det_labels) if lab is not None]  # AP: a phrase
         ap_image = APImage(
             pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
             [lab for lab, r in zip(gt_labels, records) if r.scorable],
-            [d.bbox for d in det], [d.label for d in det], [d.score for d in det])
+            [d.bbox for d, _ in kept], [lab for _, lab in kept], [d.score for d, _ in kept])
         return row, ap_image
 
 

@@ -98,7 +98,8 @@ def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detection
     dev = resolve_device(device)
     vocabulary = None
     if detections is not None:
-        if proto.models.detector:   # the protocol's detector names the classes, not COCO
+        # the protocol's YOLO names the classes, not COCO (a zero-shot folder has no fixed ones)
+        if proto.models.detector and not Path(proto.models.detector).is_dir():
             from gatebench.metrics.detect import YoloDetector  # noqa: PLC0415
             vocabulary = YoloDetector.from_file(proto.models.detector, proto.detection).labels
         proto = proto.replace(models={"detector": None})

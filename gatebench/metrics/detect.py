@@ -9,7 +9,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol, Sequence
+from typing import (TYPE_CHECKING, Any, Collection, Mapping, Protocol, Sequence,
+                    runtime_checkable)
 
 from gatebench.errors import LayoutError, ModelFileError
 from gatebench.files import atomic_write_text
@@ -49,6 +50,9 @@ class Detection:
     bbox: Box          # normalised xyxy
     label: str         # the detector's class name (COCO English for YOLO-COCO)
     score: float
+    # a zero-shot detector's: the object query it was assigned to (None: to none); it, not the
+    # decoded label, is what the detection is matched by (metrics/zeroshot.py)
+    phrase: str | None = None
 
 
 class Detector(Protocol):
@@ -58,6 +62,19 @@ class Detector(Protocol):
     def labels(self) -> frozenset[str]: ...
 
     def detect(self, images: Sequence[Any]) -> list[list[Detection]]: ...
+
+
+@runtime_checkable
+class PhraseDetector(Protocol):
+    """An open-vocabulary detector: each image is queried with its own objects' phrases, and
+    each detection comes back with the phrase it was assigned to (``Detection.phrase``)."""
+
+    open_vocabulary: bool
+
+    def detect_phrases(self, images: Sequence[Any], queries: Sequence[Sequence[str]]
+                       ) -> list[list[Detection]]: ...
+
+    def identity(self) -> dict[str, Any]: ...
 
 
 def gt_label(obj: LayoutObject, labels: Collection[str],

@@ -109,13 +109,29 @@ def real_image_paths(protocol: Protocol, layouts: Sequence[Layout]) -> list[tupl
     return paths
 
 
+def load_detector(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]]:
+    """[models] detector: a transformers folder of a zero-shot detector (queried with each
+    image's phrases), else an ultralytics YOLO weights file; and its results.json identity."""
+    path = Path(protocol.models.detector or "")
+    from gatebench.metrics.zeroshot import ZeroShotDetector, is_zero_shot_folder
+
+    if path.is_dir():
+        if not is_zero_shot_folder(path):
+            raise ModelFileError("expected a zero-shot detection model folder (config.json "
+                                 "model_type grounding-dino, mm-grounding-dino, owlv2 or "
+                                 "owlvit) or a YOLO .pt file, got another folder", path=path)
+        detector = ZeroShotDetector.from_folder(path, protocol.detection, device=device)
+        return detector, detector.identity()
+    from gatebench.metrics.detect import YoloDetector
+    detector = YoloDetector.from_file(path, protocol.detection, device=device)
+    return detector, _file_identity(path, backend="ultralytics", kind="yolo")
+
+
 def load_eval_models(protocol: Protocol, *, device: str, layouts: Sequence[Layout] = ()) -> EvalModels:
     m = protocol.models
     models = EvalModels()
     if m.detector:
-        from gatebench.metrics.detect import YoloDetector
-        models.detector = YoloDetector.from_file(m.detector, protocol.detection, device=device)
-        models.info["detector"] = _file_identity(Path(m.detector), backend="ultralytics")
+        models.detector, models.info["detector"] = load_detector(protocol, device)
     models.clip, clip_info = load_clip(protocol, device)
     if clip_info:
         models.info["clip"] = {**clip_info, "caption_language": protocol.data.caption_language}

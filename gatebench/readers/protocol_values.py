@@ -64,6 +64,8 @@ RANGES: dict[tuple[str | None, str], tuple[float | None, float | None, bool, boo
     ("detection", "relation_min_sep"): (0, 1, True, False),
     ("detection", "relation_margin"): (0, 1, False, True),
     ("detection", "relation_min_iou"): (0, 1, False, True),
+    ("detection", "box_threshold"): (0, 1, False, True),
+    ("detection", "text_threshold"): (0, 1, False, True),
     ("scoring", "match_iou"): (0, 1, True, False), ("scoring", "bootstrap"): (0, None, False, False),
     ("scoring", "ci_level"): (0, 1, True, True),
     # health scores lie in [0, 1]: a threshold outside (0, 1) flags every image or none

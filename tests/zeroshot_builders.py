@@ -1,0 +1,53 @@
+"""Tiny random zero-shot detectors saved as transformers folders, built offline (no hub).
+
+Grounding DINO: a 2-stage Swin backbone (embed 16), a 2-layer BERT text encoder (hidden 32) over
+a WordPiece vocabulary written here, d_model 32, 2 encoder / 2 decoder layers (1 decoder layer
+fails at tie-weights), 30 queries, 64-px images. Random weights give scores around 0.5, so the
+user's thresholds (box 0.35, text 0.25) keep detections: enough to test the plumbing, the token
+spans and parity with the user's call, never accuracy.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("cat", "dog", "red", "car", "bird", "tree", "person", "bicycle", "apple", "chair",
+         "book", "cup", "a", "the", "blue", "small", "traffic", "light", "sports", "ball")
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PUNCT = (".", ",", "?", "!", "-")
+
+
+def write_vocab(path: Path) -> Path:
+    """A WordPiece vocabulary: specials, punctuation, whole words, letters and ##letters."""
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    tokens = [*SPECIALS, *PUNCT, *WORDS, *letters, *(f"##{c}" for c in letters)]
+    path.write_text("\n".join(dict.fromkeys(tokens)) + "\n", encoding="utf-8")
+    return path
+
+
+def make_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
+    """save_pretrained of a random GroundingDinoForObjectDetection and its processor."""
+    import torch
+    from transformers import (BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_vocab(folder / "wordpiece-vocab.txt")
+    tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)   # a vocab.txt path
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1],
+                          num_heads=[1, 1, 2], window_size=4, out_features=["stage2", "stage3"])
+    text = {"model_type": "bert", "vocab_size": tokenizer.vocab_size, "hidden_size": 32,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
+            "max_position_embeddings": 64}
+    config = GroundingDinoConfig(
+        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=2,
+        decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
+        decoder_attention_heads=2, num_queries=30, num_feature_levels=2, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=64, two_stage=True)
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    vocab.unlink()
+    return folder
