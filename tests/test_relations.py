@@ -115,3 +115,47 @@ def test_relation_thresholds_are_validated_with_their_line(tmp_path: Path) -> No
     assert exc.value.line == 3
     ok = parse_protocol('name = "x"\n[detection]\nrelation_min_sep = 0.2\n', tmp_path / "p.toml")
     assert ok.detection == DetectionSpec(relation_min_sep=0.2)
+
+
+def test_on_a_detections_file_right_order_one_swapped_zero(tmp_path: Path) -> None:
+    import json
+
+    from gatebench.metrics.detect import write_detections_jsonl
+    from gatebench.score import score_folder
+
+    images = tmp_path / "images"
+    images.mkdir()
+    row = {"image_path": "{}.png", "caption": "一只猫在狗的左边",
+           "objects": [{"name": "猫", "name_en": "cat", "bbox": list(CAT)},
+                       {"name": "狗", "name_en": "dog", "bbox": list(DOG)}]}
+    rows = [json.dumps({**row, "image_path": f"{n}.png"}, ensure_ascii=False)
+            for n in ("right", "swapped")]
+    (tmp_path / "layouts.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    for name in ("right", "swapped"):
+        Image.new("RGB", (32, 32), (120, 130, 140)).save(images / f"{name}.png")
+    cat_right, dog_left = (0.45, 0.3, 0.85, 0.7), (0.15, 0.3, 0.55, 0.7)
+    for name, dets in (("right", [Detection(CAT, "cat", 0.9), Detection(DOG, "dog", 0.9)]),
+                       ("swapped", [Detection(cat_right, "cat", 0.9),
+                                    Detection(dog_left, "dog", 0.9)])):
+        file = write_detections_jsonl({f"{name}.png": dets}, tmp_path / f"{name}.jsonl")
+        one = images.parent / f"only-{name}"
+        one.mkdir()
+        (one / f"{name}.png").write_bytes((images / f"{name}.png").read_bytes())
+        layouts = tmp_path / f"{name}.layouts.jsonl"
+        layouts.write_text(rows[0 if name == "right" else 1] + "\n", encoding="utf-8")
+        result = score_folder(one, layouts, PROTOCOL, file)
+        expected = 1.0 if name == "right" else 0.0
+        assert result.metrics["relation_rate"].value == expected
+        assert result.metrics["relation_rate_matched"].value == expected
+
+
+def test_the_shipped_protocols_state_the_relation_and_zero_shot_settings() -> None:
+    from gatebench.protocol import load_protocol
+
+    oracle = load_protocol("oracle-coco2014").detection
+    assert (oracle.relation_min_sep, oracle.relation_margin, oracle.relation_min_iou) == \
+        (0.1, 0.02, 0.0)
+    mig = load_protocol("coco-mig")
+    assert mig.detection.query == "per_phrase"
+    assert (mig.detection.box_threshold, mig.detection.text_threshold) == (0.25, 0.25)
+    assert mig.models.detector and mig.scoring.match_iou == 0.5
