@@ -24,6 +24,7 @@ line-height:1.45;color:#222}table{border-collapse:collapse;margin:.6em 0;font-si
 th,td{border:1px solid #ccc;padding:.25em .55em}th{background:#f3f3f3}
 img{max-width:100%}code{background:#f4f4f4;padding:0 .2em}blockquote{color:#8a5a00}"""
 _IMG = re.compile(r'<img alt="([^"]*)" src="([^"]+)"')
+EXTENSIONS = ("tables", "fenced_code", "md_in_html")     # md_in_html: the report's <details>
 ALLOWED = {"h1", "h2", "h3", "h4", "h5", "h6", "p", "br", "hr", "strong", "em", "code", "pre",
            "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td", "img",
            "details", "summary"}
@@ -112,7 +113,7 @@ def markdown_to_html(text: str, folder: Path, *, title: str = "gatebench report"
     except ImportError:  # pragma: no cover - installed with tensorboard
         raise GatebenchError("expected the 'markdown' package for --format html, got none",
                              hint="pip install markdown, or use --format md") from None
-    body = markdown.markdown(text, extensions=["tables", "fenced_code", "md_in_html"])
+    body = markdown.markdown(text, extensions=list(EXTENSIONS))
     body = _IMG.sub(lambda m: _inline(m, folder), sanitise(body))
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html_text(title)}"
             f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")

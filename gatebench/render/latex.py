@@ -170,7 +170,7 @@ def render_latex(results: dict[str, Any], *, figures: Figures | None = None,
                  comparison: dict[str, Any] | None = None) -> str:
     """A .tex fragment: targets table, metrics table, optional figures and regression table."""
     versions = results.get("versions", {})
-    out = [f"% gatebench report: {clean(results['protocol']['name'])} (gatebench "
+    out = [f"% gatebench report: {tex_text(results['protocol']['name'])} (gatebench "
            f"{clean(versions.get('gatebench'))}), re-rendered from results.json",
            "% needs \\usepackage{booktabs}, \\usepackage{amssymb} (\\checkmark) and graphicx",
            f"% verdict {results['verdict']}; gate health {gate_verdict(results)}; protocol "
