@@ -78,13 +78,16 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
 
 
 def _when(c: dict[str, Any], from_file_name: bool) -> str:
-    if not from_file_name:          # as recorded, nothing else
+    # a step `gates` took from the file name (or from the identical file) says so
+    source = c.get("step_source")
+    note = f" ({source})" if source not in (None, "recorded") else ""
+    if not from_file_name:          # as `gates` reported it, nothing else
         step, epoch = c.get("step"), c.get("epoch")
-        return f"step {step}" if step is not None else (
+        return f"step {step}{note}" if step is not None else (
             f"epoch {epoch}" if epoch is not None else "-")
     axis, x = checkpoint_position(c)
-    return "-" if x is None else f"{axis} {x}" + (
-        " (file name)" if c.get("step") is None and c.get("epoch") is None else "")
+    return "-" if x is None else f"{axis} {x}" + (note or (
+        " (file name)" if c.get("step") is None and c.get("epoch") is None else ""))
 
 
 def gates_section(results: dict[str, Any], plot: str | None = None) -> str:
