@@ -437,7 +437,7 @@ def analyse_paths(paths: Sequence[Path], logs: Sequence[Path], thresholds: GateT
         raise CheckpointError(unreadable[0].message)
     report = dataclasses.replace(analyse(infos, series, thresholds, gate_scales),
                                  unreadable=unreadable)
-    return report, [*(i.path for i in infos), *logs]
+    return report, [*checkpoint_paths, *logs]
 
 
 def to_json(report: GateReport) -> dict[str, Any]:

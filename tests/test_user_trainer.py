@@ -112,8 +112,12 @@ def test_a_half_written_file_is_listed_and_the_rest_is_judged(tmp_path: Path) ->
     assert doc["verdict"] == "warn" and _codes(doc) == {"single_box_unlocalisable"}
     # an interrupted save stays torn: the same, for good; the terminal says it too
     UserTrainerWriter(tmp_path / "dead").run(8, interrupt=("checkpoint-6.pt", 5))
-    out = CliRunner().invoke(cli, ["gates", str(tmp_path / "dead")])
+    out = CliRunner().invoke(cli, ["gates", str(tmp_path / "dead"), "--out", str(tmp_path / "o")])
     assert out.exit_code == 1 and TORN in out.output and "checkpoint-4.pt" in out.output
+    written = json.loads((tmp_path / "o" / "gates.json").read_text())     # the rest is written
+    assert len(written["checkpoints"]) == 2 and len(written["unreadable"]) == 1
+    assert f"`checkpoint-6.pt`: expected a PyTorch checkpoint, got a {TORN}" in (
+        tmp_path / "o" / "gates.md").read_text()
 
 
 def test_an_empty_file_just_opened_is_torn_and_a_lone_torn_file_is_bad_input(
