@@ -111,6 +111,31 @@ def test_ten_plus_resume_plus_ten_equals_twenty(world, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_resume_from_the_run_folder_continues_the_run(world, tmp_path: Path) -> None:
+    """`--resume RUN_DIR` continues from the run's newest checkpoint with resume state (the
+    series rule: final.pt), not from spatial_adapter_final.pt, the weights-only file written last;
+    naming that file is one line that names final.pt."""
+    run = tmp_path / "run"
+    train(world, run, max_steps=4, save_every=2)
+    assert (run / "spatial_adapter_final.pt").stat().st_mtime_ns >= \
+        (run / "final.pt").stat().st_mtime_ns
+    straight = train(world, tmp_path / "straight", max_steps=6)
+    args = ["train", "--mixed-data", str(world["layouts"]), "--base-model", str(world["base"]),
+            "--image-dir", str(world["root"] / "real"), "--batch-size", "2", "--epochs", "50",
+            "--max-steps", "6", "--lr", "1e-3", "--warmup-steps", "1", "--min-area", "0",
+            "--min-side", "0", "--caption-dropout", "0", "--output-dir", str(tmp_path / "more")]
+    result = CliRunner().invoke(cli, [*args, "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    assert f"resuming from {run / 'final.pt'} (step 4)" in result.output
+    more, _ = read_raw(tmp_path / "more" / "final.pt")
+    assert all(torch.equal(value, more[key]) for key, value in
+               straight.adapters.state_dict().items())          # 4 + resume + 2 = 6 exactly
+    bare = CliRunner().invoke(cli, [*args, "--resume", str(run / "spatial_adapter_final.pt")])
+    assert bare.exit_code == 2
+    assert len(bare.output.strip().splitlines()) == 1 and "weights-only" in bare.output
+    assert f"resume from {run / 'final.pt'}, which has it" in bare.output
+
+
 def test_trained_checkpoint_runs_through_gatebench_run(world, tmp_path: Path) -> None:
     train(world, tmp_path / "t", max_steps=5, scale_min=0.5, scale_max=1.0, null_slot=True,
           box_mask=True)

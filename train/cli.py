@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from gatebench.train.config import FREEZE_GATE_WARNING, GATE_INIT_WARNING, TrainConfig
 
@@ -66,7 +67,8 @@ P = click.Path(path_type=Path)
 @click.option("--gate-init-value", type=float, default=None)
 @click.option("--freeze-gate", is_flag=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", type=P, default=None, help="A checkpoint written by this trainer.")
+@click.option("--resume", type=P, default=None, help="A checkpoint written by this trainer, or "
+              "its run folder: the run's newest checkpoint with resume state (series order).")
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default="no",
               show_default=True)
 @click.option("--grad-accum", type=int, default=1, show_default=True)
@@ -86,6 +88,9 @@ def train_command(**flags) -> None:
     config = TrainConfig(**flags)
     trainer = Trainer(config)
     console = Console(stderr=True)
+    if trainer.resumed_from is not None and trainer.rank == 0:
+        console.print(escape(f"resuming from {trainer.resumed_from} (step {trainer.state.step})"),
+                      soft_wrap=True, highlight=False)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=trainer.rank != 0) as bar:

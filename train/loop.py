@@ -28,6 +28,7 @@ from gatebench.files import atomic_output, atomic_write_text
 from gatebench.watch.discover import STATUS_FILE
 from gatebench.train.config import TrainConfig
 from gatebench.train.data import LayoutImageDataset, epoch_order
+from gatebench.train.resume import resume_source
 
 
 class GroundedUNet(nn.Module):
@@ -139,6 +140,8 @@ class Trainer:
         from gatebench.models import load_base_model
 
         self.config = config
+        # the file --resume FILE / RUN_DIR continues from, found before any model loads
+        self.resumed_from = resume_source(config.resume) if config.resume is not None else None
         self.rank, self.world, local_rank = _distributed()
         if config.device == "auto":
             self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -181,8 +184,8 @@ class Trainer:
         self._phrase_cache: dict[str, torch.Tensor] = {}
         self.scaler = torch.amp.GradScaler(enabled=config.mixed_precision == "fp16"
                                            and self.device.type == "cuda")
-        if config.resume is not None:
-            self._resume(config.resume)
+        if self.resumed_from is not None:
+            self._resume(self.resumed_from)
 
     # -- data -----------------------------------------------------------------------------
     def _phrases(self, names: list[str]) -> torch.Tensor:
