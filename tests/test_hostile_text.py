@@ -188,7 +188,9 @@ def hostile_run(folder: Path) -> Path:
     results["models"]["detector"]["path"] = NASTY[8]
     results["generation"]["phrase_encoding"] = NASTY[3]
     results["generation"]["caches"][0]["folder"] = NASTY[7]
-    (folder / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    text = json.dumps(results, indent=1)     # checkpoint paths too: reasons and footers quote them
+    hostile_dir = json.dumps(f"ckpt/{NASTY[2]}|{NASTY[7]}/")[1:-1]
+    (folder / "results.json").write_text(text.replace("ckpt/", hostile_dir), encoding="utf-8")
     lines = [json.loads(line) for line in
              (folder / "samples.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     layouts: dict[str, str] = {}
