@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
 from gatebench import __version__
@@ -24,6 +23,7 @@ from gatebench.cli.support import (RichProgress, Terminated, consoles, finish, p
                                    parse_ints, quiet_model_libraries, sigterm_as_interrupt)
 from gatebench.errors import GatebenchError
 from gatebench.files import write_fault
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 
 
 

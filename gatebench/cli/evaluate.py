@@ -13,11 +13,11 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
 from gatebench.cli.support import RichProgress, consoles, finish, parse_floats
 from gatebench.protocol import DEFAULT_PROTOCOL
 from gatebench.render import FORMATS
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.rundir.outputs import check_not_input, ensure_out_dir
 
 
