@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.markup import escape
 
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.train.config import FREEZE_GATE_WARNING, GATE_INIT_WARNING, TrainConfig
 
 P = click.Path(path_type=Path)

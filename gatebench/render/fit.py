@@ -21,10 +21,11 @@ from typing import Literal, Sequence
 
 from rich.cells import cell_len
 from rich.console import Console
-from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
+
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 
 Justify = Literal["left", "right", "center"]
 Layout = Literal["table", "reduced", "records"]
