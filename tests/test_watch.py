@@ -312,8 +312,8 @@ def test_follow_mode_ends_on_sigint_and_resumes(world, tmp_path) -> None:
         assert time.monotonic() < deadline and follower.poll() is None
         time.sleep(0.2)
     write_checkpoint(run / "checkpoint-20.pt", gate=0.4)       # lands while it follows
-    while json.loads((out / "watch.json").read_text())["checkpoints"][-1]["status"] \
-            != "evaluated":
+    while [e["status"] for e in json.loads((out / "watch.json").read_text())["checkpoints"]] \
+            != ["evaluated", "evaluated"]:
         assert time.monotonic() < deadline and follower.poll() is None
         time.sleep(0.2)
     follower.send_signal(signal.SIGINT)
