@@ -25,21 +25,17 @@ import pandas as pd
 from gatebench.errors import NotComparableError
 from gatebench.files import atomic_write_text
 from gatebench.metrics import spec as metric_spec
+from gatebench.metrics.regression import change_status
 from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.rundir.outputs import check_not_input
 from gatebench.rundir.pairing import (check_comparable, comparability_problems, gate_scales,
                                       model_warnings, pair_checkpoints, run_identity,
                                       stopped_early)
+from gatebench.rundir.records import metric_units, records_at
 from gatebench.rundir.saved import SavedRun, label_map, load_run
 from gatebench.metrics.paired_sequence import compare_sequences
 
 SCHEMA_VERSION = 1
-# All read from the metric table (gatebench.metrics.spec); kept here under their old names.
-PAIRED_METRICS = metric_spec.IMAGE_METRICS
-SET_METRICS = metric_spec.SET_METRICS
-LOWER_IS_BETTER = frozenset(metric_spec.LOWER_IS_BETTER)
-DEFAULT_MARGINS: dict[str, float] = dict(metric_spec.DEFAULT_MARGINS)
-OTHER_MARGIN = metric_spec.NAMED_MARGIN
 MIN_BOOT = 1000
 
 
@@ -152,12 +148,6 @@ def write_verdict(document: dict[str, Any], path: Path) -> Path:
     return atomic_write_text(path, json.dumps(document, indent=2, ensure_ascii=False))
 
 
-def records_at(samples: pd.DataFrame, label: str, scale: float) -> pd.DataFrame:
-    """The records of one checkpoint (samples name it by its label) at one gate scale."""
-    df = samples[samples["checkpoint"].astype(str) == label] if "checkpoint" in samples else samples
-    return df[np.isclose(pd.to_numeric(df["gate_scale"], errors="coerce").astype(float), scale)]
-
-
 def _check_samples(run: SavedRun) -> None:
     names = list(label_map(run.results).values())
     where = run.folder / "samples.jsonl"
@@ -173,22 +163,6 @@ def _check_samples(run: SavedRun) -> None:
     # (a record repeated in samples.jsonl is refused where the file is read: rundir/samples.py)
 
 
-def metric_units(df: pd.DataFrame, metric: str) -> pd.DataFrame | None:
-    """Per-layout (numerator, denominator) of one per-image metric; None when not recorded.
-
-    The images and their (num, den) come from ``spec.units``, the rule score aggregates by;
-    here images without a recorded value or with nothing to average are left out of the pairs.
-    """
-    ratio = metric_spec.METRICS[metric].ratio
-    assert ratio is not None, f"{metric} is set-level"
-    units = metric_spec.units(df, ratio)
-    units = units[units["num"].notna() & (units["den"] > 0)]
-    if units.empty:
-        return None
-    units = units.assign(layout_id=units["layout_id"].astype(str))
-    return units.groupby("layout_id", sort=True)[["num", "den"]].sum()
-
-
 def paired_ratio_diff(cand: pd.DataFrame, base: pd.DataFrame, *, n_boot: int, level: float,
                       seed: int) -> tuple[float, float, float, float | None, float | None]:
     """(candidate, baseline, diff, ci_low, ci_high) of sum(num)/sum(den), layouts resampled as
@@ -202,20 +176,14 @@ def paired_ratio_diff(cand: pd.DataFrame, base: pd.DataFrame, *, n_boot: int, le
 
 def _status(metric: str, diff: float | None, low: float | None, high: float | None,
             margin: float | None) -> str:
-    """Regression: the whole CI (or, without one, the point) beyond the margin, bad side."""
+    """The regression rule (metrics.regression) on the whole CI, or without one on the point."""
     if diff is None:
         return "not compared"
-    sign = 1.0 if metric_spec.higher_is_better(metric) else -1.0        # + = better
-    good_low, good_high = (low, high) if sign > 0 else (
-        (None if high is None else -high), (None if low is None else -low))
-    best, worst = (good_high, good_low) if good_low is not None else (sign * diff, sign * diff)
     if margin is None:
         return "not gated"
-    if best < -margin:
-        return "regression"
-    if worst > margin:
-        return "improved"
-    return "ok"
+    if low is None or high is None:
+        low = high = diff
+    return change_status(metric, low, high, margin)
 
 
 def _results_row(results: dict[str, Any], checkpoint: str, scale: float) -> dict[str, Any] | None:
@@ -274,9 +242,9 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                     f"expected the same layouts at gate scale {scale:g} in both samples.jsonl, "
                     f"got {len(b_ids)} and {len(c_ids)} (only in one: {', '.join(odd[:3])})",
                     path=candidate.folder / "samples.jsonl")
-            for metric in PAIRED_METRICS:
+            for metric in metric_spec.IMAGE_METRICS:
                 b_units, c_units = metric_units(b_df, metric), metric_units(c_df, metric)
-                margin = chosen.get(metric, DEFAULT_MARGINS.get(metric))
+                margin = chosen.get(metric, metric_spec.DEFAULT_MARGINS.get(metric))
                 common = (b_units is not None, c_units is not None)
                 if not any(common):
                     continue
@@ -287,7 +255,7 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                 if b_units is not None and c_units is not None:
                     both = b_units.index.intersection(c_units.index)
                     pairs[len(rows) - 1] = (c_units.loc[both], b_units.loc[both])
-            for metric in SET_METRICS:
+            for metric in metric_spec.SET_METRICS:
                 b_row, c_row = _results_row(base, b_ck, scale), _results_row(cand, c_ck, scale)
                 b_val = ((b_row or {}).get("metrics", {}).get(metric) or {}).get("value")
                 c_val = ((c_row or {}).get("metrics", {}).get(metric) or {}).get("value")
@@ -316,8 +284,9 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
             warnings.append(f"{row.metric} at gate scale {row.gate_scale:g}: {row.note}")
     rising = ", ".join(metric_spec.LOWER_IS_BETTER)
     settings = {"n_boot": n_boot, "ci_level": level, "seed": seed, "resampling_unit": "layout",
-                "margins": {m: chosen.get(m, DEFAULT_MARGINS.get(m))
-                            for m in PAIRED_METRICS} | {m: chosen.get(m) for m in SET_METRICS},
+                "margins": {m: chosen.get(m, metric_spec.DEFAULT_MARGINS.get(m))
+                            for m in metric_spec.IMAGE_METRICS}
+                | {m: chosen.get(m) for m in metric_spec.SET_METRICS},
                 "rule": "regression when the whole CI of candidate - baseline lies beyond the "
                         f"margin on the bad side (a rise for {rising})"}
     alpha = float(scoring.get("decision_alpha", 0.05))

@@ -8,6 +8,7 @@ timings), every per-image record goes to samples.jsonl, so every aggregate can b
 """
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import pandas as pd
 from gatebench.checkpoint import inspect_checkpoint
 from gatebench.distributed import (barrier, distributed, import_collective_libraries,
                                    sum_over_ranks)
-from gatebench.errors import GatebenchError, ModelFileError
+from gatebench.errors import GatebenchError, ModelFileError, NotComparableError
 from gatebench.files import cache_dir, sweep_temporaries
 from gatebench.gates import GateReport, analyse
 from gatebench.generate import GenerationStats, Sampler, grounded_steps
@@ -32,11 +33,13 @@ from gatebench.models.device import resolve_device, resolve_dtype
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
 from gatebench.protocol import Protocol
 from gatebench.rundir.outputs import check_writable, ensure_out_dir, run_lock
-from gatebench.rundir.results import build_results, exit_code, layout_ids_sha256, write_json
-from gatebench.rundir.samples import write_samples_jsonl
+from gatebench.compare import Comparison, regression_gate
+from gatebench.rundir.results import (build_results, decide_verdict, exit_code, layout_ids_sha256,
+                                     record_verdict, write_json)
+from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.score_run import detector_ceiling, score_sets
 from gatebench.sequential.rounds import generate_until_decided, sequential_record
-from gatebench.rundir.saved import label_map
+from gatebench.rundir.saved import SavedRun, label_map
 from gatebench.verdict import TargetRow, evaluate_targets
 from gatebench.writes.findings import write_findings
 
@@ -68,6 +71,7 @@ class RunResult:
     out_dir: Path
     exit_code: int
     paths: dict[str, Path] = field(default_factory=dict)
+    comparison: Comparison | None = None     # `--baseline`: the regression gate (compare.json)
 
 
 GENERATION_COUNTS = ("generated", "cached", "nonfinite", "batches", "oom_halvings")
@@ -235,16 +239,36 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         # the N layouts it may stop short of: what a baseline run of the same protocol holds
         results["sequential"], results["max_layouts"] = sequential, len(all_ids)
         results["max_layout_ids_sha256"] = layout_ids_sha256(all_ids)
-        if sequential["decided"] == "fail":   # decided by the sequences, whatever a point says
-            results["verdict"] = "fail"
     # why placement fails, read from where the adapter writes (warnings: never the verdict)
     results["write_findings"] = [f.to_dict() for f in write_findings(
         rows, results["checkpoints"], label_map(results))]
-    paths = {"results": write_json(out / "results.json", results),
-             "samples": write_samples_jsonl(samples, out / "samples.jsonl"),
-             "report": write_report(results, samples, gate_report, out)}
+    paths = {"samples": write_samples_jsonl(samples, out / "samples.jsonl")}
+    comparison, not_comparable = None, None
+    if baseline is not None:     # the paired regression gate on the records just written
+        try:
+            comparison = _regression_gate(baseline, results, out)
+        except NotComparableError as exc:   # recorded as a failed part, then exit 2
+            not_comparable = exc
+    regression = (comparison.to_json() if comparison is not None else
+                  {"verdict": "not_comparable", "reasons": [not_comparable.message]}
+                  if not_comparable is not None else None)
+    record_verdict(results, decide_verdict(targets, gate_report.verdict, regression=regression,
+                                           sequential=sequential))
+    paths["results"] = write_json(out / "results.json", results)
+    paths["report"] = write_report(results, samples, gate_report, out,
+                                   comparison=regression if comparison is not None else None)
+    if not_comparable is not None:
+        raise not_comparable
     return RunResult(results, samples, targets, gate_report, out, exit_code(results["verdict"]),
-                     paths)
+                     paths, comparison)
+
+
+def _regression_gate(baseline: SavedRun, results: dict[str, Any], out: Path) -> Comparison:
+    """`run --baseline`: compare's gate over this run's records as the files hold them
+    (samples.jsonl as written, results as JSON reads them back); compare.json beside them."""
+    candidate = SavedRun(json.loads(json.dumps(results, default=str)),
+                         read_samples_jsonl(out / "samples.jsonl"), out / "results.json")
+    return regression_gate(baseline, candidate, verdict_path=out / "compare.json")
 
 
 def _generation_record(stats: GenerationStats, world: int, base: Any, protocol: Protocol,

@@ -86,7 +86,7 @@ def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detection
     """`gatebench score`: (the score.json document, the ScoreResult, the target rows)."""
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.models.device import resolve_device  # noqa: PLC0415
-    from gatebench.rundir.results import overall_verdict  # noqa: PLC0415
+    from gatebench.rundir.results import decide_verdict, record_verdict  # noqa: PLC0415
     from gatebench.verdict import evaluate_targets  # noqa: PLC0415
 
     proto = load_protocol(protocol) if protocol else Protocol(name="score")
@@ -115,8 +115,8 @@ def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detection
     document = {"schema_version": 1, "images": str(images), "layouts": str(layouts),
                 "protocol": proto.name, **result.to_dict(),
                 "models": models.identity() if models else {},
-                "targets": [t.to_dict() for t in targets],
-                "verdict": overall_verdict(targets)}
+                "targets": [t.to_dict() for t in targets]}
+    record_verdict(document, decide_verdict(targets))
     return document, result, targets
 
 

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from gatebench import compare
 from gatebench.errors import ProtocolError
 from gatebench.metrics import TransformersClip
 from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.spec import METRICS, MetricSpec, Ratio
 from gatebench.metrics.stats import bootstrap_ci
 from gatebench.protocol import parse_protocol
+from gatebench.rundir.records import metric_units
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.rundir.saved import label_map, load_run
 from gatebench.score import score_folder
@@ -30,12 +30,12 @@ TOY = MetricSpec("toy_rate", False, "image", "none", "Toy rate", "share in [0, 1
 def test_the_table_keeps_the_stable_names_and_facts() -> None:
     assert metric_spec.METRIC_NAMES == STABLE + WRITES
     assert all(METRICS[n].name == n for n in METRICS)
-    assert compare.PAIRED_METRICS == ("iou50_rate", "miou", "all_matched_rate", "relation_rate",
+    assert metric_spec.IMAGE_METRICS == ("iou50_rate", "miou", "all_matched_rate", "relation_rate",
                                       "relation_rate_matched", "clip_score", "region_clip_score",
                                       "garbled_rate", "blank_rate", *WRITES)
-    assert compare.SET_METRICS == ("ap50", "ap", "fid", "kid")
-    assert compare.LOWER_IS_BETTER == {"fid", "kid", "garbled_rate", "blank_rate", "effect_norm"}
-    margins = {m: compare.DEFAULT_MARGINS[m] for m in compare.PAIRED_METRICS if m not in WRITES}
+    assert metric_spec.SET_METRICS == ("ap50", "ap", "fid", "kid")
+    assert set(metric_spec.LOWER_IS_BETTER) == {"fid", "kid", "garbled_rate", "blank_rate", "effect_norm"}
+    margins = {m: metric_spec.DEFAULT_MARGINS[m] for m in metric_spec.IMAGE_METRICS if m not in WRITES}
     assert margins == {"iou50_rate": 0.02, "miou": 0.02, "all_matched_rate": 0.02,
                        "relation_rate": 0.02, "relation_rate_matched": 0.02,
                        "clip_score": 0.005, "region_clip_score": 0.02, "garbled_rate": 0.02,
@@ -78,7 +78,7 @@ def test_score_reports_what_the_spec_aggregates_from_saved_samples(
         reported = result.metrics[name]
         assert metric_spec.aggregate_value(samples, name) == pytest.approx(reported.value,
                                                                            rel=1e-12), name
-        units = compare.metric_units(samples, name)
+        units = metric_units(samples, name)
         assert units["num"].sum() / units["den"].sum() == pytest.approx(reported.value,
                                                                         rel=1e-12), name
         # score's interval is the spec's units bootstrapped over layouts, nothing else

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
-from rich.console import Console
 
 from gatebench.cli.support import RichProgress, consoles, finish, parse_floats
 from gatebench.protocol import DEFAULT_PROTOCOL
@@ -86,30 +84,9 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
     result = run_evaluation(list(checkpoints), proto, options,
                             progress_factory=lambda total: RichProgress(total, "generating"),
                             baseline=base_run)
-    code = result.exit_code
     if result.results:          # empty on torchrun ranks other than 0: rank 0 reports
         render_run(result, console)
-        if base_run is not None:
-            code = max(code, _baseline_check(base_run, result, console))
-    finish(code)
-
-
-def _baseline_check(base_run: Any, result: Any, console: Console) -> int:
-    """`run --baseline`: the paired regression gate on the run just written (compare.json and a
-    report section); its exit code combines with the targets' (1 if either fails)."""
-    from gatebench.compare import regression_gate
-    from gatebench.render.compare import render_terminal
-    from gatebench.render.markdown import write_report
-    from gatebench.rundir.saved import load_run
-
-    verdict_path = result.out_dir / "compare.json"
-    comparison = regression_gate(base_run, load_run(result.paths["results"]),
-                                 verdict_path=verdict_path)
-    write_report(result.results, result.samples, result.gate_report, result.out_dir,
-                 comparison=comparison.to_json())
-    render_terminal(comparison, console, all_rows=False)
-    console.print(escape(f"regression verdict: {verdict_path}"))
-    return comparison.exit_code
+    finish(result.exit_code)
 
 
 @click.command()

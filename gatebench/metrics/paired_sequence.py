@@ -13,7 +13,7 @@ clear non-regression (wholly inside it) is decided at any n with the stated erro
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import hashlib
 
@@ -22,8 +22,8 @@ import pandas as pd
 
 from gatebench.metrics import confseq
 from gatebench.metrics import spec as metric_spec
+from gatebench.metrics.regression import sequence_decision
 
-REGRESSION, NO_REGRESSION = "regression", "no regression"
 ORDER_RULE = "layouts in a fixed random order: sha256(seed:layout_id)"
 
 
@@ -85,25 +85,25 @@ def paired_sequence(cand: pd.DataFrame | None, base: pd.DataFrame | None,
     except ValueError as exc:   # records outside the metric's stated facts: never guess
         return PairedSequence(None, None, n, None, f"no confidence sequence: {exc}")
     lower, upper = bounds.at_end()
-    return PairedSequence(lower, upper, n, regression_decision(metric, lower, upper, margin))
+    return PairedSequence(lower, upper, n, sequence_decision(metric, lower, upper, margin))
 
 
-def regression_decision(metric: str, lower: float, upper: float, margin: float) -> str | None:
-    """Regression: the whole sequence beyond ``margin`` on the bad side; no regression: the
-    whole sequence better than that, so the change can no longer count as a regression."""
-    if metric_spec.higher_is_better(metric):
-        worst_good, best_good = lower, upper
-    else:
-        worst_good, best_good = -upper, -lower
-    if best_good < -margin:
-        return REGRESSION
-    if worst_good > -margin:
-        return NO_REGRESSION
-    return None
+class GatedRow(Protocol):
+    """What a sequence needs of one of compare's rows (compare.CompareRow has it)."""
+
+    @property
+    def gated(self) -> bool: ...
+    @property
+    def gate_scale(self) -> float: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def margin(self) -> float | None: ...
 
 
 def compare_sequences(pairs: dict[int, tuple[pd.DataFrame, pd.DataFrame]],
-                      rows: Sequence[Any], *, seed: int, alpha: float) -> dict[int, PairedSequence]:
+                      rows: Sequence[GatedRow], *, seed: int,
+                      alpha: float) -> dict[int, PairedSequence]:
     """`compare`: the anytime-valid bounds of every gated paired row at a non-zero gate scale,
     alpha split (Bonferroni) over them; ``pairs``: row index -> (candidate, baseline) units
     of the layouts both runs recorded. The layouts enter in the decision order of ``seed``, as
@@ -118,6 +118,7 @@ def compare_sequences(pairs: dict[int, tuple[pd.DataFrame, pd.DataFrame]],
         cand, base = pairs[i]
         order = decision_order([str(x) for x in cand.index], seed)
         max_den = int(max(cand["den"].max(), base["den"].max(), 1))
-        out[i] = paired_sequence(cand, base, order, rows[i].metric, float(rows[i].margin),
-                                 alpha_each, max_den)
+        margin = rows[i].margin
+        assert margin is not None           # gated rows have one
+        out[i] = paired_sequence(cand, base, order, rows[i].metric, margin, alpha_each, max_den)
     return out

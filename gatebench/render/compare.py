@@ -10,10 +10,10 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from gatebench.compare import (DEFAULT_MARGINS, OTHER_MARGIN, PAIRED_METRICS, SET_METRICS,
-                               Comparison, CompareRow)
+from gatebench.compare import Comparison, CompareRow
 from gatebench.errors import GatebenchError
-from gatebench.metrics.spec import LOWER_IS_BETTER, join_names
+from gatebench.metrics.spec import (DEFAULT_MARGINS, IMAGE_METRICS, LOWER_IS_BETTER, NAMED_MARGIN,
+                                    SET_METRICS, join_names)
 from gatebench.render.escape import md_code, md_text
 from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.fit import Col, print_fitted
@@ -26,7 +26,7 @@ _MARK = {"regression": "✗ regression", "improved": "▲ improved", "ok": "✓ 
 
 def parse_metric_options(items: Sequence[str]) -> dict[str, float | None]:
     """``NAME=MAX_DROP`` / ``NAME`` (default margin) / ``NAME=off`` (report, do not gate)."""
-    known = PAIRED_METRICS + SET_METRICS
+    known = IMAGE_METRICS + SET_METRICS
     out: dict[str, float | None] = {}
     for item in items:
         name, _, value = item.partition("=")
@@ -35,7 +35,7 @@ def parse_metric_options(items: Sequence[str]) -> dict[str, float | None]:
             raise GatebenchError(f"expected --metric NAME=MAX_DROP with NAME one of "
                                  f"{', '.join(known)}, got {item!r}")
         if not value.strip():
-            out[name] = DEFAULT_MARGINS.get(name, OTHER_MARGIN)
+            out[name] = DEFAULT_MARGINS.get(name, NAMED_MARGIN)
         elif value.strip().lower() in ("off", "none"):
             out[name] = None
         else:

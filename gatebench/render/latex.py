@@ -12,8 +12,9 @@ from typing import Any
 from gatebench.metrics import spec as metric_spec
 from gatebench.render.escape import clean, tex_text
 from gatebench.render.format import Figures, fmt, fmt_against
-from gatebench.render.sections import (early_set_level, gate_verdict, sequential_of,
+from gatebench.render.sections import (early_set_level, sequential_of,
                                        sequential_rows, stop_sentence)
+from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 PRETTY = {m.name: m.tex_label for m in metric_spec.METRICS.values()}   # TeX name + arrow
@@ -170,10 +171,11 @@ def render_latex(results: dict[str, Any], *, figures: Figures | None = None,
                  comparison: dict[str, Any] | None = None) -> str:
     """A .tex fragment: targets table, metrics table, optional figures and regression table."""
     versions = results.get("versions", {})
+    decision = verdict_of(results, comparison)
     out = [f"% gatebench report: {tex_text(results['protocol']['name'])} (gatebench "
            f"{clean(versions.get('gatebench'))}), re-rendered from results.json",
            "% needs \\usepackage{booktabs}, \\usepackage{amssymb} (\\checkmark) and graphicx",
-           f"% verdict {results['verdict']}; gate health {gate_verdict(results)}; protocol "
+           f"% verdict {decision['verdict']}; gate health {decision['parts']['gates']['status']}; protocol "
            f"sha256 {clean(results.get('protocol_sha256'))}; layout ids sha256 "
            f"{clean(results.get('layout_ids_sha256'))}", ""]
     out += targets_table(results) + [""]

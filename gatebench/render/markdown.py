@@ -17,12 +17,12 @@ import pandas as pd
 
 from gatebench.files import atomic_write_bytes, atomic_write_text
 from gatebench.metrics import spec as metric_spec
-from gatebench.rundir.results import overall_verdict
+from gatebench.rundir.results import verdict_of
 from gatebench.render.escape import md_code, md_text
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.format import (Figures, fmt, fmt_against, has_ci, scale_label, short_sha,
                                      value_ci)
-from gatebench.render.sections import (early_set_level, gate_verdict, gates_section,
+from gatebench.render.sections import (early_set_level, gates_section,
                                        samples_section, sequential_section, writes_section)
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
@@ -171,14 +171,16 @@ def metrics_tables(results: dict[str, Any]) -> list[str]:
 
 
 def summary_line(results: dict[str, Any], comparison: dict[str, Any] | None) -> str:
-    targets = results["targets"]
-    passed = sum(bool(t["passed"]) for t in targets)
-    parts = [f"{passed} of {len(targets)} targets pass", f"gate health {gate_verdict(results)}"]
-    if comparison:
-        parts.append(f"regression check {'fail' if comparison.get('regressions') else 'pass'}")
-    verdict = overall_verdict((), results["verdict"],
-                              regressions=bool(comparison and comparison.get("regressions")))
-    return f"**Verdict: {verdict.upper()}** — " + "; ".join(parts) + "."
+    """The verdict as results.json records it (rundir.results.decide_verdict), with its parts."""
+    decision = verdict_of(results, comparison)
+    parts = decision["parts"]
+    shown = [parts["targets"]["reason"], f"gate health {parts['gates']['status']}"]
+    if "regression" in parts:
+        shown.append(f"regression check {parts['regression']['status']}: "
+                     f"{parts['regression']['reason']}")
+    if "sequential" in parts:
+        shown.append(f"stopped when decided: {parts['sequential']['status']}")
+    return f"**Verdict: {decision['verdict'].upper()}** — " + "; ".join(shown) + "."
 
 
 def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,

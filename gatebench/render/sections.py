@@ -16,6 +16,7 @@ import pandas as pd
 from gatebench.metrics.spec import SET_METRICS
 from gatebench.render.escape import md_code, md_text
 from gatebench.render.format import fmt, scale_label
+from gatebench.rundir.results import findings_verdict
 from gatebench.rundir.saved import checkpoint_paths, checkpoint_position, label_map, label_of
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
                          f"{md_text(f['message'])} |")
     else:
         lines.append("No gate findings.")
-    lines += ["", f"Gate verdict: **{findings_verdict(findings).upper()}**", ""]
+    lines += ["", f"Gate verdict: **{findings_verdict(str(f.get('severity')) for f in findings).upper()}**", ""]
     return "\n".join(lines)
 
 
@@ -94,16 +95,6 @@ def gates_section(results: dict[str, Any], plot: str | None = None) -> str:
     """Gate health from results.json (checkpoints' stats and findings, gate_findings)."""
     return gates_markdown(results.get("checkpoints", []), results.get("gate_findings") or [],
                           plot=plot, labels=label_map(results), style=REPORT_STYLE)
-
-
-def gate_verdict(results: dict[str, Any]) -> str:
-    return findings_verdict(results.get("gate_findings") or [])
-
-
-def findings_verdict(findings: Iterable[dict[str, Any]]) -> str:
-    """The same rule as ``GateReport.verdict``, over finding dicts."""
-    severities = {f.get("severity") for f in findings}
-    return "fail" if "fail" in severities else "warn" if "warn" in severities else "pass"
 
 
 def _g(value: Any) -> str:

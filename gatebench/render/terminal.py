@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from gatebench.metrics import spec as metric_spec
 from gatebench.render.fit import Col, print_fitted
@@ -21,6 +20,7 @@ from gatebench.render.escape import rich_text as escape   # markup literal, no c
 from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
 from gatebench.render.sections import sequential_of
+from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import label_map, label_of, row_label
 
 HEADLINE = metric_spec.HEADLINE       # the table's headline metrics, in its order
@@ -98,8 +98,22 @@ def render_run(result, console: Console) -> None:
     gen = results["generation"]
     console.print(f"generated {gen['generated']} images, {gen['cached']} from cache, "
                   f"{results['timings'].get('total_s', 0):.1f} s total")
-    style = "bold green" if results["verdict"] == "pass" else "bold red"
-    console.print(f"verdict: [{style}]{results['verdict'].upper()}[/]  report: {escape(str(report))}")
+    if result.comparison is not None:
+        from gatebench.render.compare import render_terminal  # noqa: PLC0415
+
+        render_terminal(result.comparison, console, all_rows=False)
+        console.print(escape(f"regression verdict: {result.out_dir / 'compare.json'}"))
+    render_verdict(results, console, f"report: {report}")
+
+
+def render_verdict(results: dict[str, Any], console: Console, where: str = "") -> None:
+    """The verdict line as results.json records it (rundir.results.decide_verdict), and why."""
+    decision = verdict_of(results)
+    style = "bold green" if decision["verdict"] == "pass" else "bold red"
+    console.print(f"verdict: [{style}]{decision['verdict'].upper()}[/]  {escape(where)}",
+                  soft_wrap=True)
+    for reason in decision["reasons"]:
+        console.print(f"  because {escape(reason)}", soft_wrap=True, highlight=False)
 
 
 def stop_line(seq: dict[str, Any]) -> str:
@@ -141,16 +155,14 @@ def render_score(result: Any, targets: Sequence[Any], images: Path, out: Path | 
 
 def render_check_init(results: Sequence[Any], tolerance: float, console: Console) -> None:
     """`gatebench check-init`: identity and gradient per init scheme (or checkpoint)."""
-    table = Table(title=f"check-init (identity tolerance {tolerance:g})", title_justify="left")
-    for column in ("init", "identity max |diff|", "identity", "grad |gate|", "grad |to_out|",
-                   "gradient", "verdict"):
-        table.add_column(column, justify="left" if column == "init" else "right")
+    columns = [Col(c, "left" if c == "init" else "right")
+               for c in ("init", "identity max |diff|", "identity", "grad |gate|",
+                         "grad |to_out|", "gradient", "verdict")]
 
     def mark(ok: bool) -> str:
         return "[green]ok[/green]" if ok else "[red]FAIL[/red]"
 
-    for r in results:
-        table.add_row(r.scheme, f"{r.identity_max_abs_diff:.2e}", mark(r.identity_ok),
-                      f"{r.gate_grad_norm:.2e}", f"{r.to_out_grad_norm:.2e}",
-                      mark(r.gradient_ok), mark(r.ok))
-    console.print(table)
+    rows = [[escape(r.scheme), f"{r.identity_max_abs_diff:.2e}", mark(r.identity_ok),
+             f"{r.gate_grad_norm:.2e}", f"{r.to_out_grad_norm:.2e}", mark(r.gradient_ok),
+             mark(r.ok)] for r in results]
+    print_fitted(console, columns, rows, title=f"check-init (identity tolerance {tolerance:g})")

@@ -13,7 +13,7 @@ import platform
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from gatebench import __version__
 from gatebench.files import atomic_write_text, file_sha256
@@ -34,12 +34,78 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def overall_verdict(targets: Iterable[Any], gate_verdict: str = "pass",
-                    regressions: bool = False) -> str:
-    """THE rule: a run fails when a target fails, a gate check fails, or (with a baseline) a
-    metric regressed; warnings never fail it. ``targets``: objects or dicts with ``passed``."""
-    failed = any(not (t["passed"] if isinstance(t, dict) else t.passed) for t in targets)
-    return "fail" if failed or gate_verdict == "fail" or regressions else "pass"
+def findings_verdict(severities: Iterable[str]) -> str:
+    """The gate part's rule: ``fail`` when a finding fails, ``warn`` when one warns."""
+    found = set(severities)
+    return "fail" if "fail" in found else "warn" if "warn" in found else "pass"
+
+
+def _passed(target: Any) -> bool:
+    return bool(target["passed"] if isinstance(target, Mapping) else target.passed)
+
+
+def decide_verdict(targets: Sequence[Any], gate_verdict: str = "pass", *,
+                   regression: Mapping[str, Any] | None = None,
+                   sequential: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """THE verdict of a run, the only place it is decided: the run fails when a target fails,
+    a gate check fails, (with a baseline) a metric regressed, or (``--until-decided``) the
+    confidence sequences decided FAIL; warnings never fail it.
+
+    Returns ``{"verdict", "parts", "reasons"}``: results.json records it, and the terminal,
+    report.md, LaTeX, HTML and the exit code read it. ``targets``: TargetRows or their dicts;
+    ``regression``: compare.json's document; ``sequential``: results.json's ``sequential``.
+    """
+    rows = [t.to_dict() if not isinstance(t, Mapping) else t for t in targets]
+    failed = [t for t in rows if not _passed(t)]
+    parts: dict[str, dict[str, str]] = {
+        "targets": {"status": "fail" if failed else "pass",
+                    "reason": f"{len(rows) - len(failed)} of {len(rows)} targets pass" + (
+                        " (failing: " + ", ".join(dict.fromkeys(t["metric"] for t in failed))
+                        + ")" if failed else "")},
+        "gates": {"status": gate_verdict, "reason": f"gate health {gate_verdict}"}}
+    if regression is not None:
+        parts["regression"] = _regression_part(regression)
+    if sequential is not None:
+        decided = sequential.get("decided")
+        parts["sequential"] = {"status": str(decided or "undecided"),
+                               "reason": str(sequential.get("reason", ""))}
+    reasons = [p["reason"] for p in parts.values() if p["status"] == "fail"]
+    return {"verdict": "fail" if reasons else "pass", "parts": parts, "reasons": reasons}
+
+
+def _regression_part(regression: Mapping[str, Any]) -> dict[str, str]:
+    """compare.json's verdict as a part: a regression, or runs that cannot be paired, fail."""
+    if regression.get("verdict") == "not_comparable":
+        return {"status": "fail", "reason": "not comparable with the baseline: "
+                + "; ".join(map(str, regression.get("reasons", [])))}
+    regressed = [r for r in regression.get("rows", []) if r.get("status") == "regression"]
+    if regression.get("verdict") == "regression":
+        return {"status": "fail", "reason": "regression vs the baseline: " + "; ".join(
+            f"{r['metric']} at gate scale {float(r['gate_scale']):g} ({float(r['diff']):+.4g})"
+            for r in regressed)}
+    return {"status": "pass", "reason": "no regression vs the baseline"}
+
+
+def record_verdict(results: dict[str, Any], decision: Mapping[str, Any]) -> dict[str, Any]:
+    """results.json's verdict fields from ``decide_verdict``: ``verdict`` (the stable name CI
+    reads), ``verdict_parts`` and ``verdict_reasons``."""
+    results["verdict"] = decision["verdict"]
+    results["verdict_parts"] = dict(decision["parts"])
+    results["verdict_reasons"] = list(decision["reasons"])
+    return results
+
+
+def verdict_of(results: Mapping[str, Any],
+               comparison: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A saved run's decision: its recorded parts, or (results.json written before gatebench
+    recorded them) the same rule over what it holds. ``comparison``: a compare.json beside it."""
+    if "verdict_parts" in results and (comparison is None or "regression" in
+                                       results["verdict_parts"]):
+        return {"verdict": results["verdict"], "parts": results["verdict_parts"],
+                "reasons": results.get("verdict_reasons", [])}
+    gates = findings_verdict(str(f.get("severity")) for f in results.get("gate_findings") or [])
+    return decide_verdict(results.get("targets", []), gates, regression=comparison,
+                          sequential=results.get("sequential"))
 
 
 def layout_ids_sha256(layout_ids: Sequence[str]) -> str:
@@ -69,9 +135,9 @@ def build_results(*, protocol: Any, gate_report: Any, rows: list[dict[str, Any]]
                   targets: Sequence[Any], models: dict[str, Any], layouts_info: dict[str, Any],
                   n_layouts: int, timings: dict[str, Any], generation: dict[str, Any],
                   command: str, device: str, dtype: Any, ceiling: dict[str, Any] | None,
-                  layout_ids: Sequence[str], infos: Sequence[Any] = ()) -> dict[str, Any]:
-    """The results.json document (its shape: rundir/schema.py); ``infos`` is accepted for callers
-    of the pre-0.2 signature and unused: the checkpoints come from ``gate_report``."""
+                  layout_ids: Sequence[str]) -> dict[str, Any]:
+    """The results.json document (its shape: rundir/schema.py), without its verdict: the caller
+    records ``decide_verdict``'s once every part (regression, sequential) is known."""
     return {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -93,5 +159,4 @@ def build_results(*, protocol: Any, gate_report: Any, rows: list[dict[str, Any]]
         "targets": [t.to_dict() for t in targets],
         "generation": generation,
         "timings": timings,
-        "verdict": overall_verdict(targets, gate_report.verdict),
     }

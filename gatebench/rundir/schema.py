@@ -21,7 +21,9 @@ TOP: dict[str, str] = {
     "layout_ids_sha256": "str", "protocol_sha256": "?str", "command": "?str",
     "generation": "?dict", "timings": "?dict", "gate_findings": "?list",
     "real_images_ceiling": "?dict", "dtype": "?str", "max_layouts": "?int",
-    "sequential": "?dict"}
+    "sequential": "?dict", "verdict_parts": "?dict", "verdict_reasons": "?list"}
+# rundir.results.decide_verdict's parts (absent before gatebench recorded them)
+VERDICT_PART: dict[str, str] = {"status": "str", "reason": "str"}
 PROTOCOL: dict[str, str] = {"name": "str", "generation": "dict", "scoring": "dict",
                             "data": "?dict"}
 ROW: dict[str, str] = {"checkpoint": "str", "gate_scale": "num", "metrics": "dict",
@@ -126,7 +128,22 @@ def validate_results(results: dict[str, Any], path: Path) -> dict[str, Any]:
         _check(ceiling, {"metrics": "dict", "n_images": "?int"}, "real_images_ceiling", path)
     if results.get("sequential") is not None:
         _check_sequential(results, path)
+    if results.get("verdict_parts") is not None:
+        _check_verdict(results, path)
     return results
+
+
+def _check_verdict(results: dict[str, Any], path: Path) -> None:
+    """The recorded verdict agrees with its parts: every output reads it, none re-decides."""
+    parts = results["verdict_parts"]
+    for name, part in parts.items():
+        if not isinstance(part, dict):
+            _refuse(f"verdict_parts.{name}", "to be an object {status, reason}", part, path)
+        _check(part, VERDICT_PART, f"verdict_parts.{name}", path)
+    expected = "fail" if any(p["status"] == "fail" for p in parts.values()) else "pass"
+    if results["verdict"] != expected:
+        _refuse("verdict", f"to be {expected!r} as its verdict_parts decide", results["verdict"],
+                path)
 
 
 def _refuse(name: str, expected: str, got: Any, path: Path) -> NoReturn:

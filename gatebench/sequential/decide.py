@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.compare import metric_units, records_at
+from gatebench.rundir.records import metric_units, records_at
 from gatebench.metrics import confseq
 from gatebench.metrics import spec as metric_spec
 from gatebench.protocol import Target
