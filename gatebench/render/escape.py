@@ -35,8 +35,11 @@ def _clean_char(ch: str) -> str:
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
-def clean(text: Any) -> str:
-    """``str(text)`` on one line, without control characters, bidi overrides or surrogates."""
+def clean(text: Any, *, keep_newlines: bool = False) -> str:
+    """``str(text)`` on one line (``keep_newlines``: its "\\n" kept), without control
+    characters, bidi overrides or surrogates."""
+    if keep_newlines:
+        return "\n".join(clean(line) for line in str(text).split("\n"))
     return _UNSAFE.sub(lambda m: _clean_char(m.group()), str(text))
 
 
@@ -105,10 +108,11 @@ def tex_text(text: Any) -> str:
 
 
 def rich_text(text: Any) -> str:
-    """Terminal (rich): markup such as ``[bold]`` shown literally, no escape sequences."""
+    """Terminal (rich): markup such as ``[bold]`` shown literally, no escape sequences ("\\n"
+    kept: an error block lists one missing input a line; "\\r" cannot overwrite a line)."""
     from rich.markup import escape  # noqa: PLC0415
 
-    return escape(clean(text))
+    return escape(clean(text, keep_newlines=True))
 
 
 def plot_text(text: Any) -> str:
