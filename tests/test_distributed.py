@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from gatebench.cli import cli
-from tests.builders import free_port
+from tests.builders import assert_same_metrics, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD_CKPT = ROOT / "gatebench" / "world" / "assets" / "adapters" / "good" / "good_step_4000.pt"
@@ -40,7 +40,7 @@ def test_torchrun_with_the_world_yolo_equals_one_process(tmp_path: Path) -> None
     one = json.loads((single / "results.json").read_text())
     two = json.loads((multi / "results.json").read_text())
     assert two["generation"]["world_size"] == 2 and "detector" in two["models"]
-    assert [r["metrics"] for r in two["results"]] == [r["metrics"] for r in one["results"]]
+    assert_same_metrics(two["results"], one["results"])
 
 
 def test_a_stuck_rank_times_out_with_a_clear_error(tmp_path: Path) -> None:
