@@ -165,7 +165,8 @@ def render_markdown(document: dict[str, Any]) -> str:
             row = CompareRow(**r)
             mark = f"**{_MARK[row.status]}**" if row.status == "regression" else _MARK[row.status]
             seq = f"{seq_text(row)} | " if sequences else ""
-            out.append(f"| {md_code(_checkpoint(row))} | {row.gate_scale:g} | {md_text(row.metric)} | "
+            out.append(f"| {md_code(_checkpoint(row))} | {row.gate_scale:g} | "
+                       f"{md_text(row.metric)} | "
                        f"{_f(row.baseline)} | {_f(row.candidate)} | {diff_text(row)} | "
                        f"{seq}{margin_text(row)} | {mark} |")
         return out

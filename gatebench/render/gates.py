@@ -91,7 +91,8 @@ def render_findings(findings: list[Finding], console: Console) -> None:
         console.print("[green]no gate findings[/green]")
         return
     for f in findings:
-        console.print(f"[{_STYLE[f.severity]}]{f.severity.upper():4}[/] [bold]{escape(f.code)}[/bold] "
+        console.print(f"[{_STYLE[f.severity]}]{f.severity.upper():4}[/] "
+                      f"[bold]{escape(f.code)}[/bold] "
                       f"{escape(f.subject)}: {escape(f.message)}", soft_wrap=True, highlight=False)
 
 

@@ -191,10 +191,11 @@ def render_report(results: dict[str, Any], gates_markdown: str | None = None, *,
 
     figures = figures or Figures()
     protocol = results["protocol"]
-    out = [f"# gatebench report: {md_text(protocol['name'])}", "", summary_line(results, comparison),
-           "", f"{results['n_layouts']} layouts, seed {results['seed']}, protocol "
-           f"{md_code(protocol['name'])} (sha256 {md_text(short_sha(results.get('protocol_sha256')))}"
-           f"), device {md_text(results['device'])} "
+    sha = md_text(short_sha(results.get("protocol_sha256")))
+    out = [f"# gatebench report: {md_text(protocol['name'])}", "",
+           summary_line(results, comparison), "",
+           f"{results['n_layouts']} layouts, seed {results['seed']}, protocol "
+           f"{md_code(protocol['name'])} (sha256 {sha}), device {md_text(results['device'])} "
            f"({md_text(results.get('dtype') or 'dtype not recorded')}).", "", "## Targets", ""] + headline_table(results) + [""]
     out += sequential_section(results)
     if comparison:
@@ -270,7 +271,8 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
                    f"{md_code(cache['recipe_sha256'])}")
     timings = results.get("timings") or {}
     if timings:
-        out.append("- timings: " + ", ".join(f"{md_text(k)} {fmt(v, 2)}" for k, v in timings.items()))
+        out.append("- timings: " + ", ".join(f"{md_text(k)} {fmt(v, 2)}"
+                                             for k, v in timings.items()))
     return out
 
 

@@ -57,7 +57,8 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
     for c in checkpoints:
         s = c.get("stats") or {}
         g = lambda k: _g(s.get(k))  # noqa: E731
-        lines.append(f"| {md_code(label_of(labels, c['path']))} | {md_text(c.get('format', '-'))} | "
+        lines.append(f"| {md_code(label_of(labels, c['path']))} | "
+                     f"{md_text(c.get('format', '-'))} | "
                      f"{_when(c, style.position_from_file_name)} | "
                      f"{s.get('n', '-')} | {g('mean')} | {g('std')} | {g('min')} | {g('max')} | "
                      f"{_pct(s.get('near_zero_share'))} | {_pct(s.get('saturated_share'))} |")
@@ -273,7 +274,8 @@ def sequential_section(results: dict[str, Any]) -> list[str]:
             ci = f"[{fmt(target['ci_low'])}, {fmt(target['ci_high'])}]"
         elif row["metric"] in SET_METRICS:
             ci = "- (set-level)"
-        lines.append(f"| {name} | {scale_label(row.get('gate_scale'))} | {md_text(row['metric'])} | "
+        lines.append(f"| {name} | {scale_label(row.get('gate_scale'))} | "
+                     f"{md_text(row['metric'])} | "
                      f"{row['op']} {row['threshold']:g} | {bounds} | {ci} | "
                      f"{decision_text(row)} |")
     lines.append("")
