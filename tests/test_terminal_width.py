@@ -226,3 +226,20 @@ def test_score_cuts_no_number_or_name(width: int) -> None:
         tokens += [name, fmt(v.value), str(v.n)] + ([fmt(v.ci_low), fmt(v.ci_high)]
                                                    if v.ci_low is not None else [])
     assert_whole(text, tokens, width)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_check_init_cuts_no_number_or_name(width: int) -> None:
+    from gatebench.render.terminal import render_check_init
+
+    rows = [SimpleNamespace(scheme=scheme, identity_max_abs_diff=diff, identity_ok=diff < 1e-6,
+                            gate_grad_norm=gate, to_out_grad_norm=out, gradient_ok=gate + out > 0,
+                            ok=diff < 1e-6 and gate + out > 0)
+            for scheme, diff, gate, out in [("gligen", 0.0, 9.12e-3, 0.0),
+                                            ("legacy", 0.317, 1.55e-4, 0.11),
+                                            ("runs/a_long_run_name/step_1000.pt", 0.0, 0.0, 0.0)]]
+    console = Console(width=width, record=True)
+    render_check_init(rows, 1e-6, console)
+    tokens = [t for r in rows for t in (r.scheme, f"{r.identity_max_abs_diff:.2e}",
+                                        f"{r.gate_grad_norm:.2e}", f"{r.to_out_grad_norm:.2e}")]
+    assert_whole(console.export_text(), tokens, width)
