@@ -63,8 +63,9 @@ def _check_readable(path: Path) -> int:
 # A trainer that torch.save()s straight to the final name (the user's) leaves a partial file there
 # while it writes, and for good if the save is interrupted: said as such, never "not a checkpoint".
 TORN = "truncated — still being written, or its save was interrupted"
-TORN_HINT = "wait for the save to finish (gatebench reads it again next time), or use an earlier checkpoint"
-_ZIP_START = b"PK\x03\x04"        # torch.save's zip archive: local file headers first, end record last
+TORN_HINT = ("wait for the save to finish (gatebench reads it again next time), or use an "
+             "earlier checkpoint")
+_ZIP_START = b"PK\x03\x04"        # torch.save's zip: local file headers first, end record last
 _PICKLE_START = (b"\x80", b"\x8a")  # the legacy format: a pickle protocol byte, or its magic number
 
 

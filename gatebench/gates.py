@@ -174,26 +174,29 @@ def checkpoint_findings(info: CheckpointInfo, stats: GateStats, t: GateThreshold
         return out
     if not at_init and not dead and judge_level:
         if stats.near_zero_share >= t.near_zero_share_max:
-            out.append(Finding("near_zero", "warn", f"{_beside(stats.near_zero_share, t.near_zero_share_max, True)}"
-                               f" of gates have |gate| < {t.near_zero:g} (healthy: < "
-                               f"{t.near_zero_share_max:.0%}); {HINTS['near_zero']}", subject))
+            share = beside(stats.near_zero_share, t.near_zero_share_max, True)
+            out.append(Finding("near_zero", "warn", f"{share} of gates have |gate| < "
+                               f"{t.near_zero:g} (healthy: < {t.near_zero_share_max:.0%}); "
+                               f"{HINTS['near_zero']}", subject))
         elif abs(stats.mean) < t.healthy_mean_low:
             out.append(Finding("near_zero", "warn", f"mean tanh(gate) "
-                               f"{_beside(stats.mean, t.healthy_mean_low)} is below the healthy "
+                               f"{beside(stats.mean, t.healthy_mean_low)} is below the healthy "
                                f"range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
                                f"{HINTS['near_zero']}", subject))
     if stats.saturated_share >= t.saturated_share_max:
-        out.append(Finding("saturated", "warn", f"{_beside(stats.saturated_share, t.saturated_share_max, True)}"
-                           f" of gates have |tanh(gate)| > {t.saturated:g} (healthy: < "
-                           f"{t.saturated_share_max:.0%}); {HINTS['saturated']}", subject))
+        share = beside(stats.saturated_share, t.saturated_share_max, True)
+        out.append(Finding("saturated", "warn", f"{share} of gates have |tanh(gate)| > "
+                           f"{t.saturated:g} (healthy: < {t.saturated_share_max:.0%}); "
+                           f"{HINTS['saturated']}", subject))
     elif abs(stats.mean) > t.healthy_mean_high:
         out.append(Finding("saturated", "warn", f"mean tanh(gate) "
-                           f"{_beside(stats.mean, t.healthy_mean_high)} is above the healthy range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
+                           f"{beside(stats.mean, t.healthy_mean_high)} is above the healthy "
+                           f"range {t.healthy_mean_low:g}-{t.healthy_mean_high:g}; "
                            f"{HINTS['saturated']}", subject))
     return out
 
 
-def _beside(value: float, limit: float, percent: bool = False) -> str:
+def beside(value: float, limit: float, percent: bool = False) -> str:
     """``value`` with the digits it needs to read on its own side of ``limit`` (by magnitude):
     0.0996 < 0.1, never "0.100 is below 0.1"; 3 significant digits where that is enough."""
     scale, unit = (100.0, "%") if percent else (1.0, "")

@@ -20,7 +20,7 @@ from gatebench.adapters.user_runtime import UserAdapterRuntime
 from gatebench.check_init import tiny_unet
 from gatebench.checkpoint import TORN, adapter_state, inspect_checkpoint
 from gatebench.cli import cli
-from gatebench.gates import analyse_paths, checkpoint_steps, level_judged
+from gatebench.gates import analyse_paths, beside, checkpoint_steps, level_judged
 from gatebench.protocol import GateThresholds
 from gatebench.readers.series import Member, file_steps, order_run
 from tests.reference_user import install
@@ -131,7 +131,7 @@ def test_an_empty_file_just_opened_is_torn_and_a_lone_torn_file_is_bad_input(
     assert alone.exit_code == 2 and TORN in alone.output   # nothing judged: one line, exit 2
     report, read = analyse_paths([tmp_path / "run"], [], T)
     assert len(report.checkpoints) == 2 and [u.path.name for u in report.unreadable] == [FINAL_NAME]
-    assert FINAL_NAME not in {p.name for p in read}
+    assert FINAL_NAME in {p.name for p in read}       # still an input: never written onto
 
 
 def test_a_rerun_into_the_same_folder_is_read_again(tmp_path: Path) -> None:
@@ -223,3 +223,11 @@ def test_user_fp16_checkpoint_runs_as_the_users_inference(tmp_path: Path) -> Non
     effect = (reference - base_out).abs().max()
     assert effect > 1e-2                              # the adapter does something
     assert (ours - reference).abs().max() <= 1e-5 * effect
+
+
+def test_values_beside_a_limit_show_their_side() -> None:
+    assert beside(0.0996447, 0.1) == "0.0996"
+    assert beside(0.0999955, 0.1) == "0.099996"           # never "0.1 is below 0.1"
+    assert beside(0.70000012, 0.7) == "0.7000001"
+    assert beside(0.4996, 0.5, percent=True) == "49.96%"   # never "50% ... (healthy: < 50%)"
+    assert beside(0.25, 0.1) == "0.25"
