@@ -1,4 +1,4 @@
-"""relation_rate / relation_rate_matched: the user's rule on hand-made layouts with known answers."""
+"""relation_rate / relation_rate_matched: the user's rule on hand-made layouts, known answers."""
 from __future__ import annotations
 
 from pathlib import Path

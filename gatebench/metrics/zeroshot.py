@@ -236,12 +236,29 @@ class ZeroShotDetector:
             if self.family == "owl":
                 return self._owl(images, [p for _, _, p in rows])
             texts = [t for _, t, _ in rows]
-            inputs = self.processor(images=images, text=texts, return_tensors="pt",
-                                    padding="longest").to(self.device)
             counts = [sum(1 for r in rows if r[0] == i) for i in dict.fromkeys(r[0] for r in rows)]
+            inputs = self._inputs(images, texts, counts).to(self.device)
             with _SharedBackbone(self.model, counts).active():
                 outputs = self.model(**inputs)
         return self._grounding(outputs, inputs.input_ids, texts, [p for _, _, p in rows])
+
+    def _inputs(self, images: Sequence[Any], texts: Sequence[str], counts: Sequence[int]) -> Any:
+        """The processor's inputs; an image with several rows (its phrases) is preprocessed
+        once and its pixels repeated (what the processor would give, without re-resizing)."""
+        if all(c == 1 for c in counts):     # one row per image: the user's call, as it is
+            return self.processor(images=list(images), text=list(texts), return_tensors="pt",
+                                  padding="longest")
+        import torch  # noqa: PLC0415
+        from transformers import BatchFeature  # noqa: PLC0415
+
+        firsts = [sum(counts[:k]) for k in range(len(counts))]
+        pixels = self.processor.image_processor(images=[images[k] for k in firsts],
+                                                return_tensors="pt")
+        text = self.processor.tokenizer(list(texts), padding="longest", return_tensors="pt",
+                                        return_token_type_ids=True)
+        grow = torch.tensor(list(counts))
+        return BatchFeature({**text, **{k: v.repeat_interleave(grow, 0)
+                                        for k, v in pixels.items()}})
 
     def _post_process(self, outputs: Any, input_ids: Any) -> list[dict[str, Any]]:
         """The processor's own post-processing, as the user calls it (normalised boxes)."""
@@ -294,7 +311,8 @@ class ZeroShotDetector:
                  if b > a and any(a >= lo and b <= hi for lo, hi in ranges[p])]
                 for p in phrases]
 
-    def _owl(self, images: Sequence[Any], phrases: Sequence[Sequence[str]]) -> list[list[Detection]]:
+    def _owl(self, images: Sequence[Any], phrases: Sequence[Sequence[str]]
+             ) -> list[list[Detection]]:
         import torch  # noqa: PLC0415
 
         inputs = self.processor(text=[list(p) for p in phrases], images=list(images),
