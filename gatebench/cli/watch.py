@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from gatebench.cli.support import consoles, finish, parse_floats
 from gatebench.protocol import DEFAULT_PROTOCOL
+from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 
 
 @click.command("watch")

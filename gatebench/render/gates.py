@@ -8,7 +8,7 @@ from rich.console import Console
 from gatebench.gates import Finding, GateReport, to_json
 from gatebench.files import atomic_output, atomic_write_text
 from gatebench.render.fit import Col, print_fitted
-from gatebench.render.escape import plot_text
+from gatebench.render.escape import md_code, md_text, plot_text
 from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
 from gatebench.render.sections import LIVE_STYLE, gates_markdown
 
@@ -103,7 +103,7 @@ def render_markdown(report: GateReport, plot: str | None = None) -> str:
                           style=LIVE_STYLE)
     if not report.unreadable:
         return text
-    rows = [f"- `{u.path.name}`: {u.message}" for u in report.unreadable]
+    rows = [f"- {md_code(u.path.name)}: {md_text(u.message)}" for u in report.unreadable]
     return "\n".join([text, "Not read (the verdict covers the rest):", "", *rows, ""])
 
 
