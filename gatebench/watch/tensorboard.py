@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gatebench.metrics.spec import HEADLINE
+from gatebench.render.escape import md_text
 from gatebench.watch.state import Entry
 
 SUBFOLDER = "gatebench"
@@ -102,9 +103,9 @@ class EvalBoard:
                                  dataformats="HWC")
             done.add(("eval/samples", step))
             added += 1
-        text = "\n\n".join(findings)
+        text = "\n\n".join(md_text(f) for f in findings)    # TensorBoard renders Markdown
         if text and ("eval/findings/text_summary", step) not in done:
-            writer.add_text("eval/findings", f"**{entry.name}**\n\n{text}", step)
+            writer.add_text("eval/findings", f"**{md_text(entry.name)}**\n\n{text}", step)
             done.add(("eval/findings/text_summary", step))
             added += 1
         writer.flush()
