@@ -65,7 +65,7 @@ NASTY = [
     "",
     " ",
 ]
-INJECTED_WORDS = ("alert", "onerror", "onmouseover", "javascript", "iframe")
+OWN_HTML = ('<details markdown="1"><summary>every comparison</summary>', "</details>")
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -188,6 +188,31 @@ def hostile_run(folder: Path) -> Path:
     results["models"]["detector"]["path"] = NASTY[8]
     results["generation"]["phrase_encoding"] = NASTY[3]
     results["generation"]["caches"][0]["folder"] = NASTY[7]
+    results["max_layouts"] = 24                # a `run --until-decided` that stopped early
+    results["sequential"] = {
+        "alpha": 0.05, "alpha_each": 0.01, "decisions": 5, "split": NASTY[6] + NASTY[0],
+        "round_layouts": 3, "n_layouts": 6, "max_layouts": 24, "stopped_early": True,
+        "decided": "fail", "reason": NASTY[1] + NASTY[14], "order": NASTY[7] + NASTY[8],
+        "set_level": ["fid"], "rounds": [{"n_layouts": 3, "decided": None},
+                                         {"n_layouts": 6, "decided": "fail"}],
+        "rows": [{"checkpoint": t["checkpoint"], "gate_scale": t["gate_scale"],
+                  "metric": t["metric"], "op": t["op"], "threshold": t["threshold"],
+                  "lower": 0.1, "upper": 0.5, "n": 6, "decision": "fail", "decidable": True,
+                  "why": nasty(i)} for i, t in enumerate(targets)]}
+    comparison = {"comparable": True, "regressions": 1, "warnings": NASTY[:6],
+                  "candidate": {"created": results["created"],
+                                "layout_ids_sha256": results["layout_ids_sha256"]},
+                  "baseline": {"results": f"{NASTY[2]}/results.json", "created": NASTY[0]},
+                  "settings": {"ci_level": 0.95, "n_boot": 100, "seed": 7},
+                  "rows": [{"checkpoint_index": 0, "baseline_checkpoint": nasty(i),
+                            "candidate_checkpoint": nasty(i + 1), "gate_scale": 1.0,
+                            "metric": "iou50_rate", "direction": "higher", "kind": "paired",
+                            "baseline": 0.5, "candidate": 0.4, "diff": -0.1, "ci_low": -0.2,
+                            "ci_high": -0.05, "n_pairs": 6, "dropped": 0, "margin": 0.02,
+                            "gated": True, "status": "regression", "note": nasty(i + 2),
+                            "baseline_label": nasty(i), "candidate_label": nasty(i + 3)}
+                           for i in range(len(NASTY))]}
+    (folder / "compare.json").write_text(json.dumps(comparison), encoding="utf-8")
     text = json.dumps(results, indent=1)     # checkpoint paths too: reasons and footers quote them
     hostile_dir = json.dumps(f"ckpt/{NASTY[2]}|{NASTY[7]}/")[1:-1]
     (folder / "results.json").write_text(text.replace("ckpt/", hostile_dir), encoding="utf-8")
@@ -230,6 +255,9 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_report_md_has_no_raw_html_and_every_row_keeps_its_columns(reports) -> None:
     text = reports["md"].read_text(encoding="utf-8")
     prose = outside_code(text)
+    for own in OWN_HTML:                     # the report's own markup (the comparison's fold)
+        prose = prose.replace(own, "")
+    assert "## Regression check" in text and "## Stopped when decided" in text
     assert re.search(r"<[A-Za-z/!?]", prose) is None, re.search(r".{40}<[A-Za-z/!?].{40}", prose)
     assert assert_tables_keep_columns(text) >= 6
     assert "javascript:alert(1))" in prose and not re.search(r"(?<!\\)\]\(javascript", prose)
