@@ -231,3 +231,19 @@ def test_values_beside_a_limit_show_their_side() -> None:
     assert beside(0.70000012, 0.7) == "0.7000001"
     assert beside(0.4996, 0.5, percent=True) == "49.96%"   # never "50% ... (healthy: < 50%)"
     assert beside(0.25, 0.1) == "0.25"
+
+
+def test_saved_runs_carry_each_step_and_its_source(tmp_path: Path) -> None:
+    """results.json's checkpoints are `gates`' own entries: the report reads the same steps."""
+    from gatebench.render.sections import REPORT_STYLE, gates_markdown
+    from gatebench.rundir.saved import checkpoint_axis
+
+    UserTrainerWriter(tmp_path / "run").run(6)
+    report, _ = analyse_paths([tmp_path / "run"], [], T)
+    checkpoints = report.to_json()["checkpoints"]
+    results = {"results": [{"checkpoint": c["path"]} for c in checkpoints],
+               "checkpoints": checkpoints}
+    axis, xs = checkpoint_axis(results)
+    assert axis == "step" and sorted(xs.values()) == [2.0, 4.0, 6.0, 6.0]
+    text = gates_markdown(checkpoints, [], style=REPORT_STYLE)
+    assert "step 2 (file name)" in text and "step 6 (identical file)" in text
