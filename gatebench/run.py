@@ -60,6 +60,9 @@ class RunOptions:
     # the recipe-hashed image cache (default OUT/images); `watch` gives every checkpoint's run
     # folder one shared cache, so the gate-0 images are made once per watch
     images_root: Path | None = None
+    # report.md and its figures (matplotlib: seconds per run on a CPU); `watch` leaves them to
+    # `gatebench report RESULTS`, which renders them from the run folder alone
+    report: bool = True
 
 
 @dataclass
@@ -255,8 +258,9 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
     record_verdict(results, decide_verdict(targets, gate_report.verdict, regression=regression,
                                            sequential=sequential))
     paths["results"] = write_json(out / "results.json", results)
-    paths["report"] = write_report(results, samples, gate_report, out,
-                                   comparison=regression if comparison is not None else None)
+    if options.report:
+        paths["report"] = write_report(results, samples, gate_report, out,
+                                       comparison=regression if comparison is not None else None)
     if not_comparable is not None:
         raise not_comparable
     return RunResult(results, samples, targets, gate_report, out, exit_code(results["verdict"]),

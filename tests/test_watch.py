@@ -104,6 +104,10 @@ def test_once_evaluates_each_point_in_series_order(watched) -> None:
     assert doc["verdict"] == runs[-1].results["verdict"] == "fail" and result.exit_code == 1
     compared = CliRunner().invoke(cli, ["compare", str(runs[0].path), str(runs[-1].path)])
     assert compared.exit_code in (0, 1), compared.output
+    # no report.md per checkpoint (matplotlib's seconds): `report` renders it from the folder
+    assert not (runs[0].folder / "report.md").exists() and (runs[0].folder / "grid.png").is_file()
+    reported = CliRunner().invoke(cli, ["report", str(runs[0].path)])
+    assert reported.exit_code == 0 and (runs[0].folder / "report.md").is_file(), reported.output
 
 
 def test_tensorboard_points_at_the_training_step_and_no_duplicates(watched, world) -> None:

@@ -10,6 +10,9 @@ the same verdict rule. What a watch shares across checkpoints:
   checkpoint costs only its non-zero gate scales;
 * the gate-0 set's scores (``zero_scores``): scored once per watch;
 * the protocol: every checkpoint gets the same layouts and seeds, so the trajectory is paired.
+
+report.md and its plots are not rendered per checkpoint (seconds of matplotlib each on a CPU):
+`gatebench report OUT/checkpoints/<name>/results.json` renders them from the folder alone.
 """
 from __future__ import annotations
 
@@ -89,12 +92,28 @@ class Evaluator:
         folder = self.options.out / run_folder(entry)
         options = RunOptions(out_dir=folder, device=self.options.device,
                              batch_size=self.options.batch_size, command=self.options.command,
-                             images_root=self.options.out / "images")
+                             images_root=self.options.out / "images", report=False)
         result = run_evaluation([Path(entry.path)], self.protocol, options,
                                 eval_models=self.models.eval_models, base=self.models.base,
                                 progress_factory=self.progress_factory,
                                 zero_scores=self.models.zero_scores)
+        write_grid(result.results, result.samples, folder)
         return result.results
+
+
+GRID = "grid.png"
+
+
+def write_grid(results: dict[str, Any], samples: Any, folder: Path) -> Path | None:
+    """The checkpoint's sample grid (report's own, PIL: one row per gate scale and the
+    where-it-wrote row) for TensorBoard; the full report is `gatebench report`'s to render."""
+    from gatebench.render.grids import sample_grid  # noqa: PLC0415
+    from gatebench.rundir.saved import label_map  # noqa: PLC0415
+
+    for path, label in label_map(results).items():
+        png, _, _ = sample_grid(samples, path, folder, folder / GRID, label=label)
+        return png
+    return None
 
 
 def headline(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:

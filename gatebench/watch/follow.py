@@ -28,7 +28,7 @@ from gatebench.rundir.outputs import ensure_out_dir, run_lock
 from gatebench.rundir.results import exit_code, verdict_of
 from gatebench.watch.discover import (Observation, Settler, checkpoint_files, describe,
                                       read_trainer_status)
-from gatebench.watch.evaluate import Evaluator, WatchOptions, headline, run_folder
+from gatebench.watch.evaluate import GRID, Evaluator, WatchOptions, headline, run_folder
 from gatebench.watch.findings import (COMPARE_FILE, WatchFinding, best_entry, best_record, control_finding,
                                       garbled_finding, gate_log_findings, loss_finding,
                                       pick_metric, regression_finding)
@@ -263,7 +263,8 @@ class _Loop:
         e.seconds = round(time.perf_counter() - began, 3)
         self.evaluated_now += 1
         found = self._point_findings(e)
-        grid = next(iter(sorted((self.out / e.run).glob("grid_*.png"))), None)
+        grid = self.out / e.run / GRID
+        grid = grid if grid.is_file() else None
         self.board.write(e, grid, [f"{f.code} ({f.severity}): {f.message}" for f in found])
         value = ((e.headline.get(self.scale) or {}).get(self.metric) or {}).get("value")
         shown = f"{self.metric} {value:.3g} at gate scale {self.scale}" if value is not None \
