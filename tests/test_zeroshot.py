@@ -208,3 +208,32 @@ def test_score_with_a_zero_shot_folder(tmp_path: Path, gd_folder: Path, query: s
     assert {d["phrase"] for d in kept} <= {"cat", "dog", None}
     assert all(set(d) == {"bbox", "label", "score", "phrase"} for d in kept)
     assert {d["phrase"] for d in samples.loc["two.png", "detections"]} <= {"red car", None}
+
+
+def test_owlv2_queries_each_image_with_its_own_phrases(tmp_path: Path, image: Image.Image) -> None:
+    """OWLv2: per image one forward over its queries; boxes as transformers' own call gives
+    them (square-padded target size) divided by the image size; the phrase is the query."""
+    from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
+
+    from tests.zeroshot_builders import make_tiny_owlv2
+
+    folder = make_tiny_owlv2(tmp_path / "owlv2")
+    detector = load(folder, query="per_phrase")
+    assert detector.identity()["model_type"] == "owlv2"
+    assert detector.identity()["text_threshold"] is None
+    flipped = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    ours = detector.detect_phrases([image, flipped], [PHRASES, ["bird", "bird"]])
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    model = AutoModelForZeroShotObjectDetection.from_pretrained(folder, local_files_only=True)
+    w, h = image.size
+    for img, phrases, got in zip([image, flipped], [PHRASES, ["bird"]], ours):
+        inputs = processor(text=[phrases], images=[img], return_tensors="pt")
+        with torch.no_grad():
+            outputs = model.eval()(**inputs)
+        theirs = processor.post_process_grounded_object_detection(
+            outputs, threshold=0.35, target_sizes=torch.tensor([[max(w, h)] * 2]))[0]
+        assert len(got) == len(theirs["boxes"]) > 0
+        for det, box, k in zip(got, theirs["boxes"].tolist(), theirs["labels"].tolist()):
+            assert det.bbox == pytest.approx((box[0] / w, box[1] / h, box[2] / w, box[3] / h),
+                                             abs=1e-5)
+            assert det.phrase == det.label == phrases[k]

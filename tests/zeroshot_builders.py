@@ -51,3 +51,43 @@ def make_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
     processor.save_pretrained(folder)
     vocab.unlink()
     return folder
+
+
+def make_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
+    """save_pretrained of a random Owlv2ForObjectDetection (32-px images, 8-px patches, 2-layer
+    towers) and its processor; the CLIP tokenizer has ``<|endoftext|>`` at the highest id, since
+    OWL pools the text at the argmax of ``input_ids``."""
+    import torch
+    from transformers import (CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection,
+                              Owlv2ImageProcessor, Owlv2Processor)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {"!": 0, "<|startoftext|>": 1}    # OWL masks queries whose id 0 is 0
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:      # merge letter by letter up to the whole word
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append((parts[0], parts[1]))
+            vocab.setdefault(parts[0] + parts[1], len(vocab))
+            parts = [parts[0] + parts[1], *parts[2:]]
+    vocab["<|endoftext|>"] = len(vocab)        # the highest id
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=16)
+    config = Owlv2Config(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "max_position_embeddings": 16, "bos_token_id": 1,
+                     "eos_token_id": vocab["<|endoftext|>"],
+                     "pad_token_id": vocab["<|endoftext|>"]},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32,
+                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2},
+        projection_dim=32)          # OWL's class head needs text hidden == projection
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
+    processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -313,21 +313,22 @@ class ZeroShotDetector:
 
     def _owl(self, images: Sequence[Any], phrases: Sequence[Sequence[str]]
              ) -> list[list[Detection]]:
+        """One forward per image over its own queries: in a batch, the padding queries of an
+        image with fewer phrases would compete for its boxes (each box keeps its best query)."""
         import torch  # noqa: PLC0415
 
-        inputs = self.processor(text=[list(p) for p in phrases], images=list(images),
-                                return_tensors="pt").to(self.device)
-        outputs = self.model(**inputs)
-        # OWLv2 pads to a square before resizing, OWL-ViT resizes: boxes are relative to that
-        sizes = [(max(im.size),) * 2 if self.model_type == "owlv2" else im.size[::-1]
-                 for im in images]
-        results = self.processor.post_process_grounded_object_detection(
-            outputs, threshold=self.spec.box_threshold, target_sizes=torch.tensor(sizes))
         out = []
-        for image, row_phrases, result in zip(images, phrases, results):
+        for image, row_phrases in zip(images, phrases):
+            inputs = self.processor(text=[list(row_phrases)], images=[image],
+                                    return_tensors="pt").to(self.device)
+            outputs = self.model(**inputs)
+            # OWLv2 pads to a square before resizing, OWL-ViT resizes: boxes are relative to that
             w, h = image.size
-            out.append([Detection((b[0] / w, b[1] / h, b[2] / w, b[3] / h), row_phrases[int(k)],
-                                  float(s), row_phrases[int(k)])
+            size = (max(w, h),) * 2 if self.model_type == "owlv2" else (h, w)
+            result = self.processor.post_process_grounded_object_detection(
+                outputs, threshold=self.spec.box_threshold, target_sizes=torch.tensor([size]))[0]
+            out.append([Detection((b[0] / w, b[1] / h, b[2] / w, b[3] / h), row_phrases[k],
+                                  float(s), row_phrases[k])
                         for b, s, k in zip(result["boxes"].tolist(), result["scores"].tolist(),
                                            result["labels"].tolist())])
         return out
