@@ -118,7 +118,7 @@ def _result(results: dict[str, Any]) -> SimpleNamespace:
     out = Path("runs/eval")
     return SimpleNamespace(results=results, gate_report=SimpleNamespace(findings=[]),
                            targets=[TargetRow(**t) for t in results["targets"]], out_dir=out,
-                           paths={"report": out / "report.md"})
+                           paths={"report": out / "report.md"}, comparison=None)
 
 
 def test_terminal_prints_one_stop_line_only_when_present(tmp_path: Path) -> None:

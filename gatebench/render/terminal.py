@@ -101,7 +101,8 @@ def render_run(result, console: Console) -> None:
     if result.comparison is not None:
         from gatebench.render.compare import render_terminal  # noqa: PLC0415
 
-        render_terminal(result.comparison, console, all_rows=False)
+        render_terminal(result.comparison, console, all_rows=False,
+                        where=str(result.out_dir / "compare.json"))
         console.print(escape(f"regression verdict: {result.out_dir / 'compare.json'}"))
     render_verdict(results, console, f"report: {report}")
 
