@@ -10,7 +10,9 @@ as text: no live HTML, no broken table, no LaTeX command, no terminal escape, no
 ``clean`` is the part every format shares: line breaks and tabs become spaces (a row stays one
 row), other control characters (ANSI escapes, NUL), bidirectional overrides / embeddings /
 isolates (text that displays in another order than it reads) and lone surrogates (a JSON
-``"\\ud800"`` would fail the UTF-8 write) become U+FFFD, so something visibly was there.
+``"\\ud800"`` would fail the UTF-8 write) become U+FFFD, so something visibly was there. The
+bidi marks (LRM, RLM, ALM) stay: a Hebrew or Arabic caption may need them, and they reorder no
+span.
 """
 from __future__ import annotations
 
