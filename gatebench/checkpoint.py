@@ -42,8 +42,8 @@ GATEBENCH_FORMAT_VERSION = 1
 
 __all__ = ["GATEBENCH_FORMAT", "GATEBENCH_FORMAT_VERSION", "TORN", "UnreadableCheckpoint",
            "adapter_state", "find_gates", "inspect_checkpoint", "load_adapter", "read_raw",
-           "save_checkpoint", "strip_module_prefix", "tensors_digest", "torch_load_safe",
-           "try_inspect_checkpoint"]
+           "save_checkpoint", "strip_module_prefix", "tensors_digest", "tensors_digest_of",
+           "torch_load_safe", "try_inspect_checkpoint"]
 
 
 def _check_readable(path: Path) -> int:
@@ -222,7 +222,6 @@ def inspect_checkpoint(path: str | Path, *, sha256: str | None = None) -> Checkp
     # treatment it was made for), as its family says: the header's family, else its keys'
     rule = FAMILIES.get(family) or FAMILIES[found]
     info = CheckpointInfo(path=path, sha256=sha256 or file_sha256(path),
-                          tensors_sha256=tensors_digest(state),
                           size_bytes=path.stat().st_size, format=fmt, family=family, gates=gates,
                           training=TrainingMeta.from_dict(header.get("training")),
                           adapter_config=rule.forward_config(header, state),
@@ -242,10 +241,20 @@ def tensors_digest(state: Mapping[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             flat = value.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # no copy
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()
+
+
+def tensors_digest_of(path: str | Path) -> str | None:
+    """``tensors_digest`` of a file; None when it can no longer be read (a rerun of the trainer
+    is overwriting it): identity then rests on the gates alone."""
+    try:
+        state, _ = read_raw(Path(path))
+    except CheckpointError:
+        return None
+    return tensors_digest(state)
 
 
 @dataclass(frozen=True)

@@ -247,3 +247,14 @@ def test_saved_runs_carry_each_step_and_its_source(tmp_path: Path) -> None:
     assert axis == "step" and sorted(xs.values()) == [2.0, 4.0, 6.0, 6.0]
     text = gates_markdown(checkpoints, [], style=REPORT_STYLE)
     assert "step 2 (file name)" in text and "step 6 (identical file)" in text
+
+
+def test_a_frozen_gate_final_file_joins_only_the_same_tensors(tmp_path: Path) -> None:
+    """The gate unchanged in fp16 (to_out still moving): equal gates are not the same file.
+    Step 7's final file differs from checkpoint-6 in to_out only: its own place, step unknown."""
+    UserTrainerWriter(tmp_path / "seven", gate_rate=0.0).run(7)
+    _, doc = _gates(tmp_path / "seven")
+    assert [(p["x"], p["step"]) for p in doc["trajectory"]["points"]][-2:] == [(6, 6), (8, None)]
+    UserTrainerWriter(tmp_path / "six", gate_rate=0.0).run(6)
+    _, doc = _gates(tmp_path / "six")
+    assert doc["trajectory"]["points"][-1]["labels"] == ["checkpoint-6.pt", FINAL_NAME]

@@ -70,9 +70,6 @@ class CheckpointInfo:
     # halves; diffusers' GLIGEN pipeline gives the unconditional half null objects; a gatebench
     # checkpoint says how its caption-dropped samples trained (before 0.2: adapter off).
     reference_uncond: str = "grounded"
-    # sha256 over the tensors themselves (checkpoint.tensors_digest): the same weights in files
-    # whose bytes differ (the user's final file and its last checkpoint) are one series point
-    tensors_sha256: str | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
