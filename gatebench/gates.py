@@ -389,19 +389,23 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
                       steps=tuple(file_steps(members)))
 
 
+def checkpoint_member(info: CheckpointInfo) -> Member:
+    """One checkpoint as the series rule reads it, without a tensor digest (identity by gates;
+    ``checkpoint_members`` adds digests where gates are equal)."""
+    try:
+        mtime: float | None = info.path.stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    return Member(str(info.path), info.training.step, info.training.epoch,
+                  gate_fingerprint((g.layer, g.raw) for g in info.gates), mtime)
+
+
 def checkpoint_members(infos: Sequence[CheckpointInfo]) -> list[Member]:
     """What the series rule (readers.series) reads of each checkpoint: recorded step and epoch,
     gates, mtime (a file written last is the final one) and, only where gates alone cannot tell
     two files of one folder apart (equal gates), a digest of every tensor: reading them all costs
     about 55 ms per 35 MB file, so a folder of distinct gates is never read twice."""
-    members = []
-    for info in infos:
-        try:
-            mtime: float | None = info.path.stat().st_mtime_ns
-        except OSError:
-            mtime = None
-        members.append(Member(str(info.path), info.training.step, info.training.epoch,
-                              gate_fingerprint((g.layer, g.raw) for g in info.gates), mtime))
+    members = [checkpoint_member(info) for info in infos]
     shared = Counter((training_run(m.key), m.gates) for m in members if m.gates is not None)
     if all(n < 2 for n in shared.values()):
         return members
