@@ -21,6 +21,7 @@ from gatebench.readers.logs import LogSeries
 from gatebench.protocol import GateThresholds
 from gatebench.readers.series import (FileStep, Member, Series, file_steps, gate_fingerprint,
                                        order_runs, training_run)
+from gatebench.rundir.results import findings_verdict
 from gatebench.rundir.saved import checkpoint_labels
 
 if TYPE_CHECKING:
@@ -128,8 +129,7 @@ class GateReport:
 
     @property
     def verdict(self) -> str:
-        severities = {f.severity for f in self.findings}
-        return "fail" if "fail" in severities else "warn" if "warn" in severities else "pass"
+        return findings_verdict(f.severity for f in self.findings)
 
 
 def gate_stats(info: CheckpointInfo, thresholds: GateThresholds) -> GateStats:
