@@ -21,6 +21,7 @@ from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSetti
 from gatebench.image_cache import ImageCache, KeptImages
 from gatebench.layouts import Layout
 from gatebench.metrics.health_prefetch import HealthPrefetch
+from gatebench.metrics.timing import StageTimer, phase
 from gatebench.protocol import Protocol
 from gatebench.score import ImageItem
 
@@ -38,7 +39,7 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                  layouts: Sequence[Layout], protocol: Protocol, *, root: Path, batch: int,
                  progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
                  keep: KeptImages | None = None, adapters: LoadedAdapters | None = None,
-                 health: HealthPrefetch | None = None
+                 health: HealthPrefetch | None = None, timer: StageTimer | None = None
                  ) -> tuple[dict[tuple[str, float], list[ImageItem]], GenerationStats, list[dict]]:
     """Images for every checkpoint x gate scale; scale 0 (no adapter) is shared by all.
 
@@ -48,6 +49,8 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
     memory and the items carry them (``image``, ``reference_image``): scoring reads no PNG
     back. ``adapters``: the preflight's loads (preflight_adapters), reused. ``health``: each
     image kept starts its image health on a background thread (``prefetch_health``).
+    ``timer``: charged the adapters' loads (``adapter_load``); the sampler's own phases are in
+    the returned GenerationStats.
     """
     rank, world = shard
     position = {lay.layout_id: i for i, lay in enumerate(layouts)}
@@ -83,8 +86,9 @@ def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
                          cache.path_for(lay.layout_id, s)) for s in scales if s != 0.0
                 for lay in layouts]
         if jobs:
-            adapter = adapters.take(info, base) if adapters is not None else \
-                load_adapter(info.path, base, info)
+            with phase(timer, "adapter_load"):
+                adapter = adapters.take(info, base) if adapters is not None else \
+                    load_adapter(info.path, base, info)
             caches[-1]["phrase_encoding"] = adapter.phrase_encoding
             twins = {j.path: zero_path[j.layout.layout_id] for j in jobs}
             try:

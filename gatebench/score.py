@@ -24,6 +24,7 @@ from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_fea
                                    reference_stats)
 from gatebench.metrics.health import ImageHealth
 from gatebench.metrics.health_prefetch import HealthPrefetch, assess_with
+from gatebench.metrics.timing import StageTimer, phase
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import BoxMatch, match_boxes, summarize_matches
@@ -142,7 +143,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                  real_images: Sequence[str | Path] | ReferenceStats | None = None,
                  cache_dir: str | Path | None = None, clip_language: str = "native",
                  twin_cache: TwinCache | None = None, image_health: bool = True,
-                 health_prefetch: HealthPrefetch | None = None) -> ScoreResult:
+                 health_prefetch: HealthPrefetch | None = None,
+                 timer: StageTimer | None = None) -> ScoreResult:
     """Score ``(image_path, Layout, gate_scale|None, reference_image_path|None)`` items.
 
     ``detections`` (keyed by image file name) wins over ``detector``. ``detector_labels``: the
@@ -158,6 +160,7 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     ``health_prefetch``: verdicts started while generating (taken, not recomputed).
     ``image_health=False`` (the detector ceiling, which reports detection only) skips the health
     cues: their columns are empty and garbled_rate / blank_rate are not computed.
+    ``timer``: charged each step's phases (metrics/timing.py names them); None records nothing.
 
     Three steps: per-image records (``_Scorer``), the set-level inputs (AP images, FID features
     and the reference statistics), aggregation (``metrics.aggregate``, once over all images and
@@ -173,7 +176,7 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
     want_fid = fid_extractor is not None and real_images is not None
     scorer = _Scorer(protocol, detections, detector, labels, clip, clip_language,
                      fid_extractor if want_fid else None, twin_cache, image_health,
-                     health_prefetch)
+                     health_prefetch, timer=timer)
     rows: list[dict[str, Any]] = []
     ap_images: list[APImage] = []
     fid_chunks: list[np.ndarray] = []
@@ -191,7 +194,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
                           "adapter": True, "fid": reference is not None}, ap_images, reference,
                          np.concatenate(fid_chunks) if want_fid else None, scoring.bootstrap,
                          scoring.ci_level, protocol.seed,
-                         None if device is None or str(device) == "cpu" else str(device))
+                         None if device is None or str(device) == "cpu" else str(device),
+                         timer=timer)
     # without health cues the rates would average empty flags: counted as False, then dropped
     frame = samples if image_health else samples.assign(garbled=False, blank=False)
     metrics, not_computed, by_scale, fid_routes = sets.all_and_by_scale(
@@ -242,6 +246,7 @@ class _Scorer:
     twin_cache: TwinCache | None
     image_health: bool
     health: HealthPrefetch | None      # verdicts started during generation (run.py)
+    timer: StageTimer | None = None    # the bench's phase split (metrics/timing.py)
 
     @property
     def has_det(self) -> bool:
@@ -255,39 +260,43 @@ class _Scorer:
     def chunk(self, chunk: list[ImageItem]
               ) -> tuple[list[dict[str, Any]], list[APImage], np.ndarray | None]:
         scoring = self.protocol.scoring
-        pils = [_pixels(it.image, it.image_path) for it in chunk]
-        healths = assess_with(self.health, [str(it.image_path) for it in chunk], pils,
-                              [_twin(it) for it in chunk],
-                              garbled_threshold=scoring.garbled_threshold,
-                              blank_threshold=scoring.blank_threshold, twin_cache=self.twin_cache,
-                              twin_keys=[str(it.reference_image_path) if it.reference_image_path
-                                         else None for it in chunk]) if self.image_health else \
-            [_NO_HEALTH] * len(chunk)
+        with phase(self.timer, "pixels"):
+            pils = [_pixels(it.image, it.image_path) for it in chunk]
+        with phase(self.timer, "image_health"):
+            healths = assess_with(
+                self.health, [str(it.image_path) for it in chunk], pils,
+                [_twin(it) for it in chunk], garbled_threshold=scoring.garbled_threshold,
+                blank_threshold=scoring.blank_threshold, twin_cache=self.twin_cache,
+                twin_keys=[str(it.reference_image_path) if it.reference_image_path else None
+                           for it in chunk]) if self.image_health else [_NO_HEALTH] * len(chunk)
         # the FID extractor's batches are these chunks, as when it read the files
-        feats = None if self.fid_extractor is None else extract_features(
-            pils, self.fid_extractor, resize=scoring.fid_resize, batch_size=_CHUNK)
-        if self.detections is not None:
-            dets = [list(self.detections[it.image_path.name]) for it in chunk]
-        elif self.phrases:                # each image queried with its own objects' phrases
-            dets = self.detector.detect_phrases(pils, [  # type: ignore[union-attr]
-                [q for q in object_queries(it.layout.objects, self.protocol.detection) if q]
-                for it in chunk])
-        elif self.detector is not None:   # a file by its path: the detector decodes it its own way
-            dets = self.detector.detect([pil if it.image is not None else it.image_path
-                                         for it, pil in zip(chunk, pils)])
-        else:
-            dets = [[] for _ in chunk]
+        with phase(self.timer, "fid_features"):
+            feats = None if self.fid_extractor is None else extract_features(
+                pils, self.fid_extractor, resize=scoring.fid_resize, batch_size=_CHUNK)
+        with phase(self.timer, "detection"):
+            if self.detections is not None:
+                dets = [list(self.detections[it.image_path.name]) for it in chunk]
+            elif self.phrases:            # each image queried with its own objects' phrases
+                dets = self.detector.detect_phrases(pils, [  # type: ignore[union-attr]
+                    [q for q in object_queries(it.layout.objects, self.protocol.detection) if q]
+                    for it in chunk])
+            elif self.detector is not None:   # a file by its path: the detector decodes it
+                dets = self.detector.detect([pil if it.image is not None else it.image_path
+                                             for it, pil in zip(chunk, pils)])
+            else:
+                dets = [[] for _ in chunk]
         g_clip: Sequence[float] = [float("nan")] * len(chunk)
         r_clip: Sequence[Sequence[float] | None] = [None] * len(chunk)
         if self.clip is not None:
             use_en = self.clip_language == "en"
             caps = [(it.layout.caption_en if use_en and it.layout.caption_en else it.layout.caption)
                     for it in chunk]
-            g_clip = clip_scores(self.clip, pils, caps)
-            r_clip = region_clip_scores(
-                self.clip, pils, [[o.bbox for o in it.layout.objects] for it in chunk],
-                [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
-                 for it in chunk])
+            with phase(self.timer, "clip"):
+                g_clip = clip_scores(self.clip, pils, caps)
+                r_clip = region_clip_scores(
+                    self.clip, pils, [[o.bbox for o in it.layout.objects] for it in chunk],
+                    [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
+                     for it in chunk])
         rows, ap_images = [], []
         for it, pil, det, health, g, r in zip(chunk, pils, dets, healths, g_clip, r_clip):
             row, ap_image = self.record(it, pil, det, health, g, r)

@@ -12,6 +12,7 @@ from gatebench.adapters.types import CheckpointInfo
 from gatebench.image_cache import read_png_meta
 from gatebench.metrics.spec import DETECTOR_METRICS
 from gatebench.metrics.health_prefetch import HealthPrefetch
+from gatebench.metrics.timing import StageTimer
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.protocol import Protocol, load_protocol, with_flags
 from gatebench.rundir.saved import checkpoint_labels
@@ -26,7 +27,7 @@ def nonfinite_count(items: Sequence[ImageItem]) -> int:
 def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                infos: Sequence[CheckpointInfo], scales: Sequence[float], protocol: Protocol,
                eval_models: Any, cache_dir: Path, health: HealthPrefetch | None = None,
-               zero_scores: dict[Any, Any] | None = None
+               zero_scores: dict[Any, Any] | None = None, timer: StageTimer | None = None
                ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(samples of every image, one results row per checkpoint x gate scale).
 
@@ -34,7 +35,8 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
     made once for all the sets (one TwinCache: ``health``'s, when its verdicts were started
     during generation, which are then taken instead of computed). ``zero_scores``: a memo kept
     by the caller across calls, keyed by the gate-0 set's image paths (`watch`: the base
-    model's images are scored once per watch, not once per checkpoint)."""
+    model's images are scored once per watch, not once per checkpoint). ``timer``: each set's
+    scoring phases (metrics/timing.py), for the bench; None records nothing."""
     frames, rows = [], []
     zero: Any = None
     twins = health.twin_cache if health is not None and health.twin_cache is not None \
@@ -51,7 +53,7 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
             else:
                 result = score_images(group, protocol, **eval_models.score_kwargs(),
                                       cache_dir=cache_dir, twin_cache=twins,
-                                      health_prefetch=health)
+                                      health_prefetch=health, timer=timer)
                 zero = result if s == 0.0 else zero
                 if s == 0.0 and zero_scores is not None:
                     zero_scores[key] = result

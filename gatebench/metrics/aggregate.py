@@ -19,6 +19,7 @@ from gatebench.metrics.coco_ap import APImage, coco_ap
 from gatebench.metrics.fid_maths import (feature_stats, fid_from_features, fid_route,
                                          frechet_distance, kid, kid_route)
 from gatebench.metrics.stats import MetricValue, bootstrap_ci
+from gatebench.metrics.timing import StageTimer, phase
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -105,9 +106,11 @@ def kid_value(inputs: SetInputs) -> MetricValue | str:
 
 
 def aggregate(frame: pd.DataFrame, inputs: SetInputs, have: dict[str, bool], *, n_boot: int,
-              level: float, seed: int) -> tuple[dict[str, MetricValue], dict[str, str]]:
+              level: float, seed: int, timer: StageTimer | None = None
+              ) -> tuple[dict[str, MetricValue], dict[str, str]]:
     """Every metric of the table over ``frame`` (its per-sample records) and ``inputs``: those
-    whose need is not in ``have`` are not computed, with ``NEED_REASONS``' reason."""
+    whose need is not in ``have`` are not computed, with ``NEED_REASONS``' reason. ``timer``:
+    charged ``bootstrap_ci`` (per-image metrics) and ``metric:<name>`` (set-level ones)."""
     kw = {"n_boot": n_boot, "level": level, "seed": seed}
     out: dict[str, MetricValue] = {}
     skip: dict[str, str] = {}
@@ -120,14 +123,16 @@ def aggregate(frame: pd.DataFrame, inputs: SetInputs, have: dict[str, bool], *, 
                 skip[m.name] = _empty_reason(frame, m.ratio)
                 continue
             denom = u["den"].to_numpy() if m.ratio.denominator is not None else None
-            out[m.name] = bootstrap_ci(u["num"].to_numpy(), denom,
-                                       groups=list(u["layout_id"]), **kw)
+            with phase(timer, "bootstrap_ci"):
+                out[m.name] = bootstrap_ci(u["num"].to_numpy(), denom,
+                                           groups=list(u["layout_id"]), **kw)
         else:
             compute = SET_VALUES.get(m.set_value or "")
             if compute is None:
                 raise MetricError(f"expected a set-level function for '{m.name}' in "
                                   f"metrics/aggregate.py, got '{m.set_value}'")
-            value = compute(inputs)
+            with phase(timer, f"metric:{m.name}"):
+                value = compute(inputs)
             if isinstance(value, str):
                 skip[m.name] = value
             else:
@@ -147,6 +152,7 @@ class SetAggregator:
     level: float
     seed: int
     fid_device: str | None = None          # the scoring device for FID/KID maths (None: numpy)
+    timer: StageTimer | None = None        # the bench's phase split (metrics/timing.py)
 
     def over(self, frame: pd.DataFrame, idx: np.ndarray
              ) -> tuple[dict[str, MetricValue], dict[str, str], dict[str, Any] | None]:
@@ -156,7 +162,7 @@ class SetAggregator:
                            None if self.fake_feats is None else self.fake_feats[idx], self.seed,
                            self.fid_device)
         metrics, skip = aggregate(frame, inputs, self.have, n_boot=self.n_boot, level=self.level,
-                                  seed=self.seed)
+                                  seed=self.seed, timer=self.timer)
         return metrics, skip, inputs.fid_route if self.have["fid"] else None
 
     def all_and_by_scale(self, frame: pd.DataFrame, gate_scales: list[float | None],
