@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from gatebench.adapters.types import CheckpointInfo
-from gatebench.checkpoint import inspect_checkpoint
+from gatebench.checkpoint import inspect_checkpoint, tensors_digest_of
 from gatebench.errors import GatebenchError
 from gatebench.readers.paths import CHECKPOINT_SUFFIXES
 from gatebench.readers.series import gate_fingerprint
@@ -47,6 +47,7 @@ class Observation:
     mtime_ns: int
     info: CheckpointInfo | None = None   # set when ready
     reason: str | None = None            # why waiting / unreadable
+    tensors: str | None = None           # digest of every tensor (series rule 3), when ready
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _Sighting:
     failures: int = 0
     reason: str | None = None
     info: CheckpointInfo | None = None
+    tensors: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,11 @@ class Settler:
     def __init__(self, settle_s: float, unreadable_after_s: float, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
-                 load: Callable[[Path], CheckpointInfo] = inspect_checkpoint) -> None:
+                 load: Callable[[Path], CheckpointInfo] = inspect_checkpoint,
+                 digest: Callable[[Path], str | None] = tensors_digest_of) -> None:
         self.settle_s = settle_s
         self.unreadable_after_s = max(unreadable_after_s, settle_s)
-        self.clock, self.wall, self.load = clock, wall, load
+        self.clock, self.wall, self.load, self.digest = clock, wall, load, digest
         self._seen: dict[Path, _Sighting] = {}
 
     def observe(self, paths: list[Path], *, atomic: bool = False) -> list[Observation]:
@@ -132,7 +135,8 @@ class Settler:
 
     def _judge(self, path: Path, seen: _Sighting, now: float, atomic: bool) -> Observation:
         def obs(state: State, reason: str | None = None) -> Observation:
-            return Observation(path, state, seen.size, seen.mtime_ns, seen.info, reason)
+            return Observation(path, state, seen.size, seen.mtime_ns, seen.info, reason,
+                               seen.tensors)
 
         if seen.info is not None:
             return obs("ready")
@@ -145,6 +149,7 @@ class Settler:
         else:
             try:
                 info = self.load(path)
+                tensors = self.digest(path)   # files of equal gates but other weights differ
             except LOAD_ERRORS as exc:
                 seen.failures += 1
                 seen.reason = _reason(exc)
@@ -153,7 +158,7 @@ class Settler:
                 if after is None or (after.st_size, after.st_mtime_ns) != (seen.size,
                                                                             seen.mtime_ns):
                     return obs("waiting", "changed while it was read")
-                seen.info = info
+                seen.info, seen.tensors = info, tensors
                 return obs("ready")
         if steady >= self.unreadable_after_s and (seen.failures >= 2 or seen.size == 0):
             return obs("unreadable", seen.reason)

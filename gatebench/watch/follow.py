@@ -113,7 +113,7 @@ class _Loop:
             seen = self.settler.observe(checkpoint_files(self.run_dir),
                                         atomic=trainer.atomic_writes)
             ready = self._update(seen)
-            self._steps()
+            self.state.order()
             self.state.save(self.out)
             while todo := self._todo(ready):     # one point at a time, in series order
                 self._evaluate(todo[0])
@@ -156,6 +156,7 @@ class _Loop:
                     e = Entry(key)
                     self.state.checkpoints.append(e)
                 e.sha256, e.step, e.epoch, e.gates = d["sha256"], d["step"], d["epoch"], d["gates"]
+                e.tensors = o.tensors
                 e.size, e.mtime_ns = o.size, o.mtime_ns
                 if e.results is not None and e.status in ("deleted", "evaluated"):
                     e.status, e.reason = "evaluated", None
@@ -185,34 +186,6 @@ class _Loop:
         self.state.replaced.append(e)
         self.say(f"rewritten: {e.name} has new content; it is evaluated again, the earlier "
                  f"result stays in {e.run}")
-
-    def _steps(self) -> None:
-        """Series order, and each entry's TensorBoard step: its recorded training step, else its
-        step-named position, else (a final file) one save interval after the last numbered
-        point, else its point's place in the series. Fixed once its points are written."""
-        self.state.order()
-        xs: list[int] = []
-        index = 0
-        previous: str | None = None
-        for e in self.state.checkpoints:
-            if e.same_as is None:
-                index += 1
-            if e.axis == "step" and e.x is not None and (not xs or xs[-1] != e.x):
-                xs.append(e.x)
-            if e.tb_step is not None and e.status in ("evaluated", "deleted"):
-                previous = e.path
-                continue
-            if e.step is not None:
-                e.tb_step = e.step
-            elif e.axis == "step" and e.x is not None:
-                e.tb_step = e.x
-            elif e.final and xs:
-                gap = xs[-1] - xs[-2] if len(xs) > 1 else xs[-1]
-                e.tb_step = xs[-1] + max(1, gap)
-            elif e.placed_by is not None:
-                e.tb_step = index
-            previous = e.path
-        del previous
 
     def _todo(self, ready: set[str]) -> list[Entry]:
         """One entry per point not yet evaluated, in series order; the other files of an

@@ -46,16 +46,19 @@ class Entry:
     step: int | None = None
     epoch: int | None = None
     gates: list[list[str]] | None = None
+    tensors: str | None = None         # digest of every tensor: equal gates, other weights
     reason: str | None = None
     run: str | None = None             # the run folder, relative to OUT
     results: str | None = None         # its results.json, relative to OUT
     verdict: str | None = None
     headline: dict[str, Any] | None = None   # {scale: {metric: {value, ci_low, ci_high}}}
-    x: int | None = None               # series position
+    x: int | None = None               # series position on ``axis`` (None: a final file)
+    train_step: int | None = None      # its training step by series rule 5 (None: unknown)
     axis: str | None = None
     placed_by: str | None = None
     final: bool = False
-    tb_step: int | None = None         # where its eval/ scalars stand in TensorBoard
+    tb_step: int | None = None         # where its eval/ points stand in TensorBoard: its
+    #                                    training step, else its place in the series
     gate_mean: float | None = None     # its mean effective gate (results.json's gate stats)
     same_as: str | None = None         # another file at the same point (identical gates)
     reported: list[str] = field(default_factory=list)   # statuses already told the user
@@ -69,7 +72,7 @@ class Entry:
     def member(self) -> Member:
         gates = tuple((str(a), str(b)) for a, b in self.gates) if self.gates else None
         return Member(self.path, self.step, self.epoch, gates,
-                      float(self.mtime_ns) if self.mtime_ns is not None else None)
+                      float(self.mtime_ns) if self.mtime_ns is not None else None, self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"name": self.name}
@@ -97,20 +100,28 @@ class WatchState:
         return next((e for e in self.checkpoints if e.path == path), None)
 
     def order(self) -> None:
-        """Series order by the ONE rule (readers/series.py); files it leaves out go last."""
+        """Series order by the ONE rule (readers/series.py); files it leaves out go last. Each
+        entry's TensorBoard step: its training step (rule 5: recorded, else a step-named file's
+        number, else an identical file's), else its point's place (a final file: one save
+        interval after the last point), else the point's number; fixed once its points are
+        written, so a later file never moves them."""
         series = order_run([e.member() for e in self.checkpoints])
         by_path = {e.path: e for e in self.checkpoints}
         ordered: list[Entry] = []
-        for point in series.points:
+        for number, point in enumerate(series.points, start=1):
             for i, m in enumerate(point.members):
                 e = by_path[m.key]
                 e.x, e.axis, e.placed_by, e.final = point.x, point.axis, point.placed_by, \
                     point.final
+                e.train_step = point.step_of(m)[0]
                 e.same_as = point.members[0].key if i else None
+                if e.tb_step is None or e.results is None:
+                    e.tb_step = next(v for v in (e.train_step, point.place, number)
+                                     if v is not None)
                 ordered.append(e)
         for m in series.unplaced:
             e = by_path[m.key]
-            e.x = e.axis = e.placed_by = e.same_as = None
+            e.x = e.axis = e.placed_by = e.same_as = e.train_step = None
             ordered.append(e)
         self.checkpoints = ordered
 
