@@ -187,7 +187,9 @@ SAMPLE: dict[str, str] = {
     "layout_id": "str", "gate_scale": "?num", "checkpoint": "?str", "image": "?str",
     "image_path": "?str", "clip_score": "?num", "region_clip_score": "?num",
     "garbled_score": "?num", "garbled": "?bool", "n_boxes": "?int", "n_scorable": "?int",
-    "n_matched": "?int", "iou_sum": "?num", "all_matched": "?bool", "boxes": "?list",
+    "n_matched": "?int", "iou_sum": "?num", "all_matched": "?bool", "rel_pairs": "?int",
+    "rel_pairs_matched": "?int", "rel_held": "?int", "rel_pairs_unscorable": "?int",
+    "boxes": "?list",
     "detections": "?list", "reason": "?str", "caption": "?str"}
 
 
