@@ -158,7 +158,9 @@ def test_owl_is_refused_joined(gd_folder: Path) -> None:
         ZeroShotDetector(model, None, DetectionSpec(query="joined"), model_type="owlv2")
 
 
-def _score_folder(root: Path, gd_folder: Path, query: str) -> tuple[dict, Path]:
+def _inputs(root: Path, gd_folder: Path, query: str) -> tuple[Path, Path, Path]:
+    """Two images, their layouts (one object with no English name) and a protocol whose
+    detector is the zero-shot folder."""
     images = root / "images"
     images.mkdir()
     rows = [{"image_path": "one.png", "caption": "a cat left of a dog",
@@ -179,6 +181,11 @@ def _score_folder(root: Path, gd_folder: Path, query: str) -> tuple[dict, Path]:
                         f'[models]\ndetector = "{gd_folder}"\n'
                         f'[detection]\nquery = "{query}"\n[scoring]\nbootstrap = 20\n',
                         encoding="utf-8")
+    return images, layouts, protocol
+
+
+def _score_folder(root: Path, gd_folder: Path, query: str) -> tuple[dict, Path]:
+    images, layouts, protocol = _inputs(root, gd_folder, query)
     document, result, _ = score_elsewhere(images, layouts, str(protocol), None, device="cpu")
     out = root / "out"
     write_score_outputs(document, result, images, out)
@@ -237,3 +244,20 @@ def test_owlv2_queries_each_image_with_its_own_phrases(tmp_path: Path, image: Im
             assert det.bbox == pytest.approx((box[0] / w, box[1] / h, box[2] / w, box[3] / h),
                                              abs=1e-5)
             assert det.phrase == det.label == phrases[k]
+
+
+def test_gatebench_score_command_with_a_grounding_dino_folder(tmp_path: Path,
+                                                              gd_folder: Path) -> None:
+    from click.testing import CliRunner
+
+    from gatebench.cli import cli
+
+    images, layouts, protocol = _inputs(tmp_path, gd_folder, "joined")
+    result = CliRunner().invoke(cli, ["score", "--images", str(images), "--layouts",
+                                      str(layouts), "--protocol", str(protocol), "--device",
+                                      "cpu", "--json", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output[result.output.index("{"):])
+    assert 0.0 <= document["metrics"]["iou50_rate"]["value"] <= 1.0
+    assert document["models"]["detector"]["query"] == "joined"
+    assert (tmp_path / "out" / "samples.jsonl").is_file()
