@@ -15,7 +15,7 @@ _parser.add_argument("--out", type=Path, default=None, help="write the rows and 
 ARGS = _parser.parse_args()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and tests/
-from gatebench.cli.support import quiet_model_libraries
+from gatebench.render.console import quiet_model_libraries
 quiet_model_libraries()
 import transformers.utils.logging as tl, diffusers.utils.logging as dl
 for m in (tl, dl): m.disable_progress_bar(); m.set_verbosity_error()
@@ -129,7 +129,7 @@ after = {q.name: q.read_bytes() for q in ok_run.parent.iterdir() if q.is_file()}
 rows.append((before == after, "run folder byte-identical after those three", "-", "-", False, ""))
 # wrong results
 import tests.test_hostile as th
-(R / "world").mkdir(); imgs, lay, det = th._world_images(R / "world")
+(R / "world").mkdir(); imgs, lay, det = th.world_images(R / "world")
 r = CliRunner().invoke(cli, ["score", "--images", str(imgs), "--layouts", str(lay), "--detections", str(det), "--json"])
 v = json.loads(r.output)["metrics"]["iou50_rate"]["value"] if r.exit_code == 0 else None
 rows.append((v == 1.0, "perfect detections on the shapes world score 1.0", 0, r.exit_code, False, f"iou50_rate={v}"))
@@ -141,8 +141,8 @@ m = float(np.asarray(to_pil_rgb(R / "g16.png")).mean())
 rows.append((100 < m < 160, "16-bit PNG not white", "-", "-", False, f"mean={m:.1f} (white=255)"))
 bl = f("bl/layouts.jsonl", json.dumps({"image_path": "a.png", "caption": "x", "objects": [{"name": "dog", "bbox": [0.2, 0.3, 1.6, 0.9]}]}) + "\n"); (R / "bl/images").mkdir()
 case("bbox with one value > 1.5 refused", ["score", "--images", R / "bl/images", "--layouts", bl], 2, "layouts.jsonl:1")
-(R / "bomb").mkdir(); i1, l1, d1 = th._world_images(R / "bomb", n=1)
-name = json.loads(l1.read_text().splitlines()[0])["image_path"]; th._png_header_only(i1 / name, 60000, 60000)
+(R / "bomb").mkdir(); i1, l1, d1 = th.world_images(R / "bomb", n=1)
+name = json.loads(l1.read_text().splitlines()[0])["image_path"]; th.png_header_only(i1 / name, 60000, 60000)
 case("decompression-bomb PNG", ["score", "--images", i1, "--layouts", l1, "--detections", d1], 2, "decompression bomb")
 # before generating
 for label, state, field in [("text_dim", user_state(0.3, widths=(16, 32), text_dim=8), "text_dim"), ("widths", user_state(0.3, widths=(16, 32), text_dim=64), "widths"), ("missing to_out", {k: v for k, v in user_state(0.3, widths=(64,), text_dim=64).items() if "to_out" not in k}, "to_out")]:

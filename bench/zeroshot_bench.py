@@ -55,9 +55,9 @@ def detector(folder: Path, device: str, query: str) -> zeroshot.ZeroShotDetector
 def once(det: zeroshot.ZeroShotDetector, imgs: list, device: str,
          shared: bool = True) -> tuple[float, float]:
     """(wall, CPU) seconds per image of one call over ``imgs``."""
-    original = zeroshot._SharedBackbone.active
+    original = zeroshot.SharedBackbone.active
     if not shared:       # the reference: every row computes its own backbone
-        zeroshot._SharedBackbone.active = lambda self: contextlib.nullcontext()
+        zeroshot.SharedBackbone.active = lambda self: contextlib.nullcontext()
     try:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -67,7 +67,7 @@ def once(det: zeroshot.ZeroShotDetector, imgs: list, device: str,
             torch.cuda.synchronize()
         return ((time.perf_counter() - wall) / len(imgs), (time.process_time() - cpu) / len(imgs))
     finally:
-        zeroshot._SharedBackbone.active = original
+        zeroshot.SharedBackbone.active = original
 
 
 def measure(folder: Path, device: str, imgs: list, repeats: int) -> dict[str, dict[str, float]]:

@@ -43,7 +43,7 @@ def resolve_builtin(value: str | None) -> str | None:
         return str(ASSETS_DIR / value[len(BUILTIN):])
     return value
 
-METRIC_NAMES = metric_spec.METRIC_NAMES      # the metric table's names (validation reads it live)
+
 COMPARISONS = (">", ">=", "<", "<=")
 
 

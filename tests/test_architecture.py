@@ -1,70 +1,38 @@
-"""The rules of ARCHITECTURE.md, checked: no import cycle (lazy imports included) between
-modules or between packages, no re-export shim or private name imported across modules, the
-library never imports train, metrics never import generation, the top level stays small."""
+"""The rules of ARCHITECTURE.md, checked over gatebench/, the trainer (train/) and bench/ by
+tests/layering.py: no import cycle (lazy imports included) between modules or between packages; a
+name imported from the module that defines it (no ``X as X`` re-export, ``__all__`` of imported
+names, module ``__getattr__`` facade, alias block or ``noqa: F401`` shim; no private name across
+modules); the library never imports the trainer, bench/ never imports tests/, metrics never import
+generation, the top level stays small. ``test_the_checker_catches_each_planted_violation`` breaks
+each rule in a throwaway tree, so a checker that silently passes fails there."""
 from __future__ import annotations
 
-import ast
+import sys
 from pathlib import Path
-from typing import Collection
 
-PACKAGE = Path(__file__).resolve().parents[1] / "gatebench"
-
-
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+from tests.layering import (PACKAGE, SOURCES, TESTS, TRAINER, find_cycle, find_modules,
+                            import_graph, layering_problems, package_graph, trainer_imports)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> gatebench modules it imports anywhere in its body (function-level too; not
-    the ``if TYPE_CHECKING:`` imports, which never run)."""
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py") if "assets" not in p.parts}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        targets: set[str] = set()
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                       and ast.unparse(block.test).endswith("TYPE_CHECKING")
-                       for n in ast.walk(block)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:      # annotations only: no import at run time
-                continue
-            found = []
-            if isinstance(node, ast.Import):
-                found = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # `from pkg import submodule` imports the submodule, not what pkg/__init__ holds
-                subs = [f"{node.module}.{a.name}" for a in node.names]
-                found = [s for s in subs if s in modules]
-                if len(found) < len(subs):
-                    found.append(node.module)
-            for target in found:
-                if target in modules and target != name:
-                    targets.add(target)
-        graph[name] = targets
-    return graph
+# Modules still breaking a rule because another change owns the fix: module -> that change. The
+# test fails once the module is clean, so each entry is deleted with its fix.
+PENDING: dict[str, str] = {
+    "bench.adapter_bench": "issue 27 part 6: its reference attention out of tests/",
+    "bench.hostile_checklist": "issue 27 part 6: its world images and user_state out of tests/",
+    "bench.zeroshot_bench": "issue 27 part 6: its tiny Grounding DINO builder out of tests/",
+}
+# Module edges that close a package cycle from files other engineers are editing: each names the
+# change that removes it. Once the edge is gone, delete its entry.
+PENDING_EDGES: dict[tuple[str, str], str] = {}
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (cycle := visit(node)):
-            return cycle
-    return None
+def test_names_come_from_their_owning_module() -> None:
+    """No module re-exports another's names and none imports another's private name: a reader
+    finds a name where it is defined, and a module's imports say what it really depends on."""
+    problems = layering_problems(SOURCES, TESTS)
+    for module, change in PENDING.items():
+        assert problems.pop(module, None), f"{module} is clean now: delete its PENDING entry ({change})"
+    assert not problems, problems
 
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
@@ -72,44 +40,23 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_no_import_cycle_in_gatebench() -> None:
+def test_no_import_cycle_between_modules() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
 
 
-def package_of(module: str) -> str:
-    """gatebench.metrics.fid -> gatebench.metrics; a top-level module is a package of its own."""
-    return ".".join(module.split(".")[:2])
-
-
-def package_graph(graph: dict[str, set[str]],
-                  skip: Collection[tuple[str, str]] = ()) -> dict[str, set[str]]:
-    """package -> packages its modules import (module edges in ``skip`` left out)."""
-    packages: dict[str, set[str]] = {package_of(name): set() for name in graph}
-    for name, targets in graph.items():
-        for target in targets:
-            if (name, target) not in skip and package_of(target) != package_of(name):
-                packages[package_of(name)].add(package_of(target))
-    return packages
-
-
-# Module edges that close a package cycle from files other engineers are editing (issue 21
-# part 2): each names the change that removes it. Once the edge is gone, delete its entry.
-PENDING_EDGES: dict[tuple[str, str], str] = {}
-# Files still holding a re-export shim or a cross-module private import, for the same reason.
-PENDING_SHIMS: dict[str, str] = {}
-
-
 def test_the_package_graph_folds_modules_into_packages() -> None:
     graph = {"gatebench.a.x": {"gatebench.b"}, "gatebench.b": {"gatebench.a.y"},
-             "gatebench.a.y": set()}
+             "gatebench.a.y": set(), f"{TRAINER}.world.data": {"gatebench.b"}}
     assert find_cycle(package_graph(graph)) == ["gatebench.a", "gatebench.b", "gatebench.a"]
     assert find_cycle(package_graph(graph, skip={("gatebench.b", "gatebench.a.y")})) is None
+    assert TRAINER in package_graph(graph)       # the trainer is one package, however deep
 
 
 def test_no_import_cycle_between_packages() -> None:
     """A lazy import inside a function still ties two packages together: metrics must be
-    importable without the protocol that imports metrics.spec, adapters/ without the reader."""
+    importable without the protocol that imports metrics.spec, adapters/ without the reader, and
+    the trainer's CLI without gatebench.cli (whose `train` subcommand imports the trainer)."""
     graph = import_graph()
     for (source, target), change in PENDING_EDGES.items():
         assert target in graph.get(source, set()), (
@@ -118,77 +65,81 @@ def test_no_import_cycle_between_packages() -> None:
     assert cycle is None, " -> ".join(cycle)
 
 
-def _shims_and_private_imports(path: Path) -> list[str]:
-    """``noqa: F401`` re-exports and ``from gatebench.x import _name`` in one file."""
-    text = path.read_text(encoding="utf-8")
-    found = [f"line {n}: a re-export (noqa: F401)" for n, line in
-             enumerate(text.splitlines(), start=1) if "noqa: F401" in line]
-    for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gatebench"):
-            found += [f"line {node.lineno}: private {alias.name} from {node.module}"
-                      for alias in node.names
-                      if alias.name.startswith("_") and not alias.name.startswith("__")]
-    return found
+def _plant(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
 
 
-def test_names_come_from_their_owning_module() -> None:
-    """No module re-exports another's names and none imports another's private name: a reader
-    finds a name where it is defined, and a module's imports say what it really depends on."""
-    problems = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        where = path.relative_to(PACKAGE.parent).as_posix()
-        if "assets" in path.parts:
-            continue
-        found = _shims_and_private_imports(path)
-        if where in PENDING_SHIMS:
-            assert found, f"{where} is clean now: delete its PENDING_SHIMS entry"
-        elif found:
-            problems[where] = found
-    assert not problems, problems
+def test_the_checker_catches_each_planted_violation(tmp_path: Path) -> None:
+    """Each rule, broken once in a throwaway tree, is reported (so the checks above cannot pass
+    by seeing nothing), and the clean module beside them is not."""
+    _plant(tmp_path / "pkg", {
+        "__init__.py": "",
+        "owner.py": "VALUE = 1\n_SECRET = 2\n\n\ndef helper() -> int:\n    return VALUE\n",
+        "clean.py": "from pkg import owner\nfrom pkg.owner import VALUE, helper\n\n\n"
+                    "def f() -> int:\n    return owner.VALUE + helper() + VALUE\n",
+        "as_same.py": "from pkg.owner import VALUE as VALUE\n",
+        "module_as_same.py": "import pkg as pkg\n",
+        "shim.py": "from pkg.owner import VALUE  # noqa: F401\n",
+        "all_list.py": "from pkg.owner import VALUE, helper\n__all__ = ['VALUE', 'helper']\n",
+        "lazy_facade.py": "def __getattr__(name: str) -> int:\n    return 1\n",
+        "alias_block.py": "from pkg import owner\nfrom pkg.owner import helper\n\n"
+                          "OLD_VALUE = owner.VALUE      # kept here under its old name\n"
+                          "old_helper = helper\n",
+        "private.py": "from pkg.owner import _SECRET\n",
+        "private_attr.py": "import pkg.owner\n\n\ndef f() -> int:\n    return pkg.owner._SECRET\n",
+        "via_importer.py": "from pkg.all_list import helper\nfrom pkg import all_list\n"
+                           "x = all_list.VALUE\n",
+        "a/__init__.py": "", "a/one.py": "def f() -> None:\n    import pkg.b.x\n",
+        "a/two.py": "", "b/__init__.py": "", "b/x.py": "from pkg.a import two\n",
+    })
+    _plant(tmp_path / "bench", {"__init__.py": "",
+                                "tool.py": "def f() -> None:\n    from tests.helpers import build\n"})
+    _plant(tmp_path / "tests", {"__init__.py": "", "helpers.py": "def build() -> None:\n    pass\n",
+                                "test_x.py": "from pkg.all_list import VALUE\nfrom pkg.owner import _SECRET\n"})
+    sources = {"pkg": tmp_path / "pkg", "bench": tmp_path / "bench"}
+    problems = layering_problems(sources, {"tests": tmp_path / "tests"})
+    expected = {
+        "pkg.as_same": "re-export VALUE as VALUE", "pkg.module_as_same": "re-export pkg as pkg",
+        "pkg.shim": "noqa: F401", "pkg.all_list": "__all__ re-exports VALUE",
+        "pkg.lazy_facade": "module __getattr__", "pkg.alias_block": "alias OLD_VALUE",
+        "pkg.private": "private _SECRET from pkg.owner", "pkg.private_attr": "private pkg.owner._SECRET",
+        "pkg.via_importer": "helper from pkg.all_list, which does not define it",
+        "bench.tool": "imports tests.helpers",
+        "tests.test_x": "VALUE from pkg.all_list, which does not define it",
+    }
+    for module, message in expected.items():
+        assert any(message in line for line in problems.get(module, [])), (module, problems)
+    assert "alias old_helper" in " ".join(problems["pkg.alias_block"])
+    assert "pkg.all_list.VALUE" in " ".join(problems["pkg.via_importer"])
+    assert set(problems) == set(expected), problems          # clean.py, owner.py: nothing
+    assert not [p for p in problems["tests.test_x"] if "_SECRET" in p]   # tests may test privates
+    graph = import_graph(find_modules(sources))
+    assert find_cycle(graph) is None                                   # no module cycle ...
+    assert find_cycle(package_graph(graph)) == ["pkg.a", "pkg.b", "pkg.a"]  # ... a lazy package one
 
 
-# The embedded trainer: installed as gatebench.train (its code in the top-level train/ folder,
-# mapped by pyproject's package-dir), so its modules are not under PACKAGE and not in the graph.
-TRAINER = "gatebench.train"
-
-
-def trainer_imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported name, inside a function) for each import of the trainer in one file: its package
-    name, ``from gatebench import train``, or the old top-level ``train`` (never installed)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    lazy = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-            for n in ast.walk(f)}
-    found = []
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        hits = [n for n in names if n in (TRAINER, "train") or n.startswith((TRAINER + ".", "train."))]
-        found += [(hit, id(node) in lazy) for hit in hits[:1]]
-    return found
-
-
-def test_trainer_imports_are_found() -> None:
+def test_trainer_imports_are_found(tmp_path: Path) -> None:
     """The finder below sees each spelling, and whether it sits inside a function."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "m.py"
-        path.write_text("import gatebench.train.loop\nfrom gatebench import train\n"
-                        "def f():\n    from train.cli import main\nfrom gatebench import gates\n")
-        assert trainer_imports(path) == [("gatebench.train.loop", False),
-                                         ("gatebench.train", False), ("train.cli", True)]
+    path = tmp_path / "m.py"
+    package, _, last = TRAINER.rpartition(".")
+    path.write_text(f"import {TRAINER}.loop\nfrom {package} import {last}\n"
+                    "def f():\n    from train.cli import main\nfrom gatebench import gates\n")
+    assert trainer_imports(path) == [(f"{TRAINER}.loop", False), (TRAINER, False),
+                                     ("train.cli", True)]
 
 
 def test_dependency_rules() -> None:
-    graph = import_graph()
-    for name in graph:
-        path = PACKAGE.parent / (name.replace(".", "/") + ".py")
-        found = trainer_imports(path if path.is_file() else path.with_suffix("") / "__init__.py")
+    modules = find_modules(SOURCES)
+    graph = import_graph(modules)
+    for name, path in modules.items():
+        if name.startswith(("bench", TRAINER)):
+            continue
         # gatebench never imports the trainer, except the CLI's `train` subcommand, lazily
         allowed = name == "gatebench.cli"
+        found = trainer_imports(path)
         assert all(allowed and lazy and hit.startswith(TRAINER) for hit, lazy in found), (name, found)
     for name, targets in graph.items():
         if name.startswith("gatebench.metrics"):
@@ -203,7 +154,6 @@ def test_top_level_holds_stages_and_subpackages() -> None:
 
 def test_hashing_and_atomic_writes_import_no_torch() -> None:
     import subprocess
-    import sys
 
     code = "import sys, gatebench.files; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -94,7 +94,7 @@ def test_check_init_on_a_checkpoint(tmp_path: Path) -> None:
 def test_each_warning_text_is_shown_once_even_across_catch_warnings() -> None:
     import warnings
 
-    from gatebench.cli.support import _once_per_message
+    from gatebench.render.console import _once_per_message
 
     shown: list[str] = []
     show = _once_per_message(lambda message, *args, **kwargs: shown.append(str(message)))

@@ -19,6 +19,7 @@ from scipy.ndimage import median_filter
 from gatebench.metrics import health
 from gatebench.metrics.corruptions import corrupt
 from gatebench.metrics.images import to_pil_rgb
+from gatebench.metrics.spec import GARBLED_THRESHOLD
 
 DATA = Path(__file__).parent / "data" / "health"
 
@@ -102,7 +103,7 @@ def _old_assess(image, reference=None):
     g = health._garbled_from_parts(parts)
     b = max(health._blank_parts(m).values())
     blank = b > health.BLANK_THRESHOLD
-    return health.ImageHealth(g, (g > health.DEFAULT_THRESHOLD) and not blank, b, blank)
+    return health.ImageHealth(g, (g > GARBLED_THRESHOLD) and not blank, b, blank)
 
 
 # --- images: real calibration ones, corrupted, small (the shapes world), large, odd shapes -----

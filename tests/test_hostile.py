@@ -371,7 +371,7 @@ def test_ctrl_c_exits_130(tmp_path: Path, monkeypatch) -> None:
 WORLD_DATA = Path(__file__).resolve().parent.parent / "gatebench" / "world" / "assets" / "data"
 
 
-def _world_images(tmp_path: Path, n: int = 4) -> tuple[Path, Path, Path]:
+def world_images(tmp_path: Path, n: int = 4) -> tuple[Path, Path, Path]:
     """n world test images, their layouts and PERFECT detections (the GT boxes, world labels)."""
     import shutil
 
@@ -392,7 +392,7 @@ def _world_images(tmp_path: Path, n: int = 4) -> tuple[Path, Path, Path]:
 
 
 def test_perfect_detections_on_the_shapes_world_score_one(tmp_path: Path) -> None:
-    images, layouts, detections = _world_images(tmp_path)
+    images, layouts, detections = world_images(tmp_path)
     result = invoke("score", "--images", images, "--layouts", layouts, "--detections", detections,
                     "--json")
     assert result.exit_code == 0, result.output
@@ -409,7 +409,7 @@ def test_perfect_detections_on_the_shapes_world_score_one(tmp_path: Path) -> Non
 def test_gt_label_prefers_names_over_a_non_coco_category_id() -> None:
     from gatebench.metrics.detect import COCO80_NAMES, gt_label
     from gatebench.layouts import LayoutObject
-    from gatebench.world import CLASS_NAMES_EN
+    from gatebench.world.shapes import CLASS_NAMES_EN
 
     box = (0.1, 0.1, 0.5, 0.5)
     blue_square = LayoutObject("蓝色正方形", box, "blue square", 7)
@@ -433,7 +433,9 @@ def test_16_bit_png_is_not_white(tmp_path: Path) -> None:
     assert np.abs(a16 - a8).max() <= 1 and a16.mean() < 200
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (no pixels): a decompression bomb to refuse
+    (bench/hostile_checklist.py uses it too)."""
     import struct
     import zlib
 
@@ -447,9 +449,9 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 
 def test_decompression_bomb_png(tmp_path: Path) -> None:
-    images, layouts, detections = _world_images(tmp_path, n=1)
+    images, layouts, detections = world_images(tmp_path, n=1)
     name = json.loads(layouts.read_text(encoding="utf-8").splitlines()[0])["image_path"]
-    _png_header_only(images / name, 60000, 60000)
+    png_header_only(images / name, 60000, 60000)
     assert_bad_input(invoke("score", "--images", images, "--layouts", layouts, "--detections",
                             detections), name, "decompression bomb")
 

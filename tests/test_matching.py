@@ -11,7 +11,7 @@ from gatebench.metrics.detect import (COCO80_NAMES, COCO_ID_TO_NAME, Detection, 
                               load_detections, write_detections_jsonl)
 from gatebench.errors import LayoutError, MetricError, ModelFileError
 from gatebench.layouts import LayoutObject
-from gatebench.metrics import box_iou, match_boxes, summarize_matches
+from gatebench.metrics.matching import box_iou, match_boxes, summarize_matches
 from gatebench.protocol import DetectionSpec
 
 

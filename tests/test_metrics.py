@@ -10,10 +10,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from gatebench.errors import MetricError, ModelFileError
-from gatebench.metrics import (APImage, ModuleExtractor, TransformersClip, bootstrap_ci,
-                               clip_scores, coco_ap, crop_box, feature_stats, fid_from_features,
-                               frechet_distance, garbled_score, inception_extractor, kid,
-                               mean_ci, paired_bootstrap_diff, reference_stats, region_clip_scores)
+from gatebench.metrics.clip_score import TransformersClip, clip_scores, crop_box, region_clip_scores
+from gatebench.metrics.coco_ap import APImage, coco_ap
+from gatebench.metrics.fid import ModuleExtractor, inception_extractor, reference_stats
+from gatebench.metrics.fid_maths import feature_stats, fid_from_features, frechet_distance, kid
+from gatebench.metrics.health import garbled_score
+from gatebench.metrics.stats import bootstrap_ci, mean_ci, paired_bootstrap_diff
 from gatebench.metrics.fid import ReferenceStats
 from gatebench.protocol import ScoringSpec
 from tests.builders import TinyFeatures
@@ -209,7 +211,7 @@ def test_open_clip_backend_from_local_file(tmp_path: Path) -> None:
 
     import open_clip
 
-    from gatebench.metrics import OpenClip
+    from gatebench.metrics.clip_score import OpenClip
 
     config = {"embed_dim": 16,
               "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8,
@@ -248,7 +250,7 @@ def test_inception_extractor_from_local_weights(tmp_path: Path,
     torch.save(net.state_dict(), tmp_path / "weights-inception.pth")
     extractor = inception_extractor(tmp_path / "weights-inception.pth")
     images = [np.random.default_rng(i).integers(0, 255, (40, 50, 3), np.uint8) for i in range(2)]
-    from gatebench.metrics import extract_features
+    from gatebench.metrics.fid import extract_features
 
     features = extract_features(images, extractor)
     assert features.shape == (2, 2048) and np.isfinite(features).all()

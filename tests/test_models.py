@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from gatebench.errors import ModelFileError, ProtocolError
-from gatebench.models import BaseModel, PromptEmbeddings, load_base_model, load_unet
+from gatebench.models import load_base_model, load_unet
+from gatebench.models.base import BaseModel, PromptEmbeddings
 from tests import model_builders
 
 KINDS = ("sd", "sdxl", "kolors", "pixel")

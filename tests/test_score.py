@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 from gatebench.metrics.detect import Detection, write_detections_jsonl
 from gatebench.errors import LayoutError
 from gatebench.layouts import Layout, LayoutObject
-from gatebench.metrics import ModuleExtractor, TransformersClip
+from gatebench.metrics.clip_score import TransformersClip
+from gatebench.metrics.fid import ModuleExtractor
 from gatebench.protocol import DataSpec, Protocol, ScoringSpec
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.score import ImageItem, score_folder, score_images

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from gatebench.checkpoint import inspect_checkpoint, load_adapter
-from gatebench.generate import ImageJob, KeptImages, Sampler, SamplerSettings, layout_seed
+from gatebench.generate import ImageJob, Sampler, SamplerSettings, layout_seed
+from gatebench.image_cache import KeptImages
 from gatebench.layouts import select_layouts
 from gatebench.models import load_base_model
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
@@ -134,7 +135,7 @@ def test_scoring_from_memory_equals_scoring_the_files(tmp_path: Path) -> None:
     """The shapes world's detector, CLIP and FID features and image health, from the same
     pixels handed over in memory or read from the PNGs: the same records and metrics."""
     from gatebench.metrics.evalmodels import load_eval_models
-    from gatebench.metrics.health import TwinCache
+    from gatebench.metrics.twin_cache import TwinCache
 
     protocol = load_protocol("shapes").replace(num_samples=12)
     layouts, _ = select_layouts(protocol)

@@ -107,6 +107,6 @@ def train_command(**flags) -> None:
 
 
 def main() -> None:
-    from gatebench.cli.support import quiet_model_libraries
+    from gatebench.render.console import quiet_model_libraries
     quiet_model_libraries()
     train_command(prog_name="python -m gatebench.train")

@@ -102,7 +102,6 @@ SSIM_NO_EXCUSE, SSIM_FULL_EXCUSE = 0.2, 0.6
 BLACK_L, LIGHT_L, L_SPAN = 35.0, 75.0, 20.0
 FLAT_SPREAD = 8.0
 GREY_CHROMA, CHROMA_SPAN = 20.0, 20.0    # C* p99 <= 20: achromatic; >= 40: coloured, not blank
-DEFAULT_THRESHOLD = GARBLED_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -337,7 +336,7 @@ def blank_score(image: Any) -> float:
     return max(blank_components(image).values())
 
 
-def assess(image: Any, reference: Any = None, *, garbled_threshold: float = DEFAULT_THRESHOLD,
+def assess(image: Any, reference: Any = None, *, garbled_threshold: float = GARBLED_THRESHOLD,
            blank_threshold: float = BLANK_THRESHOLD,
            twin_cache: TwinCache | None = None, twin_key: Any = None) -> ImageHealth:
     """Both flags for one image (cues computed once); a blank image is not also garbled.
@@ -353,7 +352,7 @@ def assess(image: Any, reference: Any = None, *, garbled_threshold: float = DEFA
 
 
 def assess_many(images: Sequence[Any], references: Sequence[Any] | None = None, *,
-                garbled_threshold: float = DEFAULT_THRESHOLD,
+                garbled_threshold: float = GARBLED_THRESHOLD,
                 blank_threshold: float = BLANK_THRESHOLD,
                 twin_cache: TwinCache | None = None, twin_keys: Sequence[Any] | None = None,
                 workers: int | None = None) -> list[ImageHealth]:
@@ -380,5 +379,5 @@ def assess_many(images: Sequence[Any], references: Sequence[Any] | None = None, 
         return list(pool.map(one, range(n)))
 
 
-def is_garbled(score: float, threshold: float = DEFAULT_THRESHOLD) -> bool:
+def is_garbled(score: float, threshold: float = GARBLED_THRESHOLD) -> bool:
     return score > threshold

@@ -7,7 +7,7 @@ Grounding DINO and MM-Grounding-DINO (one text, scores per text token) run in tw
   layout order, repeats kept: the user's text) with their post-processing; cheap, but phrases in
   one prompt can merge or suppress each other.
 * ``per_phrase``: MIG's way, one query "a." per distinct phrase; the rows of one image share one
-  backbone pass (``_SharedBackbone``), so a P-phrase image costs one backbone and P text encoders,
+  backbone pass (``SharedBackbone``), so a P-phrase image costs one backbone and P text encoders,
   feature enhancers and decoders.
 
 A detection belongs to the phrase whose token span holds its highest text-token probability
@@ -103,9 +103,10 @@ def folder_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _SharedBackbone:
+class SharedBackbone:
     """While active, a Grounding DINO backbone computes each distinct image once and repeats its
-    feature maps, masks and position embeddings for the image's other rows (its phrases)."""
+    feature maps, masks and position embeddings for the image's other rows (its phrases).
+    Public so bench/zeroshot_bench.py can switch it off to time the unshared reference."""
 
     def __init__(self, model: Any, counts: Sequence[int]) -> None:
         self.backbone = getattr(getattr(model, "model", None), "backbone", None)
@@ -238,7 +239,7 @@ class ZeroShotDetector:
             texts = [t for _, t, _ in rows]
             counts = [sum(1 for r in rows if r[0] == i) for i in dict.fromkeys(r[0] for r in rows)]
             inputs = self._inputs(images, texts, counts).to(self.device)
-            with _SharedBackbone(self.model, counts).active():
+            with SharedBackbone(self.model, counts).active():
                 outputs = self.model(**inputs)
         return self._grounding(outputs, inputs.input_ids, texts, [p for _, _, p in rows])
 

@@ -13,12 +13,10 @@ from typing import Any, Callable
 import torch
 
 from gatebench.errors import GatebenchError, ModelFileError
-from gatebench.models.base import (BaseModel, KolorsModel, PixelModel, PromptEmbeddings, SDXLModel,
-                                   MODEL_CLASSES)
+from gatebench.models.base import MODEL_CLASSES, BaseModel
 from gatebench.models.files import ModelFolder, inspect_folder, read_json, weight_files
 
-__all__ = ["BaseModel", "KolorsModel", "PixelModel", "PromptEmbeddings", "SDXLModel",
-           "load_base_model", "load_unet", "inspect_folder"]
+__all__ = ["load_base_model", "load_unet"]
 
 
 def _load(what: str, folder: Path, fn: Callable[[], Any]) -> Any:

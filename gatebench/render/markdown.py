@@ -73,8 +73,6 @@ DEFINITIONS = """\
   gate scales or checkpoints are paired (same layouts, same seeds).
 """
 
-SET_LEVEL = metric_spec.SET_METRICS
-
 
 def definitions() -> str:
     """DEFINITIONS, plus the table's one-line definition of any metric the prose does not name
@@ -94,7 +92,7 @@ def n_unit(name: str) -> str:
 
 def ci_text(metric: dict[str, Any]) -> str:
     if not has_ci(metric):
-        return "- (set-level)" if metric.get("metric") in SET_LEVEL else "-"
+        return "- (set-level)" if metric.get("metric") in metric_spec.SET_METRICS else "-"
     return f"[{fmt(metric['ci_low'])}, {fmt(metric['ci_high'])}]"
 
 

@@ -23,13 +23,11 @@ from gatebench.render.sections import sequential_of
 from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import label_map, label_of, row_label
 
-HEADLINE = metric_spec.HEADLINE       # the table's headline metrics, in its order
-
 
 def headline_metrics(results: dict[str, Any], names: Sequence[str]) -> list[str]:
-    """The protocol targets' metrics, then HEADLINE; only those present, each once."""
+    """The protocol targets' metrics, then metric_spec.HEADLINE; only those present, each once."""
     targets = [str(t.get("metric")) for t in (results.get("protocol") or {}).get("targets", [])]
-    return [n for n in dict.fromkeys([*targets, *HEADLINE]) if n in names]
+    return [n for n in dict.fromkeys([*targets, *metric_spec.HEADLINE]) if n in names]
 
 
 def print_metrics(results: dict[str, Any], names: Sequence[str], report: Path,
