@@ -86,7 +86,7 @@ def study(folder: Path, label: dict[str, str], size: int, strengths: tuple[float
     for f in label:
         with Image.open(folder / f) as image:
             image = image.convert("RGB")
-            images[f] = np.asarray(image.resize((size, size), Image.BOX) if image.size != (size, size)
+            images[f] = np.asarray(image.resize((size, size), Image.Resampling.BOX) if image.size != (size, size)
                                    else image)
     doc: dict[str, Any] = {"folder": str(folder), "size": size, "images": len(images),
                            "labels": {k: sum(v == k for v in label.values()) for k in LABELS},

@@ -55,7 +55,7 @@ class LayoutImageDataset:
         with Image.open(path) as image:
             image = image.convert("RGB")
             if image.size != (self.resolution, self.resolution):
-                image = image.resize((self.resolution, self.resolution), Image.BICUBIC)
+                image = image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
             array = np.asarray(image, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         if self.resolution <= 64:  # tiny worlds fit in memory: decode each PNG once

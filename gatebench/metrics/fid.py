@@ -101,7 +101,7 @@ def load_images_uint8(images: Sequence[Any], size: int | None, resize: ResizeMod
     for item in images:
         pil = to_pil_rgb(item)
         if size is not None and resize == "clean" and pil.size != (size, size):
-            pil = pil.resize((size, size), Image.BICUBIC)
+            pil = pil.resize((size, size), Image.Resampling.BICUBIC)
         t = torch.from_numpy(np.asarray(pil, dtype=np.uint8).copy()).permute(2, 0, 1)
         if size is not None and t.shape[1:] != (size, size):
             t = torch.nn.functional.interpolate(t[None].float(), size=(size, size), mode=resize,

@@ -130,7 +130,7 @@ def _resized(pil: Any, upscale: bool) -> Any:
     size = _work_size(pil.size, upscale)
     if size is None:
         return pil
-    return pil.resize(size, Image.BOX if max(size) < max(pil.size) else Image.NEAREST)
+    return pil.resize(size, Image.Resampling.BOX if max(size) < max(pil.size) else Image.Resampling.NEAREST)
 
 
 def _floats(pil: Any) -> np.ndarray:
@@ -152,7 +152,7 @@ def _pixels(image: Any, shape: tuple[int, int] | None = None) -> tuple[np.ndarra
     from PIL import Image  # noqa: PLC0415
 
     pil = to_pil_rgb(image)
-    work = _resized(pil, True) if shape is None else pil.resize((shape[1], shape[0]), Image.BOX)
+    work = _resized(pil, True) if shape is None else pil.resize((shape[1], shape[0]), Image.Resampling.BOX)
     x = _floats(work)
     if max(pil.size) <= WORK_SIDE:          # speckle at native size
         return x, (x if work is pil else _floats(pil))

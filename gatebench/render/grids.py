@@ -55,11 +55,11 @@ def image_cell(path: Path | None, side: int) -> Any:
     longest = max(image.size)
     if longest <= side:
         factor = max(1, side // longest)
-        image = image.resize((image.size[0] * factor, image.size[1] * factor), Image.NEAREST)
+        image = image.resize((image.size[0] * factor, image.size[1] * factor), Image.Resampling.NEAREST)
     if max(image.size) != side:
         scale = side / max(image.size)
         image = image.resize((max(1, round(image.size[0] * scale)),
-                              max(1, round(image.size[1] * scale))), Image.LANCZOS)
+                              max(1, round(image.size[1] * scale))), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (side, side), (255, 255, 255))
     canvas.paste(image, ((side - image.size[0]) // 2, (side - image.size[1]) // 2))
     return canvas

@@ -31,7 +31,7 @@ def overlay(cell: Any, density: Any) -> Any:
     """``cell`` (a PIL RGB image) greyed and dimmed, with the write map in red over it."""
     from PIL import Image  # noqa: PLC0415
 
-    heat = Image.fromarray(density, mode="L").resize(cell.size, Image.BILINEAR)
+    heat = Image.fromarray(density, mode="L").resize(cell.size, Image.Resampling.BILINEAR)
     grey = cell.convert("L").point(lambda v: 60 + v * 0.45).convert("RGB")
     red = Image.new("RGB", cell.size, HEAT)
     return Image.composite(red, grey, heat.point(lambda v: min(255, int(v * 0.9))))

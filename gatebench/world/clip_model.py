@@ -184,7 +184,7 @@ def make_preprocess(image_size: int, mean: Sequence[float] = DEFAULT_MEAN,
                 image = im.convert("RGB")
         image = image.convert("RGB")
         if image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.BICUBIC)
+            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
         x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
         x = x.view(image_size, image_size, 3).permute(2, 0, 1).float() / 255.0
         return (x - mean_t) / std_t

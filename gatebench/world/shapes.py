@@ -173,7 +173,7 @@ def render_sample(seed: int, index: int, size: int = DEFAULT_SIZE) -> Sample:
         canvas = canvas * (1.0 - m) + np.asarray(rgb, dtype=np.float32) * m
         objects.append(WorldObject(cls, (x / s, y / s, (x + side) / s, (y + side) / s), rgb))
     big = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), "RGB")
-    image = big.resize((size, size), Image.LANCZOS)
+    image = big.resize((size, size), Image.Resampling.LANCZOS)
     objects.sort(key=lambda o: ((o.bbox[0] + o.bbox[2]) / 2, (o.bbox[1] + o.bbox[3]) / 2))
     return Sample(image, tuple(objects), background)
 

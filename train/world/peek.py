@@ -46,7 +46,7 @@ def main() -> None:
         images, _ = sampler.sample(jobs, adapter if scale else None)
         for row, (image, lay) in enumerate(zip(images, layouts)):
             pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
-            pil = pil.resize((32 * z, 32 * z), Image.NEAREST)
+            pil = pil.resize((32 * z, 32 * z), Image.Resampling.NEAREST)
             if scale:
                 pen = ImageDraw.Draw(pil)
                 for obj in lay.objects:
