@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -189,9 +190,51 @@ def test_gpu_check_script_is_sound(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stdout.startswith("error:")
 
 
+def _bench_imports(path: Path) -> set[str]:
+    """The bench modules one bench file imports (``from bench.X import ...``)."""
+    return set(re.findall(r"^\s*from bench\.(\w+) import", path.read_text(encoding="utf-8"),
+                          re.MULTILINE))
+
+
+def _scripts_and_modules() -> tuple[list[Path], list[Path]]:
+    """bench/'s scripts (what a user runs) and its shared modules (what a bench file imports)."""
+    files = sorted(BENCH.glob("*.py"))
+    shared = set().union(*map(_bench_imports, files))
+    return ([p for p in files if p.stem not in shared and p.stem != "__init__"]
+            + sorted(BENCH.glob("*.sh")), [p for p in files if p.stem in shared])
+
+
 def test_every_bench_script_has_a_smoke_test() -> None:
     """A new bench script comes with its smoke test (in any tests/test_*.py that names it)."""
     tests = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py"))
-    missing = [p.name for p in sorted(BENCH.glob("*.py")) + sorted(BENCH.glob("*.sh"))
-               if p.name not in tests]
+    scripts, _ = _scripts_and_modules()
+    missing = [p.name for p in scripts if p.name not in tests]
     assert not missing, f"bench scripts without a smoke test: {missing}"
+
+
+def test_every_bench_module_runs_under_a_scripts_smoke_test() -> None:
+    """A shared bench module (fixtures, timing, targets, the loop reference...) is imported by a
+    script, directly or through another module, so that script's smoke test runs it."""
+    scripts, modules = _scripts_and_modules()
+    assert {"fixtures", "timing", "targets", "loop_reference"} <= {p.stem for p in modules}
+    reached = set().union(*(_bench_imports(p) for p in scripts if p.suffix == ".py"))
+    while True:
+        more = reached.union(*(_bench_imports(p) for p in modules if p.stem in reached))
+        if more == reached:
+            break
+        reached = more
+    missing = [p.name for p in modules if p.stem not in reached]
+    assert not missing, f"bench modules no script imports (no smoke test runs them): {missing}"
+
+
+def test_bench_targets_fail_without_a_finite_value() -> None:
+    """bench/targets.py: a target passes only on a finite value on its side of the threshold."""
+    sys.path.insert(0, str(ROOT))
+    from bench.targets import Target, judge
+
+    at_least, at_most = Target("a", ">=", 2.0, "x"), Target("b", "<=", 1.1, "y")
+    assert at_least.passed(2.0) and not at_least.passed(1.99) and at_most.passed(1.1)
+    assert not at_most.passed(1.2) and not at_most.passed(float("nan"))
+    rows = judge({"a": 3.0}, [at_least, at_most])
+    assert [(r["name"], r["value"], r["passed"]) for r in rows] == [("a", 3.0, True),
+                                                                     ("b", None, False)]

@@ -1,0 +1,1 @@
+"""bench/: benchmark scripts and the modules they share (``from bench.fixtures import ...``)."""
