@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 Severity = Literal["fail", "warn"]
-FINDING_CODES = ("deadlock", "collapse", "falling", "near_zero", "saturated", "nan",
-                 "not_learning", "extrapolated_scale", "single_box_unlocalisable")
 
 HINTS = {
     "deadlock": "gate and to_out are both exactly 0, so each one's gradient (the other) is 0 "

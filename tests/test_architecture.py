@@ -98,7 +98,8 @@ def test_the_checker_catches_each_planted_violation(tmp_path: Path) -> None:
     _plant(tmp_path / "bench", {"__init__.py": "",
                                 "tool.py": "def f() -> None:\n    from tests.helpers import build\n"})
     _plant(tmp_path / "tests", {"__init__.py": "", "helpers.py": "def build() -> None:\n    pass\n",
-                                "test_x.py": "from pkg.all_list import VALUE\nfrom pkg.owner import _SECRET\n"})
+                                "test_x.py": "from pkg.all_list import VALUE\n"
+                                             "from pkg.owner import _SECRET\n"})
     sources = {"pkg": tmp_path / "pkg", "bench": tmp_path / "bench"}
     problems = layering_problems(sources, {"tests": tmp_path / "tests"})
     expected = {

@@ -1,7 +1,8 @@
 """Small pieces of the CLI that are not commands: consoles, exit codes, list flags, progress
-bar. Shared by cli/__init__.py and cli/evaluate.py (which must not import the former);
-quieting the model libraries is render/console.py's (the trainer's CLI uses it too). Which flag overrides which protocol field is the library's (readers/protocol_values.py
-FLAG_FIELDS, protocol.with_flags)."""
+bar. Shared by cli/__init__.py and cli/evaluate.py (which must not import the former).
+Quieting the model libraries is render/console.py's (the trainer's CLI uses it too). Which flag
+overrides which protocol field is the library's (readers/protocol_values.py FLAG_FIELDS,
+protocol.with_flags)."""
 from __future__ import annotations
 
 import signal

@@ -377,7 +377,3 @@ def assess_many(images: Sequence[Any], references: Sequence[Any] | None = None, 
         return [one(i) for i in range(n)]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="health") as pool:
         return list(pool.map(one, range(n)))
-
-
-def is_garbled(score: float, threshold: float = GARBLED_THRESHOLD) -> bool:
-    return score > threshold

@@ -66,11 +66,8 @@ CLASSES: tuple[ShapeClass, ...] = tuple(
                name_zh=COLOURS_ZH[colour] + SHAPES_ZH[shape], colour=colour, shape=shape,
                rgb=COLOURS[colour])
     for i, colour in enumerate(COLOURS) for j, shape in enumerate(SHAPES))
-CLASS_BY_ID: dict[int, ShapeClass] = {c.id: c for c in CLASSES}
 CLASS_BY_EN: dict[str, ShapeClass] = {c.name_en: c for c in CLASSES}
-CLASS_BY_ZH: dict[str, ShapeClass] = {c.name_zh: c for c in CLASSES}
 CLASS_NAMES_EN: tuple[str, ...] = tuple(c.name_en for c in CLASSES)   # YOLO index order
-CLASS_NAMES_ZH: tuple[str, ...] = tuple(c.name_zh for c in CLASSES)
 
 
 @dataclass(frozen=True)
@@ -222,13 +219,6 @@ def generate_split(out_dir: str | Path, split: str, n: int | None = None, seed: 
             sample.image.save(tmp, format="PNG", optimize=False)
         rows.append(json.dumps(layout_row(sample, name), ensure_ascii=False) + "\n")
     return atomic_write_text(jsonl, "".join(rows))
-
-
-def generate_world(out_dir: str | Path, splits: dict[str, tuple[int, int]] | None = None,
-                   size: int = DEFAULT_SIZE) -> dict[str, Path]:
-    """All splits (default ``DEFAULT_SPLITS``): split -> JSONL path."""
-    splits = DEFAULT_SPLITS if splits is None else splits
-    return {name: generate_split(out_dir, name, n, seed, size) for name, (n, seed) in splits.items()}
 
 
 def read_split(dataset_dir: str | Path, split: str) -> list[dict]:
