@@ -326,3 +326,18 @@ def test_follow_mode_ends_on_sigint_and_resumes(world, tmp_path) -> None:
     again = _gatebench(*args, "--once")
     output, _ = again.communicate(timeout=300)
     assert again.returncode == 1 and "0 evaluated now" in output, output
+
+
+def test_watch_bench_smoke(tmp_path) -> None:
+    """bench/watch_bench.py end to end at its smallest (the shapes world, 2 checkpoints)."""
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "YOLO_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" /
+                                               "watch_bench.py"),
+                           "--checkpoints", "2", "--num-samples", "2", "--steps", "2",
+                           "--idle-seconds", "0", "--out", str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["checkpoints"] == 2 and doc["images_generated"] == [4, 2]   # gate 0 made once
+    assert all(r["seconds"] > 0 and r["generate_s"] > 0 for r in doc["rows"])

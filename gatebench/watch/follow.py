@@ -103,6 +103,7 @@ class _Loop:
         self.board, self.logs, self.say = board, logs, on_event
         self.metric, self.scale = pick_metric(protocol)
         self.evaluated_now = 0
+        self._decided: tuple[str, str] | None = None   # the point the verdict was read from
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, sleep: Callable[[float], None]) -> None:
@@ -296,6 +297,9 @@ class _Loop:
         if newest is None or newest.results is None:
             self.state.verdict = "pending"
             return
+        if (newest.results, newest.status) == self._decided:
+            return
+        self._decided = (newest.results, newest.status)
         results = json.loads((self.out / newest.results).read_text(encoding="utf-8"))
         compared = self.out / str(newest.run) / COMPARE_FILE
         comparison = json.loads(compared.read_text(encoding="utf-8")) \

@@ -95,6 +95,7 @@ class WatchState:
     best: dict[str, Any] | None = None
     verdict: str = "pending"
     complete: bool = False
+    _saved: str | None = field(default=None, repr=False, compare=False)
 
     def entry(self, path: str) -> Entry | None:
         return next((e for e in self.checkpoints if e.path == path), None)
@@ -133,8 +134,15 @@ class WatchState:
                 "replaced": [e.to_dict() for e in self.replaced], "findings": self.findings}
 
     def save(self, out: Path) -> Path:
-        return atomic_write_text(out / WATCH_FILE, json.dumps(self.to_dict(), indent=2,
-                                                              ensure_ascii=False))
+        """Write watch.json when its content changed since the last save (an idle poll writes
+        nothing: follow mode stays well under 1 % of a core)."""
+        doc = self.to_dict()
+        content = json.dumps({k: v for k, v in doc.items() if k != "updated"}, sort_keys=True)
+        path = out / WATCH_FILE
+        if content != self._saved or not path.is_file():
+            atomic_write_text(path, json.dumps(doc, indent=2, ensure_ascii=False))
+            self._saved = content
+        return path
 
 
 def load_state(out: Path, run_dir: Path, settings: dict[str, Any]) -> WatchState:
