@@ -5,7 +5,7 @@ Two modes, every ratio measured side by side in one run (these machines are nois
 ``--size cases`` (default, CPU, one thread): one adapter at the real widths, per UNet call of a
 CFG batch (2 rows), for (D 1280, T 1024, N 8), (D 640, T 4096, N 8) and (D 1280, T 1024, N 30):
 
-* ``textbook``: the old form (tests/reference_attention.py): position features and phrases ->
+* ``textbook``: the old form (bench/reference_attention.py): position features and phrases ->
   context, ``to_q`` on every image token, attention, ``to_out`` on every token;
 * ``delta``: ``SpatialAdapter.delta(h, grounding)`` with its box keys prepared in the call;
 * ``site``: what the hooks pay per attn2 site: box keys prepared once per grounding and width
@@ -34,16 +34,19 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.fixtures import random_adapters  # noqa: E402
+from bench.reference_attention import OpCounter, textbook_gated_attention  # noqa: E402
+from bench.targets import Target, judge  # noqa: E402
+from bench.timing import timed  # noqa: E402
 from gatebench.adapters.user import AdapterSet, Grounding, SpatialAdapter, attn2_widths, inject  # noqa: E402,E501
 from gatebench.adapters.write_meter import WriteMeter  # noqa: E402
-from tests.reference_attention import OpCounter, textbook_gated_attention  # noqa: E402
 
 CASES = ((1280, 1024, 8), (640, 4096, 8), (1280, 1024, 30))     # (D, T, N)
 QUICK_CASES = ((1280, 64, 8), (640, 256, 8), (1280, 64, 30))
@@ -64,25 +67,17 @@ MINI_UNET = {**KOLORS_UNET, "sample_size": 16, "block_out_channels": (32, 64, 12
              "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 96 + 48}
 
 
-def timed(fn: Callable[[], object], device: torch.device, warm: int, reps: int) -> float:
-    """Seconds per call: CUDA events on a GPU, wall clock on the CPU; best of ``reps`` on CPU."""
-    for _ in range(warm):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1000 / reps
-    times = []
-    for _ in range(reps):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return min(times)
+# Issue 19's targets: the reassociated delta (box keys included) against the textbook form, and a
+# Kolors-size UNet call with the adapter (and with the write diagnostics) against the base alone.
+DELTA_TARGETS = {n: Target("delta_over_textbook", "<=", limit,
+                           f"delta over the textbook form at N {n} (box keys included)")
+                 for n, limit in ((8, 0.35), (30, 0.6))}
+SAME_OUTPUT = Target("max_diff_over_effect", "<=", 1e-5,
+                     "largest difference from the textbook form over the adapter's effect")
+UNET_TARGETS = (Target("adapter_over_base", "<=", 1.10,
+                       "UNet + adapter over the UNet alone at the largest batch"),
+                Target("meter_cost", "<=", 0.03,
+                       "the write diagnostics' extra time over a UNet call with the adapter"))
 
 
 def _grounding(rows: int, boxes: int, text_dim: int, device: torch.device,
@@ -96,15 +91,8 @@ def _grounding(rows: int, boxes: int, text_dim: int, device: torch.device,
 
 
 def _random_adapters(widths: list[int], text_dim: int, device: torch.device) -> AdapterSet:
-    torch.manual_seed(0)
-    adapters = AdapterSet(widths, text_dim)
-    with torch.no_grad():
-        for p in adapters.parameters():
-            if p.ndim:                     # the freqs buffer is not a parameter
-                p.mul_(3.0 if p.ndim == 2 else 1.0)
-        for adapter in adapters.values():
-            adapter.gated_attn.gate.fill_(0.5)
-    return adapters.to(device).eval()
+    """Adapters whose effect is large enough to time and compare (matrices x3, gates 0.5)."""
+    return random_adapters(widths, text_dim, gate=0.5, weight_gain=3.0).to(device)
 
 
 def textbook_delta(adapter: SpatialAdapter, h: torch.Tensor, grounding: Grounding) -> torch.Tensor:
@@ -145,10 +133,12 @@ def bench_cases(quick: bool, reps: int) -> dict:
             row[f"{name}_ops"] = len(counter.ops)
         row["site_over_textbook"] = row["site_s"] / row["textbook_s"]
         row["delta_over_textbook"] = row["delta_s"] / row["textbook_s"]
-        target = 0.6 if boxes > 8 else 0.35
+        delta_target = DELTA_TARGETS[30 if boxes > 8 else 8]
+        target = delta_target.threshold
         row["target_delta_over_textbook"] = target
         row["pass"] = (None if quick else          # the targets are for the real token counts
-                       row["delta_over_textbook"] <= target and row["max_diff_over_effect"] <= 1e-5)
+                       delta_target.passed(row["delta_over_textbook"])
+                       and SAME_OUTPUT.passed(row["max_diff_over_effect"]))
         rows.append(row)
         print(f"D {dim:5d} T {tokens:5d} N {boxes:3d}: textbook {row['textbook_s'] * 1e3:8.2f} ms"
               f"  delta {row['delta_s'] * 1e3:8.2f} ms ({row['delta_over_textbook']:.2f}x, target "
@@ -231,7 +221,8 @@ def bench_unet(size: str, device: torch.device, batches: list[int], boxes: int) 
     last = doc["rows"][-1]
     doc["target"] = ("adapter <= 1.10x base at the largest batch; write diagnostics <= 3% of "
                      "a UNet call with the adapter")
-    doc["pass"] = last["adapter_over_base"] <= 1.10 and last["meter_cost"] <= 0.03
+    doc["targets"] = judge(last, UNET_TARGETS)
+    doc["pass"] = all(t["passed"] for t in doc["targets"])
     return doc
 
 

@@ -1,7 +1,8 @@
 """The gated box attention in its textbook form: ``to_q`` on every image token, attention, then
 ``to_out`` on every token (gatebench's form before the reassociation of issue 19, variants
 included). Nothing here imports gatebench: tests and bench/adapter_bench.py hold
-``gatebench.adapters.box_attention`` to it, and the bench times the two side by side.
+``gatebench.adapters.box_attention`` to it, and the bench times the two side by side. It lives in
+bench/ because bench/ never imports tests/; the tests import it from here.
 """
 from __future__ import annotations
 

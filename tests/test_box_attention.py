@@ -1,6 +1,6 @@
 """The reassociated box attention (adapters/box_attention.py) equals its textbook form.
 
-The textbook form (tests/reference_attention.py) projects every image token through ``to_q`` and
+The textbook form (bench/reference_attention.py) projects every image token through ``to_q`` and
 ``to_out``; gatebench folds those projections into the box keys and values. Same function, so
 outputs AND gradients must agree to float32 rounding, for every mask pattern and variant.
 """
@@ -13,7 +13,7 @@ from gatebench.adapters.box_attention import GatedAttention, token_box_mask
 from gatebench.adapters.user import (AdapterSet, Grounding, SpatialAdapter, apply_init,
                                      attn2_widths, inject)
 from gatebench.check_init import tiny_unet
-from tests.reference_attention import OpCounter, textbook_gated_attention
+from bench.reference_attention import OpCounter, textbook_gated_attention
 
 # layouts with 3, 2 (one padded slot), 1 and 0 boxes, padded to 3 slots
 BOXES = torch.tensor([[[0.1, 0.1, 0.5, 0.6], [0.5, 0.2, 0.9, 0.7], [0.2, 0.6, 0.7, 0.95]],
