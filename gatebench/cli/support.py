@@ -77,9 +77,12 @@ class RichProgress:
     def __init__(self, total: int, description: str) -> None:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        console = Console(stderr=True)
+        # a CI log is 80 columns: there the bar goes, so no count or time is ever cut
+        bar = [BarColumn()] if console.width >= 110 else []
+        self.progress = Progress(TextColumn("{task.description}"), *bar, MofNCompleteColumn(),
                                  TextColumn("images"), TimeElapsedColumn(), TextColumn("eta"),
-                                 TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+                                 TimeRemainingColumn(), console=console, transient=False)
         self.task = self.progress.add_task(description, total=total)
         self.progress.start()
 
@@ -89,7 +92,7 @@ class RichProgress:
         if task.completed and task.elapsed and task.total:
             per_image = task.elapsed / task.completed
             self.progress.update(self.task, description=(
-                f"generating ({per_image:.2f} s/image, est. {per_image * task.total / 60:.1f} min total)"))
+                f"generating ({per_image:.2f} s/image, ~{per_image * task.total / 60:.1f} min)"))
 
     def close(self) -> None:
         self.progress.stop()
