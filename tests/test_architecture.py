@@ -17,7 +17,6 @@ from tests.layering import (PACKAGE, SOURCES, TESTS, TRAINER, find_cycle, find_m
 # Modules still breaking a rule because another change owns the fix: module -> that change. The
 # test fails once the module is clean, so each entry is deleted with its fix.
 PENDING: dict[str, str] = {
-    "bench.adapter_bench": "issue 27 part 6: its reference attention out of tests/",
     "bench.hostile_checklist": "issue 27 part 6: its world images and user_state out of tests/",
     "bench.zeroshot_bench": "issue 27 part 6: its tiny Grounding DINO builder out of tests/",
 }
