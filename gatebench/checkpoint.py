@@ -36,6 +36,7 @@ from gatebench.readers.checkpoint_header import parse_safetensors_header, valida
 
 if TYPE_CHECKING:
     from gatebench.adapters.registry import AdapterRuntime
+    from gatebench.models.base import BaseModel
 
 GATEBENCH_FORMAT = "gatebench-adapter"
 GATEBENCH_FORMAT_VERSION = 1
@@ -290,9 +291,8 @@ def adapter_state(path: str | Path) -> dict[str, Any]:
     return strip_module_prefix(raw)
 
 
-def load_adapter(path: str | Path, base: Any, info: CheckpointInfo | None = None) -> AdapterRuntime:
-    """A checkpoint's adapter attached to ``base`` (a gatebench.models.BaseModel) by its family's
-    runtime. It lives with the reader, not in adapters/, because it reads the file: adapters/
+def load_adapter(path: str | Path, base: BaseModel, info: CheckpointInfo | None = None) -> AdapterRuntime:
+    """A checkpoint's adapter attached to ``base`` by its family's runtime. It lives with the reader, not in adapters/, because it reads the file: adapters/
     never imports gatebench.checkpoint (no package-level cycle)."""
     info = info or inspect_checkpoint(path)
     return family_of(info.family, info.path).runtime(info, adapter_state(path), base)

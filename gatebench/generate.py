@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from gatebench.image_cache import KeptImages, png_problem, write_png
 from gatebench.layouts import Layout
 from gatebench.protocol import UNCOND_ALIASES, UNCOND_TREATMENTS
 from gatebench.writes.records import sidecar, write_sidecars
+
+if TYPE_CHECKING:
+    from gatebench.adapters.registry import AdapterRuntime, OwnPhraseRuntime
+    from gatebench.models.base import BaseModel, PromptEmbeddings
 
 _log = logging.getLogger(__name__)
 
@@ -181,12 +185,12 @@ class GenerationStats:
 class Sampler:
     """Owns the base model's encodings and runs batches of ImageJobs."""
 
-    def __init__(self, base: Any, settings: SamplerSettings) -> None:
+    def __init__(self, base: BaseModel, settings: SamplerSettings) -> None:
         self.base = base
         self.settings = settings
-        self._prompts: dict[str, Any] = {}
+        self._prompts: dict[str, PromptEmbeddings] = {}
         self._phrases: dict[tuple[str, str], torch.Tensor] = {}   # (encoder key, layout id)
-        self._uncond = None
+        self._uncond: PromptEmbeddings | None = None
 
     def encode(self, layouts: Sequence[Layout], chunk: int = 64) -> None:
         """Prompt and phrase encodings, once per layout (reused across scales and checkpoints)."""
@@ -207,16 +211,17 @@ class Sampler:
         if self._uncond is None:
             self._uncond = self.base.encode_negative()
 
-    def _phrase_key(self, layouts: Sequence[Layout], adapter: Any | None) -> str:
+    def _phrase_key(self, layouts: Sequence[Layout], adapter: AdapterRuntime) -> str:
         """Adapter families that encode phrases their own way (GLIGEN: pooler output) get their
         own cached vectors; the user family uses the base model's mean-pooled encoding."""
         key = adapter.phrase_key
         if key == "base":
             return key
+        own = cast("OwnPhraseRuntime", adapter)     # a phrase_key other than "base" promises it
         todo = [lay for lay in dict.fromkeys(layouts) if (key, lay.layout_id) not in self._phrases]
         for lay in todo:
             names = [obj.name for obj in lay.objects[: self.settings.max_boxes]]
-            self._phrases[(key, lay.layout_id)] = adapter.encode_phrases(names) if names else \
+            self._phrases[(key, lay.layout_id)] = own.encode_phrases(names) if names else \
                 torch.zeros(0, 1)
         return key
 
@@ -249,7 +254,7 @@ class Sampler:
                          aspect=self.settings.height / self.settings.width)
 
     @torch.no_grad()
-    def sample(self, jobs: Sequence[ImageJob], adapter: Any | None, *,
+    def sample(self, jobs: Sequence[ImageJob], adapter: AdapterRuntime | None, *,
                timings: dict[str, float] | None = None,
                diagnostics: list[tuple[dict[str, Any], np.ndarray] | None] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,6 +278,7 @@ class Sampler:
 
         self.encode([j.layout for j in jobs])
         lap("encode_s")
+        assert self._uncond is not None      # encode() sets it
         cond = self._prompts[jobs[0].layout.layout_id]
         for job in jobs[1:]:
             cond = cond.cat(self._prompts[job.layout.layout_id])
@@ -301,14 +307,15 @@ class Sampler:
             if meter is not None:
                 meter.phase = int(i >= active_steps / 2)          # early / late grounded steps
             with adapter.grounded(active) if adapter is not None else nullcontext(), \
-                    adapter.measuring(meter) if meter is not None else nullcontext():
+                    adapter.measuring(meter) if meter is not None and adapter is not None \
+                    else nullcontext():
                 pred = base.unet(model_in, t, encoder_hidden_states=emb.hidden, **kwargs).sample
             if cfg:
                 uncond, text = pred.chunk(2)
                 pred = uncond + s.guidance_scale * (text - uncond)
             x = scheduler.step(pred, t, x).prev_sample
         lap("unet_s")
-        if meter is not None and grounding is not None:
+        if meter is not None and grounding is not None and diagnostics is not None:
             diagnostics.extend(_write_diagnostics(meter, grounding, jobs, cfg))
         images = base.decode(x).float().cpu()
         finite = torch.isfinite(images).flatten(1).all(dim=1)
@@ -316,7 +323,7 @@ class Sampler:
         lap("decode_s")
         return images, finite
 
-    def run(self, jobs: Sequence[ImageJob], adapter: Any | None, *, batch_size: int,
+    def run(self, jobs: Sequence[ImageJob], adapter: AdapterRuntime | None, *, batch_size: int,
             stats: GenerationStats | None = None,
             on_batch: Callable[[int], None] | None = None,
             keep: KeptImages | None = None) -> GenerationStats:

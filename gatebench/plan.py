@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import load_adapter
@@ -25,8 +25,12 @@ from gatebench.metrics.timing import StageTimer, phase
 from gatebench.protocol import Protocol
 from gatebench.score import ImageItem
 
+if TYPE_CHECKING:
+    from gatebench.adapters.registry import AdapterRuntime
+    from gatebench.models.base import BaseModel
 
-def sampler_settings(protocol: Protocol, base: Any) -> SamplerSettings:
+
+def sampler_settings(protocol: Protocol, base: BaseModel) -> SamplerSettings:
     g = protocol.generation
     height, width = base.default_size
     return SamplerSettings(steps=g.steps, guidance_scale=g.guidance_scale, scheduler=g.scheduler,
@@ -35,7 +39,7 @@ def sampler_settings(protocol: Protocol, base: Any) -> SamplerSettings:
                            max_boxes=protocol.data.max_boxes, phrase_max_length=g.phrase_max_length)
 
 
-def generate_all(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
+def generate_all(base: BaseModel, sampler: Sampler, infos: Sequence[CheckpointInfo],
                  layouts: Sequence[Layout], protocol: Protocol, *, root: Path, batch: int,
                  progress: Callable[[int], None] | None = None, shard: tuple[int, int] = (0, 1),
                  keep: KeptImages | None = None, adapters: LoadedAdapters | None = None,
@@ -133,7 +137,7 @@ def prefetch_health(keep: KeptImages | None, health: HealthPrefetch | None,
 KEEP_ADAPTERS_BYTES = 1 << 30    # LoadedAdapters' default: 1 GiB of adapter tensors kept
 
 
-def _held_bytes(runtime: Any, base: Any) -> int:
+def _held_bytes(runtime: AdapterRuntime, base: BaseModel) -> int:
     """Bytes of the tensors a (detached) runtime holds beyond the base model's own: its adapter
     modules, or a GLIGEN runtime's gated UNet copy."""
     import torch  # noqa: PLC0415
@@ -162,9 +166,9 @@ class LoadedAdapters:
         self.bytes = 0
         self.loads = 0          # load_adapter calls (preflight + generation)
         self.reused = 0
-        self._kept: dict[str, Any] = {}
+        self._kept: dict[str, AdapterRuntime] = {}
 
-    def check(self, info: CheckpointInfo, base: Any) -> None:
+    def check(self, info: CheckpointInfo, base: BaseModel) -> None:
         """Load ``info``'s adapter (the preflight check), detach it, keep it if it fits."""
         runtime = self._load(info, base)
         runtime.remove()
@@ -174,7 +178,7 @@ class LoadedAdapters:
             self._kept[str(info.path)] = runtime
             self.bytes += size
 
-    def take(self, info: CheckpointInfo, base: Any) -> Any:
+    def take(self, info: CheckpointInfo, base: BaseModel) -> AdapterRuntime:
         """``info``'s adapter attached to ``base``: the preflight's when kept, else a new load."""
         runtime = self._kept.pop(str(info.path), None)
         if runtime is None:
@@ -183,7 +187,7 @@ class LoadedAdapters:
         runtime.attach()
         return runtime
 
-    def _load(self, info: CheckpointInfo, base: Any) -> Any:
+    def _load(self, info: CheckpointInfo, base: BaseModel) -> AdapterRuntime:
         self.loads += 1
         try:
             return load_adapter(info.path, base, info)
@@ -193,7 +197,7 @@ class LoadedAdapters:
             raise CheckpointError(exc.message, path=info.path, hint=exc.hint) from None
 
 
-def preflight_adapters(base: Any, infos: Sequence[CheckpointInfo], *,
+def preflight_adapters(base: BaseModel, infos: Sequence[CheckpointInfo], *,
                        max_bytes: int = KEEP_ADAPTERS_BYTES) -> LoadedAdapters:
     """Attach and detach every adapter once before generating: widths, phrase width, missing
     ``to_out`` and shapes that do not fit their keys fail now, not after the base images. The

@@ -13,10 +13,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import pandas as pd
 
+from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import inspect_checkpoint
 from gatebench.distributed import (barrier, distributed, import_collective_libraries,
                                    sum_over_ranks)
@@ -42,6 +43,12 @@ from gatebench.sequential.rounds import generate_until_decided, sequential_recor
 from gatebench.rundir.saved import SavedRun, label_map
 from gatebench.verdict import TargetRow, evaluate_targets
 from gatebench.writes.findings import write_findings
+
+if TYPE_CHECKING:     # annotations only: the base model and the evaluation models load lazily
+    import torch
+
+    from gatebench.metrics.evalmodels import EvalModels
+    from gatebench.models.base import BaseModel
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = time.perf_counter() - began
 
 
-def _gate_preflight(infos: Sequence[Any], protocol: Protocol, box_counts: list[int]) -> GateReport:
+def _gate_preflight(infos: Sequence[CheckpointInfo], protocol: Protocol, box_counts: list[int]) -> GateReport:
     report = analyse(infos, [], protocol.gates, protocol.generation.gate_scales, box_counts)
     if protocol.gates.fail_on_findings and report.verdict == "fail":
         raise GatebenchError("gate pre-flight check failed and [gates] fail_on_findings is set: "
@@ -99,7 +106,7 @@ def _gate_preflight(infos: Sequence[Any], protocol: Protocol, box_counts: list[i
     return report
 
 
-def _load_base(protocol: Protocol, device: str, dtype: Any) -> Any:
+def _load_base(protocol: Protocol, device: str, dtype: torch.dtype) -> BaseModel:
     from gatebench.models import load_base_model  # noqa: PLC0415 (diffusers)
 
     if not protocol.models.base_model:
@@ -109,9 +116,9 @@ def _load_base(protocol: Protocol, device: str, dtype: Any) -> Any:
 
 
 def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, *,
-                   eval_models: Any = None, base: Any = None,
+                   eval_models: EvalModels | None = None, base: BaseModel | None = None,
                    progress_factory: Callable[[int], Any] | None = None,
-                   baseline: Any = None, zero_scores: dict[Any, Any] | None = None) -> RunResult:
+                   baseline: SavedRun | None = None, zero_scores: dict[Any, Any] | None = None) -> RunResult:
     """The whole `gatebench run` as a library call (the CLI only parses flags and renders).
 
     ``baseline`` (a SavedRun, `run --baseline`): with ``until_decided``, the regression gate's
@@ -161,8 +168,9 @@ def _uses_reference_cache(protocol: Protocol) -> bool:
 
 
 def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, out: Path,
-              rank: int, world: int, started: float, *, eval_models: Any, base: Any,
-              progress_factory: Callable[[int], Any] | None, baseline: Any,
+              rank: int, world: int, started: float, *, eval_models: EvalModels | None,
+              base: BaseModel | None, progress_factory: Callable[[int], Any] | None,
+              baseline: SavedRun | None,
               keep: KeptImages | None, health: HealthPrefetch | None,
               zero_scores: dict[Any, Any] | None = None) -> RunResult:
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
@@ -216,6 +224,7 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
             barrier("the end of generation (every shard's images on disk)")
     if rank != 0:
         return RunResult({}, pd.DataFrame(), [], gate_report, out, 0)
+    assert eval_models is not None      # rank 0 loaded them with the base model
     # score -> verdict
     with _timed(timings, "score_s"):
         samples, rows = score_sets(items, infos, scales, protocol, eval_models, out / "cache",
@@ -228,12 +237,11 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
         sequential = sequential_record(rounds, protocol, len(all_ids),
                                        sorted({m for r in rows for m in r["metrics"]}))
     timings["total_s"] = time.perf_counter() - started
-    timings["s_per_image_generated"] = (timings["generate_s"] / gen_stats.generated
-                                        if gen_stats.generated else None)
+    per_image = timings["generate_s"] / gen_stats.generated if gen_stats.generated else None
     results = build_results(
         protocol=protocol, gate_report=gate_report, rows=rows, targets=targets,
         models={"base": base.identity(), **eval_models.identity()}, layouts_info=layouts_info,
-        n_layouts=len(layouts), timings=timings,
+        n_layouts=len(layouts), timings={**timings, "s_per_image_generated": per_image},
         generation=_generation_record(gen_stats, world, base, protocol, caches, adapters, keep,
                                       health),
         command=options.command, device=device, dtype=dtype, ceiling=ceiling,
@@ -275,7 +283,7 @@ def _regression_gate(baseline: SavedRun, results: dict[str, Any], out: Path) -> 
     return regression_gate(baseline, candidate, verdict_path=out / "compare.json")
 
 
-def _generation_record(stats: GenerationStats, world: int, base: Any, protocol: Protocol,
+def _generation_record(stats: GenerationStats, world: int, base: BaseModel, protocol: Protocol,
                        caches: list[dict], adapters: LoadedAdapters | None = None,
                        keep: KeptImages | None = None,
                        health: HealthPrefetch | None = None) -> dict[str, Any]:

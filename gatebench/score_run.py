@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol as TypingProtocol, Sequence
 
 import pandas as pd
 
@@ -18,6 +18,16 @@ from gatebench.protocol import Protocol, load_protocol, with_flags
 from gatebench.rundir.saved import checkpoint_labels
 from gatebench.score import ImageItem, score_folder, score_images
 
+if TYPE_CHECKING:
+    from gatebench.metrics.evalmodels import EvalModels
+
+
+
+class ScoreModels(TypingProtocol):
+    """What scoring needs of the evaluation models: score_images' model keywords (EvalModels,
+    or a round's per-image-only view of them in sequential/rounds.py)."""
+
+    def score_kwargs(self) -> dict[str, Any]: ...
 
 
 def nonfinite_count(items: Sequence[ImageItem]) -> int:
@@ -26,7 +36,7 @@ def nonfinite_count(items: Sequence[ImageItem]) -> int:
 
 def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                infos: Sequence[CheckpointInfo], scales: Sequence[float], protocol: Protocol,
-               eval_models: Any, cache_dir: Path, health: HealthPrefetch | None = None,
+               eval_models: ScoreModels, cache_dir: Path, health: HealthPrefetch | None = None,
                zero_scores: dict[Any, Any] | None = None, timer: StageTimer | None = None
                ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(samples of every image, one results row per checkpoint x gate scale).
@@ -71,7 +81,7 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
     return pd.concat(frames, ignore_index=True), rows
 
 
-def detector_ceiling(protocol: Protocol, eval_models: Any) -> dict[str, Any] | None:
+def detector_ceiling(protocol: Protocol, eval_models: EvalModels) -> dict[str, Any] | None:
     """The detector on the ground-truth images: what a perfect generator would score."""
     if eval_models.detector is None or not eval_models.real_images:
         return None

@@ -16,7 +16,9 @@ import torch
 from gatebench.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from gatebench.adapters.registry import AdapterRuntime
     from gatebench.adapters.types import CheckpointInfo, GateEntry
+    from gatebench.models.base import BaseModel
 
 
 def no_check(state: Mapping[str, Any], path: Path) -> None:
@@ -37,7 +39,7 @@ class AdapterFamily:
     read_gates: Callable[[Mapping[str, Any], Path], "tuple[GateEntry, ...]"]
     forward_config: Callable[[Mapping[str, Any], Mapping[str, Any]], dict]
     reference_uncond: Callable[["CheckpointInfo"], str]
-    runtime: Callable[..., Any]
+    runtime: Callable[[CheckpointInfo, dict[str, torch.Tensor], BaseModel], AdapterRuntime]
     check_state: Callable[[Mapping[str, Any], Path], None] = no_check
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -28,6 +28,9 @@ from gatebench.adapters.family import AdapterFamily, all_zero, gate_value
 from gatebench.adapters.types import CheckpointInfo, GateEntry
 from gatebench.adapters.user import Grounded, Grounding
 from gatebench.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from gatebench.models.base import BaseModel
 
 _GLIGEN_GATE = re.compile(r"^(?:module\.)?(.*\.)?(fuser)\.(alpha_attn|alpha_dense)$")
 
@@ -39,9 +42,9 @@ GLIGEN_CONFIG = {"family": "gligen", "reference": "diffusers StableDiffusionGLIG
 class GligenAdapterRuntime(Grounded):
     family = "gligen"
     phrase_key = "gligen-pooler"
-    fixed_slots = GLIGEN_SLOTS
+    fixed_slots: int | None = GLIGEN_SLOTS     # as AdapterRuntime declares it
 
-    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
+    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: BaseModel) -> None:
         from diffusers import UNet2DConditionModel
 
         if base.kind not in ("sd", "pixel"):
@@ -94,6 +97,7 @@ class GligenAdapterRuntime(Grounded):
         g = self.grounding
         if g is None:
             return None
+        assert g.phrases is not None, "the sampler always gives GLIGEN its phrase vectors"
         gligen = {"boxes": g.boxes.to(self.base.dtype), "masks": g.mask.to(self.base.dtype),
                   "positive_embeddings": g.phrases.to(self.base.dtype)}
         extra = dict(kwargs.get("cross_attention_kwargs") or {})

@@ -11,6 +11,8 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from gatebench.adapters.types import CheckpointInfo
     from gatebench.adapters.user import Grounding
     from gatebench.adapters.write_meter import WriteMeter
@@ -30,3 +32,10 @@ class AdapterRuntime(Protocol):
     def attach(self) -> None: ...
 
     def remove(self) -> None: ...
+
+
+class OwnPhraseRuntime(AdapterRuntime, Protocol):
+    """A runtime whose ``phrase_key`` is not ``"base"`` (GLIGEN: the pooler output) encodes its
+    phrases itself; the sampler caches the vectors under that key."""
+
+    def encode_phrases(self, phrases: list[str]) -> torch.Tensor: ...

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -23,6 +23,9 @@ from gatebench.adapters.write_meter import WriteMeter
 from gatebench.errors import CheckpointError
 from gatebench.readers.checkpoint_header import check_user_state
 
+if TYPE_CHECKING:
+    from gatebench.models.base import BaseModel
+
 _USER_GATE = re.compile(r"^(?:module\.)?dim_(\d+)\.gated_attn\.gate$")
 
 
@@ -33,7 +36,7 @@ class UserAdapterRuntime:
     phrase_key = "base"             # the base model's own phrase encoding
     fixed_slots: int | None = None  # boxes padded to the batch's maximum: masks make it exact
 
-    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: Any) -> None:
+    def __init__(self, info: CheckpointInfo, state: dict[str, torch.Tensor], base: BaseModel) -> None:
         config = dict(info.adapter_config) if info.adapter_config.get("widths") else \
             AdapterSet.config_from_state(state)
         self.config = resolve_config(config)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
@@ -34,6 +34,10 @@ from gatebench.metrics.paired_sequence import (ORDER_RULE, decidable, decision_o
                                                paired_sequence)
 from gatebench.metrics.regression import NO_REGRESSION, REGRESSION
 from gatebench.sequential.decide import Decision, RunCell, decide_verdict, round_sizes
+
+if TYPE_CHECKING:
+    from gatebench.metrics.evalmodels import EvalModels
+    from gatebench.models.base import BaseModel
 
 
 @dataclass
@@ -113,7 +117,7 @@ class _PerImageOnly:
     """The evaluation models without the FID/KID feature extractor: a round needs only each
     image's own record, and features of every round would be extracted twice."""
 
-    def __init__(self, models: Any) -> None:
+    def __init__(self, models: EvalModels) -> None:
         self._models = models
 
     def score_kwargs(self) -> dict[str, Any]:
@@ -136,8 +140,9 @@ def _add_stats(total: GenerationStats, part: GenerationStats) -> None:
             setattr(total, f.name, getattr(total, f.name) + value)
 
 
-def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[CheckpointInfo],
-                           layouts: Sequence[Layout], protocol: Protocol, eval_models: Any, *,
+def generate_until_decided(base: BaseModel, sampler: Sampler, infos: Sequence[CheckpointInfo],
+                           layouts: Sequence[Layout], protocol: Protocol,
+                           eval_models: EvalModels | None, *,
                            root: Path, batch: int, keep: KeptImages | None,
                            adapters: LoadedAdapters | None, world: int,
                            progress: Callable[[int], None] | None = None,
@@ -148,6 +153,7 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
         raise GatebenchError("--until-decided runs in one process: each round's decision needs "
                              "every image, and ranks would wait on each other every round",
                              hint="run it without torchrun, or drop --until-decided")
+    assert eval_models is not None      # the one process (rank 0) loads them before generating
     scoring = protocol.scoring
     by_id = {lay.layout_id: lay for lay in layouts}
     order = decision_order(list(by_id), protocol.seed)
@@ -160,7 +166,8 @@ def generate_until_decided(base: Any, sampler: Sampler, infos: Sequence[Checkpoi
     gates = gate_cells(baseline, cells)
     gate_now: list[dict[str, Any]] = []
     items: dict[tuple[str, float], list[ImageItem]] = {}
-    stats, caches = GenerationStats(), []
+    stats = GenerationStats()
+    caches: list[dict[str, Any]] = []
     frames: list[pd.DataFrame] = []
     nonfinite: dict[tuple[str, float], int] = {}
     unavailable: dict[str, str] = {}
