@@ -21,12 +21,12 @@ TARGETS = (
            "an adapter batch's sampling with the write diagnostics over the same without them"),
 )
 
-# The score stage's StageTimer phases (gatebench/metrics/timing.py) -> the table's rows. A
-# set-level metric's phase is "metric:<name>"; FID and KID are their own row, the others (AP,
-# and any set-level metric added later) join the bootstrap CIs. A phase not named here keeps a
-# row of its own: nothing the library times is folded into "other".
+# The score stage's StageTimer phases (gatebench/metrics/timing.py) -> the table's rows. Each
+# metric's phase is "metric:<name>": FID and KID make a row of their own, every other metric
+# (per-image units and bootstrap CIs, AP, any metric added later) joins "bootstrap_ci_ap". A
+# phase not named here keeps a row of its own: nothing the library times is folded into "other".
 SCORE_ROWS = {"detection": "detection", "clip": "clip", "fid_features": "fid_features",
-              "image_health": "image_health", "pixels": "png_io", "bootstrap_ci": "bootstrap_ci_ap",
+              "image_health": "image_health", "pixels": "png_io",
               "metric:fid": "fid_kid_math", "metric:kid": "fid_kid_math"}
 
 

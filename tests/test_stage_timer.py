@@ -79,8 +79,8 @@ def test_score_images_charges_its_phases_and_changes_no_number(tmp_path: Path) -
         warnings.simplefilter("ignore")          # small-N FID warnings: not this test's subject
         plain = score_images(items, PROTOCOL, **kwargs)
         timed = score_images(items, PROTOCOL, **kwargs, timer=timer)
-    assert {"pixels", "image_health", "fid_features", "detection", "bootstrap_ci",
-            "metric:fid", "metric:kid", "metric:ap50"} <= set(timer.seconds)
+    assert {"pixels", "image_health", "fid_features", "detection", "metric:iou50_rate",
+            "metric:garbled_rate", "metric:fid", "metric:kid", "metric:ap50"} <= set(timer.seconds)
     assert "clip" not in timer.seconds               # no CLIP configured: no phase opened
     # one chunk of 6 images; aggregation once over all and once per gate scale (3 sets)
     assert timer.calls["pixels"] == 1 and timer.calls["metric:fid"] == 3

@@ -110,7 +110,7 @@ def aggregate(frame: pd.DataFrame, inputs: SetInputs, have: dict[str, bool], *, 
               ) -> tuple[dict[str, MetricValue], dict[str, str]]:
     """Every metric of the table over ``frame`` (its per-sample records) and ``inputs``: those
     whose need is not in ``have`` are not computed, with ``NEED_REASONS``' reason. ``timer``:
-    charged ``bootstrap_ci`` (per-image metrics) and ``metric:<name>`` (set-level ones)."""
+    charged ``metric:<name>`` for each metric computed (its units and CI, or its set value)."""
     kw = {"n_boot": n_boot, "level": level, "seed": seed}
     out: dict[str, MetricValue] = {}
     skip: dict[str, str] = {}
@@ -118,12 +118,12 @@ def aggregate(frame: pd.DataFrame, inputs: SetInputs, have: dict[str, bool], *, 
         if not have[m.needs]:
             skip[m.name] = metric_spec.NEED_REASONS[m.needs]
         elif m.ratio is not None:
-            u = metric_spec.units(frame, m.ratio)
-            if m.ratio.empty_reason and not u["den"].sum() > 0:
-                skip[m.name] = _empty_reason(frame, m.ratio)
-                continue
-            denom = u["den"].to_numpy() if m.ratio.denominator is not None else None
-            with phase(timer, "bootstrap_ci"):
+            with phase(timer, f"metric:{m.name}"):
+                u = metric_spec.units(frame, m.ratio)
+                if m.ratio.empty_reason and not u["den"].sum() > 0:
+                    skip[m.name] = _empty_reason(frame, m.ratio)
+                    continue
+                denom = u["den"].to_numpy() if m.ratio.denominator is not None else None
                 out[m.name] = bootstrap_ci(u["num"].to_numpy(), denom,
                                            groups=list(u["layout_id"]), **kw)
         else:

@@ -7,8 +7,9 @@ shared no-op context, so a normal run records nothing and pays nothing.
 
 Phase names the library opens (the bench groups them into its table's rows):
 ``adapter_load`` (plan.generate_all), ``pixels``, ``image_health``, ``fid_features``,
-``detection``, ``clip`` (score.score_images, per chunk of images), ``bootstrap_ci`` and
-``metric:<name>`` (metrics/aggregate.py: CIs of the per-image metrics, each set-level metric).
+``detection``, ``clip`` (score.score_images, per chunk of images) and ``metric:<name>``
+(metrics/aggregate.py: each metric computed, a per-image metric's units and CI or a set-level
+metric's value).
 """
 from __future__ import annotations
 
