@@ -2,7 +2,7 @@
 layout: ``joined`` (one forward over "a. b. c. d. e. f."), ``per_phrase`` (six rows sharing one
 backbone pass per image) and, for reference, ``per_phrase`` without the shared backbone.
 
-Default: the tiny random Grounding DINO of tests/zeroshot_builders.py (64-px processor), so the
+Default: the tiny random Grounding DINO of bench/zeroshot_fixtures.py (64-px processor), so the
 figures show the structure of the cost, not a real model's; ``--folder`` times a real local one
 (e.g. a save_pretrained Grounding DINO on a GPU box). Median over ``--repeats`` rounds (the modes
 interleaved in each round) of ``--images`` images each, after one warm-up call; wall time and the
@@ -14,22 +14,22 @@ Usage: python bench/zeroshot_bench.py [--folder DIR] [--device cpu|cuda] [--imag
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gatebench.metrics import zeroshot  # noqa: E402
+from bench.zeroshot_fixtures import make_tiny_grounding_dino  # noqa: E402
+from gatebench.metrics.zeroshot import ZeroShotDetector  # noqa: E402
 from gatebench.protocol import DetectionSpec  # noqa: E402
-from tests.zeroshot_builders import make_tiny_grounding_dino  # noqa: E402
 
 PHRASES = ["cat", "dog", "red car", "bird", "apple", "chair"]
 
@@ -47,40 +47,36 @@ def images(n: int, size: int) -> list[Image.Image]:
     return out
 
 
-def detector(folder: Path, device: str, query: str) -> zeroshot.ZeroShotDetector:
+def detector(folder: Path, device: str, query: Literal["joined", "per_phrase"],
+             shared: bool = True) -> ZeroShotDetector:
     spec = DetectionSpec(query=query, batch_size=6 if query == "per_phrase" else 1)
-    return zeroshot.ZeroShotDetector.from_folder(folder, spec, device=device)
+    det = ZeroShotDetector.from_folder(folder, spec, device=device)
+    det.share_backbone = shared       # False: the reference, every row its own backbone
+    return det
 
 
-def once(det: zeroshot.ZeroShotDetector, imgs: list, device: str,
-         shared: bool = True) -> tuple[float, float]:
+def once(det: ZeroShotDetector, imgs: list, device: str) -> tuple[float, float]:
     """(wall, CPU) seconds per image of one call over ``imgs``."""
-    original = zeroshot.SharedBackbone.active
-    if not shared:       # the reference: every row computes its own backbone
-        zeroshot.SharedBackbone.active = lambda self: contextlib.nullcontext()
-    try:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        wall, cpu = time.perf_counter(), time.process_time()
-        det.detect_phrases(imgs, [PHRASES] * len(imgs))
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return ((time.perf_counter() - wall) / len(imgs), (time.process_time() - cpu) / len(imgs))
-    finally:
-        zeroshot.SharedBackbone.active = original
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter(), time.process_time()
+    det.detect_phrases(imgs, [PHRASES] * len(imgs))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return ((time.perf_counter() - wall) / len(imgs), (time.process_time() - cpu) / len(imgs))
 
 
 def measure(folder: Path, device: str, imgs: list, repeats: int) -> dict[str, dict[str, float]]:
     """Modes interleaved round by round (a loaded machine slows them alike); medians."""
-    modes = {"joined": (detector(folder, device, "joined"), True),
-             "per_phrase": (detector(folder, device, "per_phrase"), True),
-             "per_phrase_unshared": (detector(folder, device, "per_phrase"), False)}
-    for det, shared in modes.values():
-        once(det, imgs[:1], device, shared)                     # warm-up
+    modes = {"joined": detector(folder, device, "joined"),
+             "per_phrase": detector(folder, device, "per_phrase"),
+             "per_phrase_unshared": detector(folder, device, "per_phrase", shared=False)}
+    for det in modes.values():
+        once(det, imgs[:1], device)                             # warm-up
     times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     for _ in range(repeats):
-        for mode, (det, shared) in modes.items():
-            times[mode].append(once(det, imgs, device, shared))
+        for mode, det in modes.items():
+            times[mode].append(once(det, imgs, device))
     return {m: {"wall_ms": round(1e3 * statistics.median(t[0] for t in ts), 2),
                 "cpu_ms": round(1e3 * statistics.median(t[1] for t in ts), 2)}
             for m, ts in times.items()}

@@ -1,4 +1,5 @@
-"""Tiny random zero-shot detectors saved as transformers folders, built offline (no hub).
+"""Tiny random zero-shot detectors saved as transformers folders, built offline (no hub): for
+bench/zeroshot_bench.py and tests/test_zeroshot.py (bench/ never imports tests/).
 
 Grounding DINO: a 2-stage Swin backbone (embed 16), a 2-layer BERT text encoder (hidden 32) over
 a WordPiece vocabulary written here, d_model 32, 2 encoder / 2 decoder layers (1 decoder layer
@@ -8,6 +9,7 @@ spans and parity with the user's call, never accuracy.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 WORDS = ("cat", "dog", "red", "car", "bird", "tree", "person", "bicycle", "apple", "chair",
@@ -27,14 +29,21 @@ def write_vocab(path: Path) -> Path:
 def make_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
     """save_pretrained of a random GroundingDinoForObjectDetection and its processor."""
     import torch
-    from transformers import (BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(folder / "wordpiece-vocab.txt")
     tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)   # a vocab.txt path
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1],
-                          num_heads=[1, 1, 2], window_size=4, out_features=["stage2", "stage3"])
+                          num_heads=[1, 1, 2], window_size=4)
+    backbone.out_features = ["stage2", "stage3"]       # two feature levels
     text = {"model_type": "bert", "vocab_size": tokenizer.vocab_size, "hidden_size": 32,
             "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
             "max_position_embeddings": 64}
@@ -58,8 +67,13 @@ def make_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
     towers) and its processor; the CLIP tokenizer has ``<|endoftext|>`` at the highest id, since
     OWL pools the text at the argmax of ``input_ids``."""
     import torch
-    from transformers import (CLIPTokenizer, Owlv2Config, Owlv2ForObjectDetection,
-                              Owlv2ImageProcessor, Owlv2Processor)
+    from transformers import (
+        CLIPTokenizer,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab: dict[str, int] = {"!": 0, "<|startoftext|>": 1}    # OWL masks queries whose id 0 is 0
@@ -74,7 +88,15 @@ def make_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
             vocab.setdefault(parts[0] + parts[1], len(vocab))
             parts = [parts[0] + parts[1], *parts[2:]]
     vocab["<|endoftext|>"] = len(vocab)        # the highest id
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=16)
+    # vocab and merges as files (the typed API's form; the tokenizer keeps its own copy)
+    vocab_file, merges_file = folder / "vocab-source.json", folder / "merges-source.txt"
+    vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n" + "".join(
+        dict.fromkeys(f"{a} {b}\n" for a, b in merges)), encoding="utf-8")
+    tokenizer = CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file),
+                              model_max_length=16)
+    vocab_file.unlink()
+    merges_file.unlink()
     config = Owlv2Config(
         text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 37,
                      "num_hidden_layers": 2, "num_attention_heads": 2,

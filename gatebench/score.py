@@ -238,7 +238,7 @@ class _Scorer:
 
     protocol: Protocol
     detections: Mapping[str, Sequence[Detection]] | None
-    detector: Detector | None
+    detector: Detector | PhraseDetector | None
     labels: frozenset[str]               # the vocabulary GT classes are mapped into
     clip: ClipBackend | None
     clip_language: str
@@ -365,8 +365,8 @@ class _Scorer:
         kept = [(d, lab) for d, lab in zip(det, det_labels) if lab is not None]  # AP: a phrase
         ap_image = APImage(
             pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
-            [lab for lab, r in zip(gt_labels, records) if r.scorable],
-            [d.bbox for d, _ in kept], [lab for _, lab in kept], [d.score for d, _ in kept])
+            [str(lab) for lab, r in zip(gt_labels, records) if r.scorable],
+            [d.bbox for d, _ in kept], [str(lab) for _, lab in kept], [d.score for d, _ in kept])
         return row, ap_image
 
 

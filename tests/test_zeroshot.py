@@ -10,14 +10,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from bench.zeroshot_fixtures import make_tiny_grounding_dino
 from gatebench.errors import ModelFileError, ProtocolError
 from gatebench.layouts import LayoutObject
-from gatebench.metrics.zeroshot import (ZeroShotDetector, head_noun, is_zero_shot_folder,
-                                        query_text)
+from gatebench.metrics.zeroshot import ZeroShotDetector, head_noun, is_zero_shot_folder, query_text
 from gatebench.protocol import DetectionSpec, parse_protocol
 from gatebench.rundir.samples import read_samples_jsonl
 from gatebench.score_run import score_elsewhere, write_score_outputs
-from tests.zeroshot_builders import make_tiny_grounding_dino
 
 PHRASES = ["cat", "dog", "red car"]
 
@@ -104,7 +103,7 @@ def test_joined_mode_equals_the_users_verifier_call(gd_folder: Path, image: Imag
     ours = load(gd_folder, query="joined").detect_phrases([image], [PHRASES])[0]
     assert len(ours) == len(their_boxes) > 0
     for det, box, score, label in zip(ours, their_boxes, theirs["scores"].tolist(),
-                                      theirs["text_labels"]):
+                                      theirs["text_labels"], strict=True):
         assert det.bbox == pytest.approx(box, abs=1e-3)
         assert det.score == pytest.approx(score, abs=1e-5) and det.label == label
 
@@ -143,10 +142,10 @@ def test_per_phrase_shares_one_backbone_pass_per_image(gd_folder: Path,
         hook.remove()
     assert calls == [2]                       # two images, five rows: one backbone pass of 2
     # the same rows one phrase at a time (no sharing) give the same detections
-    for img, phrases, got in zip([image, flipped], [PHRASES, PHRASES[:2]], shared):
+    for img, phrases, got in zip([image, flipped], [PHRASES, PHRASES[:2]], shared, strict=True):
         alone = [d for p in phrases for d in detector.detect_phrases([img], [[p]])[0]]
         assert [(d.phrase, d.label) for d in got] == [(d.phrase, d.label) for d in alone]
-        for a, b in zip(got, alone):     # batch layout changes the last float bits only
+        for a, b in zip(got, alone, strict=True):     # batch layout changes the last float bits only
             assert a.bbox == pytest.approx(b.bbox, abs=1e-4)
             assert a.score == pytest.approx(b.score, abs=1e-4)
         assert {d.phrase for d in got} <= set(phrases) | {None}
@@ -222,7 +221,7 @@ def test_owlv2_queries_each_image_with_its_own_phrases(tmp_path: Path, image: Im
     them (square-padded target size) divided by the image size; the phrase is the query."""
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    from tests.zeroshot_builders import make_tiny_owlv2
+    from bench.zeroshot_fixtures import make_tiny_owlv2
 
     folder = make_tiny_owlv2(tmp_path / "owlv2")
     detector = load(folder, query="per_phrase")
@@ -233,14 +232,15 @@ def test_owlv2_queries_each_image_with_its_own_phrases(tmp_path: Path, image: Im
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     model = AutoModelForZeroShotObjectDetection.from_pretrained(folder, local_files_only=True)
     w, h = image.size
-    for img, phrases, got in zip([image, flipped], [PHRASES, ["bird"]], ours):
+    for img, phrases, got in zip([image, flipped], [PHRASES, ["bird"]], ours, strict=True):
         inputs = processor(text=[phrases], images=[img], return_tensors="pt")
         with torch.no_grad():
             outputs = model.eval()(**inputs)
         theirs = processor.post_process_grounded_object_detection(
             outputs, threshold=0.35, target_sizes=torch.tensor([[max(w, h)] * 2]))[0]
         assert len(got) == len(theirs["boxes"]) > 0
-        for det, box, k in zip(got, theirs["boxes"].tolist(), theirs["labels"].tolist()):
+        for det, box, k in zip(got, theirs["boxes"].tolist(), theirs["labels"].tolist(),
+                                  strict=True):
             assert det.bbox == pytest.approx((box[0] / w, box[1] / h, box[2] / w, box[3] / h),
                                              abs=1e-5)
             assert det.phrase == det.label == phrases[k]

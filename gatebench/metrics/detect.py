@@ -71,6 +71,9 @@ class PhraseDetector(Protocol):
 
     open_vocabulary: bool
 
+    @property
+    def labels(self) -> frozenset[str]: ...     # empty: the vocabulary is each image's queries
+
     def detect_phrases(self, images: Sequence[Any], queries: Sequence[Sequence[str]]
                        ) -> list[list[Detection]]: ...
 

@@ -120,11 +120,11 @@ def load_detector(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]]
             raise ModelFileError("expected a zero-shot detection model folder (config.json "
                                  "model_type grounding-dino, mm-grounding-dino, owlv2 or "
                                  "owlvit) or a YOLO .pt file, got another folder", path=path)
-        detector = ZeroShotDetector.from_folder(path, protocol.detection, device=device)
-        return detector, detector.identity()
+        zero_shot = ZeroShotDetector.from_folder(path, protocol.detection, device=device)
+        return zero_shot, zero_shot.identity()
     from gatebench.metrics.detect import YoloDetector
-    detector = YoloDetector.from_file(path, protocol.detection, device=device)
-    return detector, _file_identity(path, backend="ultralytics", kind="yolo")
+    yolo = YoloDetector.from_file(path, protocol.detection, device=device)
+    return yolo, _file_identity(path, backend="ultralytics", kind="yolo")
 
 
 def load_eval_models(protocol: Protocol, *, device: str, layouts: Sequence[Layout] = ()) -> EvalModels:

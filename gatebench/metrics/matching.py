@@ -54,7 +54,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def match_boxes(gt_boxes: Sequence[Sequence[float]], gt_labels: Sequence[str | None],
-                det_boxes: Sequence[Sequence[float]], det_labels: Sequence[str],
+                det_boxes: Sequence[Sequence[float]], det_labels: Sequence[str | None],
                 det_scores: Sequence[float] | None = None, iou_threshold: float = 0.5,
                 scorable: Sequence[bool] | None = None) -> list[BoxMatch]:
     """Per-GT match records (see the module docstring for the exact definitions).

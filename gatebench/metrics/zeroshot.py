@@ -105,8 +105,7 @@ def folder_sha256(path: Path) -> str:
 
 class SharedBackbone:
     """While active, a Grounding DINO backbone computes each distinct image once and repeats its
-    feature maps, masks and position embeddings for the image's other rows (its phrases).
-    Public so bench/zeroshot_bench.py can switch it off to time the unshared reference."""
+    feature maps, masks and position embeddings for the image's other rows (its phrases)."""
 
     def __init__(self, model: Any, counts: Sequence[int]) -> None:
         self.backbone = getattr(getattr(model, "model", None), "backbone", None)
@@ -140,6 +139,7 @@ class ZeroShotDetector:
     """A transformers zero-shot detector queried per image with its phrases (module docstring)."""
 
     open_vocabulary = True
+    share_backbone = True     # False: every row computes its own backbone (the bench's reference)
 
     def __init__(self, model: Any, processor: Any, spec: DetectionSpec, *, model_type: str,
                  device: str = "cpu", path: Path | None = None) -> None:
@@ -213,7 +213,7 @@ class ZeroShotDetector:
             chunk += group
             if k + 1 == len(groups) or len(chunk) + len(groups[k + 1]) > batch:
                 pils = {i: to_pil_rgb(images[i]) for i in dict.fromkeys(r[0] for r in chunk)}
-                for (i, _, _), dets in zip(chunk, self._forward(chunk, pils)):
+                for (i, _, _), dets in zip(chunk, self._forward(chunk, pils), strict=True):
                     per_image[i] += dets
                 chunk = []
         return per_image
@@ -239,7 +239,8 @@ class ZeroShotDetector:
             texts = [t for _, t, _ in rows]
             counts = [sum(1 for r in rows if r[0] == i) for i in dict.fromkeys(r[0] for r in rows)]
             inputs = self._inputs(images, texts, counts).to(self.device)
-            with SharedBackbone(self.model, counts).active():
+            shared = counts if self.share_backbone else [1] * len(rows)
+            with SharedBackbone(self.model, shared).active():
                 outputs = self.model(**inputs)
         return self._grounding(outputs, inputs.input_ids, texts, [p for _, _, p in rows])
 
@@ -276,7 +277,7 @@ class ZeroShotDetector:
         results = self._post_process(outputs, input_ids)
         probs = torch.sigmoid(outputs.logits.float()).cpu()
         spans = [self._spans(text, row_phrases, input_ids[r].tolist())
-                 for r, (text, row_phrases) in enumerate(zip(texts, phrases))]
+                 for r, (text, row_phrases) in enumerate(zip(texts, phrases, strict=True))]
         out = []
         for r, result in enumerate(results):
             kept = probs[r][probs[r].max(-1).values > self.spec.box_threshold]
@@ -285,12 +286,13 @@ class ZeroShotDetector:
                                      f"box_threshold, got {len(result['boxes'])}", path=self.path)
             dets = []
             for p, box, score, label in zip(kept, result["boxes"].tolist(),
-                                            result["scores"].tolist(), result["text_labels"]):
+                                            result["scores"].tolist(), result["text_labels"],
+                                            strict=True):
                 on = [float(p[s].max()) if s else -1.0 for s in spans[r]]
                 best = max(range(len(on)), key=on.__getitem__)
                 phrase = phrases[r][best] if on[best] > self.spec.text_threshold else None
-                dets.append(Detection(tuple(float(v) for v in box), str(label), float(score),
-                                      phrase))
+                x0, y0, x1, y1 = (float(v) for v in box)
+                dets.append(Detection((x0, y0, x1, y1), str(label), float(score), phrase))
             out.append(dets)
         return out
 
@@ -319,7 +321,7 @@ class ZeroShotDetector:
         import torch  # noqa: PLC0415
 
         out = []
-        for image, row_phrases in zip(images, phrases):
+        for image, row_phrases in zip(images, phrases, strict=True):
             inputs = self.processor(text=[list(row_phrases)], images=[image],
                                     return_tensors="pt").to(self.device)
             outputs = self.model(**inputs)
@@ -331,7 +333,7 @@ class ZeroShotDetector:
             out.append([Detection((b[0] / w, b[1] / h, b[2] / w, b[3] / h), row_phrases[k],
                                   float(s), row_phrases[k])
                         for b, s, k in zip(result["boxes"].tolist(), result["scores"].tolist(),
-                                           result["labels"].tolist())])
+                                           result["labels"].tolist(), strict=True)])
         return out
 
 
