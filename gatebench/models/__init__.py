@@ -108,7 +108,7 @@ def load_base_model(path: str | Path, *, device: str | torch.device = "cpu",
             parts["text_encoder_2"] = _transformers(CLIPTextModelWithProjection,
                                                     comps["text_encoder_2"], dtype)
             parts["tokenizer_2"] = _tokenizer(CLIPTokenizer, folder.path / "tokenizer_2")
-    for name, part in parts.items():
+    for part in parts.values():
         if isinstance(part, torch.nn.Module):
             part.to(device).eval().requires_grad_(False)
     return MODEL_CLASSES[folder.kind](folder, parts, device, dtype)

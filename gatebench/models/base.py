@@ -40,7 +40,8 @@ class PromptEmbeddings:
         """Batch concatenation (e.g. [uncond, cond] for classifier-free guidance)."""
         if (self.pooled is None) != (other.pooled is None):
             raise ValueError("expected both PromptEmbeddings to have pooled embeddings or neither")
-        pooled = None if self.pooled is None else torch.cat([self.pooled, other.pooled])
+        pooled = (None if self.pooled is None or other.pooled is None
+                  else torch.cat([self.pooled, other.pooled]))
         return PromptEmbeddings(torch.cat([self.hidden, other.hidden]), pooled)
 
     def index(self, idx: torch.Tensor | Sequence[int] | slice | int) -> "PromptEmbeddings":
@@ -76,10 +77,12 @@ class BaseModel:
         self.folder = folder
         self.device = device
         self.dtype = dtype
-        self.unet = parts["unet"]
-        self.vae = parts.get("vae")
-        self.text_encoder = parts["text_encoder"]
-        self.tokenizer = parts["tokenizer"]
+        # diffusers / transformers modules, typed Any: their `config` attributes are registered at
+        # run time (diffusers' register_to_config), which a type checker cannot see
+        self.unet: Any = parts["unet"]
+        self.vae: Any = parts.get("vae")          # None: a pixel-space model
+        self.text_encoder: Any = parts["text_encoder"]
+        self.tokenizer: Any = parts["tokenizer"]
         self._identity: dict | None = None
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -88,7 +91,8 @@ class BaseModel:
 
     # --- description -------------------------------------------------------------------------
     @property
-    def phrase_encoder(self) -> torch.nn.Module:
+    def phrase_encoder(self) -> Any:
+        """The transformers text model the phrases go through (Any: see the attributes above)."""
         return getattr(self, self.phrase_encoder_name)
 
     @property
@@ -230,7 +234,8 @@ class _AddedCond(BaseModel):
         negative prompt is all-zero embeddings, hidden and pooled, not the encoding of ''."""
         emb = self.encode_prompts([""])
         if self.negative_prompt.startswith("zeros"):
-            return PromptEmbeddings(torch.zeros_like(emb.hidden), torch.zeros_like(emb.pooled))
+            pooled = None if emb.pooled is None else torch.zeros_like(emb.pooled)
+            return PromptEmbeddings(torch.zeros_like(emb.hidden), pooled)
         return emb
 
     def unet_kwargs(self, emb: PromptEmbeddings, height: int, width: int) -> dict:
@@ -264,6 +269,7 @@ class SDXLModel(_AddedCond):
             if pooled is None and out[0].ndim == 2:
                 pooled = out[0]          # text_encoder_2's projected text_embeds
             hidden.append(out.hidden_states[-2])
+        assert pooled is not None, "text_encoder_2 (CLIPTextModelWithProjection) gives text_embeds"
         return PromptEmbeddings(torch.cat(hidden, dim=-1).to(self.dtype), pooled.to(self.dtype))
 
 
@@ -344,7 +350,8 @@ def coord_grid(batch: int, height: int, width: int, device, dtype) -> torch.Tens
     return grid.unsqueeze(0).expand(batch, -1, -1, -1)
 
 
-def add_coord_channels(module: torch.nn.Module, args: tuple, kwargs: dict):
+def add_coord_channels(module: Any, args: tuple, kwargs: dict):
+    """The forward pre-hook on a coord-channel UNet (``module``: a diffusers UNet, Any as above)."""
     sample = args[0] if args else kwargs["sample"]
     if sample.shape[1] == module.config.in_channels:   # already has them
         return None

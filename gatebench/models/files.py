@@ -105,6 +105,7 @@ def weight_files(folder: Path, family: str) -> Component:
 
 
 def tokenizer_files(folder: Path, kind: str) -> tuple[Path, ...]:
+    options: tuple[tuple[str, ...], ...]
     if kind == "kolors":
         options = (("tokenizer.model",),)
     else:
@@ -144,7 +145,7 @@ def inspect_folder(path: str | Path) -> ModelFolder:
     index = read_json(path / "model_index.json", "model_index.json (the diffusers pipeline index)")
     kind = detect_kind(path, index)
     components = {name: weight_files(path / name, family) for name, family in COMPONENTS[kind].items()}
-    tokenizers = []
+    tokenizers: list[Path] = []
     for name in TOKENIZERS[kind]:
         if not (path / name).is_dir():
             raise ModelFileError(f"expected a '{name}/' folder, got {_listing(path)} in {path}", path=path,
