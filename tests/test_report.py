@@ -148,6 +148,43 @@ def test_epoch_axis_from_file_names_and_recorded_steps() -> None:
     assert checkpoint_axis(results)[0] == "step"
 
 
+def test_tables_list_checkpoints_in_series_order_not_command_line_order() -> None:
+    """Given as epoch_2 then epoch_1, every table (report.md, LaTeX, the terminal) is the one
+    rendered for epoch_1 then epoch_2: readers/series.py's one rule, the order of the plots'
+    axis and of `gatebench gates`, not the command line's."""
+    import io
+
+    from rich.console import Console
+
+    from gatebench.render.format import Figures
+    from gatebench.render.latex import render_latex
+    from gatebench.render.markdown import render_report
+    from gatebench.render.terminal import print_metrics
+    from gatebench.rundir.saved import checkpoint_paths, given_order
+
+    def outputs(results: dict) -> tuple[str, str, str]:
+        out = io.StringIO()
+        print_metrics(results, ["iou50_rate", "clip_score"], Path("report.md"),
+                      Console(file=out, width=200))
+        return render_report(results), render_latex(results, figures=Figures()), out.getvalue()
+
+    in_order = json.loads((RUN / "results.json").read_text(encoding="utf-8"))
+    given = ("ckpt/epoch_2.pt", "ckpt/epoch_1.pt")
+    reversed_ = json.loads(json.dumps(in_order))
+    reversed_["results"] = [r for ck in given for r in in_order["results"] if r["checkpoint"] == ck]
+    reversed_["targets"] = sorted(in_order["targets"], key=lambda t: given.index(t["checkpoint"]))
+    assert given_order(reversed_) == list(given) == given_order(in_order)[::-1]
+    assert checkpoint_paths(reversed_) == checkpoint_paths(in_order) == list(given[::-1])
+    md, tex, terminal = outputs(reversed_)
+    first = outputs(in_order)
+    assert (tex, terminal) == first[1:]
+    tables = [[line for line in text.splitlines() if not line.startswith("**Verdict")]
+              for text in (md, first[0])]      # the summary names failing metrics as recorded
+    assert tables[0] == tables[1]
+    assert md.index("| `epoch_1.pt` | 1 | iou50_rate") < md.index("| `epoch_2.pt` | 1 | iou50_rate")
+    assert terminal.index("epoch_1.pt") < terminal.index("epoch_2.pt")
+
+
 def test_compare_json_is_used_only_for_the_results_it_was_made_for(tmp_path: Path) -> None:
     results = json.loads((RUN / "results.json").read_text(encoding="utf-8"))
     doc = {"comparable": True, "regressions": 0, "rows": [], "settings": {},

@@ -21,7 +21,7 @@ from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
 from gatebench.render.sections import sequential_of
 from gatebench.rundir.results import verdict_of
-from gatebench.rundir.saved import label_map, label_of, row_label
+from gatebench.rundir.saved import checkpoint_paths, label_map, label_of, row_label
 
 
 def headline_metrics(results: dict[str, Any], names: Sequence[str]) -> list[str]:
@@ -44,8 +44,11 @@ def print_metrics(results: dict[str, Any], names: Sequence[str], report: Path,
 
     columns = [Col("checkpoint"), Col("scale", "right"),
                *(Col(n.replace("_", " "), "right", rank(n)) for n in names)]
+    order = {ck: i for i, ck in enumerate(checkpoint_paths(results))}     # series order
     rows = [[escape(row_label(r)), f"{r['gate_scale']:g}",
-             *[_value(r["metrics"].get(n)) for n in names]] for r in results["results"]]
+             *[_value(r["metrics"].get(n)) for n in names]]
+            for r in sorted(results["results"],
+                            key=lambda r: order.get(str(r["checkpoint"]), len(order)))]
     fitted = print_fitted(console, columns, rows, key_columns=2,
                           title=f"metrics ({results['n_layouts']} layouts, seed {results['seed']})")
     shown = len(fitted.shown) - 2
@@ -75,7 +78,9 @@ def render_run(result, console: Console) -> None:
     report = result.paths.get("report") or Path(result.out_dir) / "report.md"
     print_metrics(results, names, report, console)
     targets, notes = [], []
-    for t in result.targets:
+    order = {ck: i for i, ck in enumerate(checkpoint_paths(results))}     # as report.md lists them
+    for t in sorted(result.targets, key=lambda t: (order.get(str(t.checkpoint), len(order)),
+                                                   -1.0 if t.gate_scale is None else t.gate_scale)):
         mark = "[green]✓[/green]" if t.passed else "[red]✗[/red]"
         scale = "-" if t.gate_scale is None else f"{t.gate_scale:g}"
         ci = f"[{fmt(t.ci_low)}, {fmt(t.ci_high)}]" if t.computed and t.ci_low is not None \

@@ -1,8 +1,9 @@
 """results.json: its schema version, what it records, the overall verdict rule, the writes.
 
-The run folder (results.json + samples.jsonl + compare.json) is owned by ``gatebench.rundir``:
-this module writes results.json, ``rundir.samples`` reads and writes samples.jsonl,
-``rundir.saved`` reads a folder back, ``rundir.schema`` checks what it reads.
+The run folder (results.json + samples.jsonl) is owned by ``gatebench.rundir``: this module
+writes results.json, ``rundir.samples`` reads and writes samples.jsonl, ``rundir.saved`` reads a
+folder back, ``rundir.schema`` checks what it reads. compare.json is ``gatebench.compare``'s
+(``write_verdict``); this module reads its verdict as one part of the run's verdict.
 """
 from __future__ import annotations
 

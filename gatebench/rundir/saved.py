@@ -38,12 +38,22 @@ class SavedRun:
         return self.path.parent
 
     def checkpoint_paths(self) -> list[str]:
-        """Checkpoints in command-line order (the order of ``results`` rows)."""
+        """Checkpoints in series order (``checkpoint_paths``)."""
         return checkpoint_paths(self.results)
 
 
-def checkpoint_paths(results: dict[str, Any]) -> list[str]:
+def given_order(results: dict[str, Any]) -> list[str]:
+    """Checkpoints in command-line order (the order of ``results`` rows): what compare pairs by."""
     return list(dict.fromkeys(str(row["checkpoint"]) for row in results["results"]))
+
+
+def checkpoint_paths(results: dict[str, Any]) -> list[str]:
+    """Checkpoints in series order, the order every table, plot and grid lists them in: the one
+    rule of readers/series.py (each training run where its first checkpoint was given, its files
+    by step / epoch / number, a final file last, files it cannot place after their run)."""
+    return [key for run in order_runs(_members(results))
+            for key in [*(k for point in run.points for k in point.keys),
+                        *(m.key for m in run.unplaced)]]
 
 
 def checkpoint_labels(paths: Iterable[str | Path]) -> dict[str, str]:
@@ -160,12 +170,18 @@ def checkpoint_axis(results: dict[str, Any]) -> tuple[str, dict[str, float]]:
     when all have one on one axis, else axis "checkpoint" with 1, 2, ... in that order (a final
     file with no number last, identical files sharing an x).
     """
+    return plot_positions(order_runs(_members(results)))
+
+
+def _members(results: dict[str, Any]) -> list[Member]:
+    """The series members of a run's checkpoints (step, epoch and gates from results.json's
+    "checkpoints"; no mtime: a saved run's files may be gone), in command-line order."""
     by_path = {str(c["path"]): c for c in results.get("checkpoints", [])}
     members = []
-    for path in checkpoint_paths(results):
+    for path in given_order(results):
         entry = by_path.get(path, {})
         gates = [(str(g.get("layer", g.get("key"))), g["raw"]) for g in entry.get("gates") or []
                  if isinstance(g, dict) and "raw" in g]
         members.append(Member(path, entry.get("step"), entry.get("epoch"),
                               gate_fingerprint(gates)))
-    return plot_positions(order_runs(members))
+    return members
