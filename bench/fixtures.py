@@ -1,6 +1,7 @@
 """What the benches run on, built offline from configs with random weights: diffusers base-model
 folders (tiny, SD1.5-structured mini, SD1.5), user-format adapters, layouts, and evaluation
-models (a YOLO detector, a CLIP backend, an FID feature extractor) of real architectures.
+models (a YOLO detector, a CLIP backend, an FID feature extractor) of real architectures; and the
+hostile checklist's inputs (the shapes world's images with perfect detections, a PNG bomb).
 
 Why here and not in tests/: bench/ never imports tests/ (tests/test_architecture.py), and a bench
 number is only as good as its fixture is stable: these builders change only with the benches.
@@ -21,7 +22,7 @@ from gatebench.layouts import Layout, LayoutObject
 from gatebench.metrics.clip_score import TransformersClip
 from gatebench.metrics.detect import COCO80_NAMES, YoloDetector, import_ultralytics
 from gatebench.metrics.fid import ModuleExtractor
-from gatebench.protocol import DetectionSpec
+from gatebench.protocol import ASSETS_DIR, DetectionSpec
 
 # --- SD1.5-shaped configs (runwayml/stable-diffusion-v1-5's unet / vae / text_encoder configs) ----
 SD15_UNET = dict(
@@ -251,3 +252,40 @@ def build_detector(yaml: str, imgsz: int, device: torch.device) -> YoloDetector:
     model.model.names = dict(enumerate(COCO80_NAMES))   # a yaml-built model names classes "0".."79"
     return YoloDetector(model, DetectionSpec(imgsz=imgsz),
                         device="cpu" if device.type == "cpu" else str(device))
+
+
+# --- hostile inputs (bench/hostile_checklist.py and tests/test_hostile.py) --------------------------
+def world_images(folder: Path, n: int = 4) -> tuple[Path, Path, Path]:
+    """n of the shapes world's test images, their layouts and PERFECT detections (the GT boxes,
+    world labels): (images folder, layouts.jsonl, detections.jsonl)."""
+    import shutil  # noqa: PLC0415
+
+    data = ASSETS_DIR / "data"
+    rows = [json.loads(line) for line in
+            (data / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
+    images = folder / "images"
+    images.mkdir()
+    for row in rows:
+        shutil.copy(data / "images" / "test" / row["image_path"], images)
+    layouts = folder / "layouts.jsonl"
+    layouts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                       encoding="utf-8")
+    detections = folder / "detections.jsonl"
+    detections.write_text("".join(json.dumps({"image": r["image_path"], "detections": [
+        {"bbox": o["bbox"], "label": o["name_en"], "score": 0.9} for o in r["objects"]]}) + "\n"
+        for r in rows), encoding="utf-8")
+    return images, layouts, detections
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (no pixels): a decompression bomb to refuse."""
+    import struct  # noqa: PLC0415
+    import zlib  # noqa: PLC0415
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                     8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    return path

@@ -14,7 +14,7 @@ _parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 _parser.add_argument("--out", type=Path, default=None, help="write the rows and counts as JSON here")
 ARGS = _parser.parse_args()
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and bench/
 from gatebench.render.console import quiet_model_libraries
 quiet_model_libraries()
 import transformers.utils.logging as tl, diffusers.utils.logging as dl
@@ -22,7 +22,10 @@ for m in (tl, dl): m.disable_progress_bar(); m.set_verbosity_error()
 import torch
 from click.testing import CliRunner
 from gatebench.cli import cli
-from tests.builders import user_state
+from bench.fixtures import png_header_only, random_adapters, world_images
+def user_state(gate, widths=(16, 32), text_dim=8):
+    """A user-format state dict (random to_out, every gate at ``gate``)."""
+    return dict(random_adapters(widths, text_dim, gate=gate).state_dict())
 R = Path(tempfile.mkdtemp(prefix="gatebench-checklist-"))
 WT = Path(__file__).resolve().parent.parent; CK = WT / "gatebench/world/assets/adapters/good/good_step_4000.pt"
 GOLD = WT / "tests/data/golden/run"; SH = (WT / "protocols/shapes.toml").read_text()
@@ -73,7 +76,7 @@ torch.save({"down.0.fuser.alpha_attn": torch.tensor([])}, R / "gl.pt")
 case("0-d/empty GLIGEN weight", ["gates", R / "gl.pt"], 2, "gl.pt")
 torch.save({"down.0.fuser.alpha_attn": torch.tensor(0.5), "down.0.fuser.attn.to_q.weight": torch.tensor(1.0)}, R / "gl0.pt")
 case("0-d GLIGEN to_q weight (readable, gates only)", ["gates", R / "gl0.pt"], 0)
-s = user_state(0.3, widths=(64,), text_dim=64); s["dim_64.gated_attn.to_q.weight"] = torch.zeros(3, 3); torch.save(s, R / "sz.pt")
+s = user_state(0.3, (64,), 64); s["dim_64.gated_attn.to_q.weight"] = torch.zeros(3, 3); torch.save(s, R / "sz.pt")
 case("shapes that do not fit keys (run)", ["run", "--ckpt", R / "sz.pt", "--protocol", "shapes", "--out", R / "o_sz", "--num-samples", "1", "--steps", "1"], 2, "size mismatch")
 # logs
 case("log step too large", ["gates", "--log", f("big.log", "Step 99999999999999999999999: Gate stats - mean: 0.1, std: 0.1, min: 0.0, max: 0.2\n")], 2, "big.log:1")
@@ -128,8 +131,7 @@ case("compare A B --out A", ["compare", ok_run, GOLD / "results.json", "--out", 
 after = {q.name: q.read_bytes() for q in ok_run.parent.iterdir() if q.is_file()}
 rows.append((before == after, "run folder byte-identical after those three", "-", "-", False, ""))
 # wrong results
-import tests.test_hostile as th
-(R / "world").mkdir(); imgs, lay, det = th.world_images(R / "world")
+(R / "world").mkdir(); imgs, lay, det = world_images(R / "world")
 r = CliRunner().invoke(cli, ["score", "--images", str(imgs), "--layouts", str(lay), "--detections", str(det), "--json"])
 v = json.loads(r.output)["metrics"]["iou50_rate"]["value"] if r.exit_code == 0 else None
 rows.append((v == 1.0, "perfect detections on the shapes world score 1.0", 0, r.exit_code, False, f"iou50_rate={v}"))
@@ -141,11 +143,11 @@ m = float(np.asarray(to_pil_rgb(R / "g16.png")).mean())
 rows.append((100 < m < 160, "16-bit PNG not white", "-", "-", False, f"mean={m:.1f} (white=255)"))
 bl = f("bl/layouts.jsonl", json.dumps({"image_path": "a.png", "caption": "x", "objects": [{"name": "dog", "bbox": [0.2, 0.3, 1.6, 0.9]}]}) + "\n"); (R / "bl/images").mkdir()
 case("bbox with one value > 1.5 refused", ["score", "--images", R / "bl/images", "--layouts", bl], 2, "layouts.jsonl:1")
-(R / "bomb").mkdir(); i1, l1, d1 = th.world_images(R / "bomb", n=1)
-name = json.loads(l1.read_text().splitlines()[0])["image_path"]; th.png_header_only(i1 / name, 60000, 60000)
+(R / "bomb").mkdir(); i1, l1, d1 = world_images(R / "bomb", n=1)
+name = json.loads(l1.read_text().splitlines()[0])["image_path"]; png_header_only(i1 / name, 60000, 60000)
 case("decompression-bomb PNG", ["score", "--images", i1, "--layouts", l1, "--detections", d1], 2, "decompression bomb")
 # before generating
-for label, state, field in [("text_dim", user_state(0.3, widths=(16, 32), text_dim=8), "text_dim"), ("widths", user_state(0.3, widths=(16, 32), text_dim=64), "widths"), ("missing to_out", {k: v for k, v in user_state(0.3, widths=(64,), text_dim=64).items() if "to_out" not in k}, "to_out")]:
+for label, state, field in [("text_dim", user_state(0.3, (16, 32), 8), "text_dim"), ("widths", user_state(0.3, (16, 32), 64), "widths"), ("missing to_out", {k: v for k, v in user_state(0.3, (64,), 64).items() if "to_out" not in k}, "to_out")]:
     p = R / f"pre_{field}.pt"; torch.save(state, p); out = R / f"o_{field.replace(' ', '_')}"
     case(f"adapter {label} refused before generating", ["run", "--ckpt", p, "--protocol", "shapes", "--out", out, "--num-samples", "1", "--steps", "1"], 2, field)
     rows.append((not list(out.rglob("*.png")), f"  ... and no image generated ({label})", "-", "-", False, ""))

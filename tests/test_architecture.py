@@ -17,7 +17,6 @@ from tests.layering import (PACKAGE, SOURCES, TESTS, TRAINER, find_cycle, find_m
 # Modules still breaking a rule because another change owns the fix: module -> that change. The
 # test fails once the module is clean, so each entry is deleted with its fix.
 PENDING: dict[str, str] = {
-    "bench.hostile_checklist": "issue 27 part 6: its world images and user_state out of tests/",
 }
 # Module edges that close a package cycle from files other engineers are editing: each names the
 # change that removes it. Once the edge is gone, delete its entry.

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from bench.fixtures import png_header_only, world_images
 from gatebench.cli import cli
 from tests.builders import user_state
 
@@ -368,29 +369,6 @@ def test_ctrl_c_exits_130(tmp_path: Path, monkeypatch) -> None:
 
 # --- wrong results: class vocabulary, 16-bit PNGs, bbox scale, decompression bombs -----------
 
-WORLD_DATA = Path(__file__).resolve().parent.parent / "gatebench" / "world" / "assets" / "data"
-
-
-def world_images(tmp_path: Path, n: int = 4) -> tuple[Path, Path, Path]:
-    """n world test images, their layouts and PERFECT detections (the GT boxes, world labels)."""
-    import shutil
-
-    rows = [json.loads(line) for line in
-            (WORLD_DATA / "test.jsonl").read_text(encoding="utf-8").splitlines()[:n]]
-    images = tmp_path / "images"
-    images.mkdir()
-    for row in rows:
-        shutil.copy(WORLD_DATA / "images" / "test" / row["image_path"], images)
-    layouts = tmp_path / "layouts.jsonl"
-    layouts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                       encoding="utf-8")
-    detections = tmp_path / "detections.jsonl"
-    detections.write_text("".join(json.dumps({"image": r["image_path"], "detections": [
-        {"bbox": o["bbox"], "label": o["name_en"], "score": 0.9} for o in r["objects"]]}) + "\n"
-        for r in rows), encoding="utf-8")
-    return images, layouts, detections
-
-
 def test_perfect_detections_on_the_shapes_world_score_one(tmp_path: Path) -> None:
     images, layouts, detections = world_images(tmp_path)
     result = invoke("score", "--images", images, "--layouts", layouts, "--detections", detections,
@@ -431,21 +409,6 @@ def test_16_bit_png_is_not_white(tmp_path: Path) -> None:
     a16 = np.asarray(to_pil_rgb(tmp_path / "g16.png")).astype(int)
     a8 = np.asarray(to_pil_rgb(tmp_path / "g8.png")).astype(int)
     assert np.abs(a16 - a8).max() <= 1 and a16.mean() < 200
-
-
-def png_header_only(path: Path, width: int, height: int) -> Path:
-    """A PNG whose header claims width x height (no pixels): a decompression bomb to refuse
-    (bench/hostile_checklist.py uses it too)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
-                                                                     8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
-    return path
 
 
 def test_decompression_bomb_png(tmp_path: Path) -> None:
