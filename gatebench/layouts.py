@@ -14,11 +14,11 @@ from typing import Any, Iterable, Literal
 
 import ftfy
 
-from gatebench.readers.bbox import SCALE_1000_ABOVE, BadRow, Box, parse_bbox
 from gatebench.errors import GatebenchError, LayoutError, ModelFileError
 from gatebench.files import atomic_write_text
-from gatebench.readers.jsonl import first_row, read_jsonl
 from gatebench.protocol import DataSpec, Protocol
+from gatebench.readers.bbox import SCALE_1000_ABOVE, BadRow, Box, parse_bbox
+from gatebench.readers.jsonl import first_row, read_jsonl
 
 LayoutFormat = Literal["auto", "jsonl", "results", "coco"]
 
@@ -198,7 +198,7 @@ def _rows_to_layouts(path: Path, rows: list[tuple[int, dict[str, Any]]], fmt: st
         parsed.append((key, {"_line": number, "caption": _fix(caption or "", report, number,
                                                               "caption"),
                              "caption_en": caption_en, "image": image, "objects": objects}))
-    for layout_id, (_, p) in zip(_unique_ids(parsed), parsed):
+    for layout_id, (_, p) in zip(_unique_ids(parsed), parsed, strict=True):
         report.layouts.append(Layout(layout_id, p["caption"], p["objects"], p["image"],
                                      p["caption_en"], p["_line"]))
 
@@ -346,8 +346,9 @@ def load_layouts_for(spec: DataSpec, *, skip_bad: bool = False) -> LoadReport:
                         caption_language=spec.caption_language)
 
 
-def select_layouts(protocol: Protocol) -> tuple[list[Layout], dict[str, Any]]:
-    """The protocol's layouts: the first ``num_samples`` with boxes, in file order (stable)."""
+def select_layouts(protocol: Protocol) -> tuple[list[Layout], str]:
+    """The protocol's layouts: the first ``num_samples`` with boxes, in file order (stable),
+    and the loading report's one-line summary (results.json ``layouts``)."""
     d = protocol.data
     if not d.layouts:
         raise ModelFileError("expected [data] layouts in the protocol, got none",

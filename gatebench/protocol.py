@@ -195,7 +195,8 @@ class Protocol:
         changes: dict[str, Any] = {}
         for key, value in sections.items():
             current = getattr(self, key)
-            if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            if dataclasses.is_dataclass(current) and not isinstance(current, type) \
+                    and isinstance(value, dict):
                 changes[key] = dataclasses.replace(current, **value)
             else:
                 changes[key] = value

@@ -19,8 +19,8 @@ import pandas as pd
 
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import inspect_checkpoint
-from gatebench.distributed import (barrier, distributed, import_collective_libraries,
-                                   sum_over_ranks)
+from gatebench.compare import Comparison, regression_gate
+from gatebench.distributed import barrier, distributed, import_collective_libraries, sum_over_ranks
 from gatebench.errors import GatebenchError, ModelFileError, NotComparableError
 from gatebench.files import cache_dir, sweep_temporaries
 from gatebench.gates import GateReport, analyse
@@ -34,13 +34,18 @@ from gatebench.models.device import resolve_device, resolve_dtype
 from gatebench.plan import LoadedAdapters, generate_all, preflight_adapters, sampler_settings
 from gatebench.protocol import Protocol
 from gatebench.rundir.outputs import check_writable, ensure_out_dir, run_lock
-from gatebench.compare import Comparison, regression_gate
-from gatebench.rundir.results import (build_results, decide_verdict, exit_code, layout_ids_sha256,
-                                     record_verdict, write_json)
+from gatebench.rundir.results import (
+    build_results,
+    decide_verdict,
+    exit_code,
+    layout_ids_sha256,
+    record_verdict,
+    write_json,
+)
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
+from gatebench.rundir.saved import SavedRun, label_map
 from gatebench.score_run import detector_ceiling, score_sets
 from gatebench.sequential.rounds import generate_until_decided, sequential_record
-from gatebench.rundir.saved import SavedRun, label_map
 from gatebench.verdict import TargetRow, evaluate_targets
 from gatebench.writes.findings import write_findings
 

@@ -169,7 +169,7 @@ def _bounds_from_grid(kept: np.ndarray, grid: np.ndarray, alpha: float) -> Bound
     """
     g, n = kept.shape
     lower, upper = np.empty(n), np.empty(n)
-    any_kept = kept.any(axis=0)
+    any_kept = np.asarray(kept.any(axis=0))
     first = np.argmax(kept, axis=0)
     last = g - 1 - np.argmax(kept[::-1], axis=0)
     lo_prev, hi_prev = float(grid[0]), float(grid[-1])

@@ -40,8 +40,8 @@ def corrupt(image: np.ndarray, kind: str, strength: float, seed: int = 0) -> np.
         # a streak: one colour per column, its value varying slowly down the column
         colour = _vivid(rng, (1, w)) * np.linspace(0.6, 1.0, h)[:, None, None] ** rng.uniform(
             0.5, 2.0)
-        mask = cols[None, :, None] * 0.85
-        return np.clip(a * (1 - mask) + colour * mask, 0, 255).astype(np.uint8)
+        weight = cols[None, :, None] * 0.85
+        return np.clip(a * (1 - weight) + colour * weight, 0, 255).astype(np.uint8)
     cells = rng.random((16, 16)) < strength
     ys, xs = (np.arange(n) * 16 // n for n in (h, w))
     mask = cells[ys][:, xs][..., None] * 0.8

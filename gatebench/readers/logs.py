@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gatebench.readers.jsonl import read_jsonl
 from gatebench.errors import LogFormatError
+from gatebench.readers.jsonl import read_jsonl
 
 WRITE_COLUMNS = ("effect_in_boxes", "effect_lift", "box_attention_kappa", "effect_norm")
 COLUMNS = ("step", "gate_mean", "gate_std", "gate_min", "gate_max", "loss", "lr", *WRITE_COLUMNS)
@@ -60,9 +60,9 @@ class LogSeries:
 
 def _step(value: object, path: Path, line: int | None) -> int:
     """A log's step number: a non-negative integer int64 can hold (a JSON 3.0 is 3)."""
-    ok = not isinstance(value, bool) and (
-        isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
-    if not ok or not 0 <= int(value) <= MAX_STEP:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or (isinstance(value, float) and not value.is_integer()) \
+            or not 0 <= int(value) <= MAX_STEP:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise LogFormatError(f"expected 'step' to be an integer between 0 and {MAX_STEP}, got "
                              f"{shown}", path=path, line=line,
@@ -91,7 +91,7 @@ def read_train_log(path: Path) -> LogSeries:
             gate_steps.add(step)
             rows.setdefault(step, {}).update(
                 dict(zip(("gate_mean", "gate_std", "gate_min", "gate_max"),
-                         (float(v) for v in gate.groups()[1:]))))
+                         (float(v) for v in gate.groups()[1:]), strict=True)))
             continue
         loss = LOSS_LINE.search(line)
         if loss:

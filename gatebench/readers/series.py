@@ -213,8 +213,9 @@ def order_run(members: Sequence[Member]) -> Series:
         else:
             unplaced.append(m)
     run = training_run(members[0].key) if members else ""
-    places = _places([p.x for p in points], len(last_points))
-    return Series(run, tuple(p.freeze(place) for p, place in zip(points + last_points, places)),
+    places = _places([p.x for p in points if p.x is not None], len(last_points))  # numbered: all
+    return Series(run, tuple(p.freeze(place)
+                             for p, place in zip(points + last_points, places, strict=True)),
                   tuple(unplaced))
 
 

@@ -133,7 +133,7 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
 
 
 def build_results(*, protocol: Any, gate_report: Any, rows: list[dict[str, Any]],
-                  targets: Sequence[Any], models: dict[str, Any], layouts_info: dict[str, Any],
+                  targets: Sequence[Any], models: dict[str, Any], layouts_info: str,
                   n_layouts: int, timings: dict[str, Any], generation: dict[str, Any],
                   command: str, device: str, dtype: Any, ceiling: dict[str, Any] | None,
                   layout_ids: Sequence[str]) -> dict[str, Any]:

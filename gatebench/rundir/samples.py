@@ -50,7 +50,8 @@ def read_samples_jsonl(path: str | Path) -> pd.DataFrame:
     from gatebench.rundir.schema import validate_sample  # noqa: PLC0415
 
     path = Path(path)
-    rows, seen = [], {}
+    rows: list[dict[str, Any]] = []
+    seen: dict[tuple[Any, Any, Any], int] = {}      # (checkpoint, gate scale, layout) -> line
     for row in read_jsonl(path, what="samples", error=MetricError):
         record = validate_sample(row.value, path, row.line)
         # a record counted twice would weigh its layout twice in every mean and paired difference

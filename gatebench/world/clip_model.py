@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gatebench.files import atomic_output, atomic_write_text
+
 PAD, UNK, SOT, EOT = "<pad>", "<unk>", "<sot>", "<eot>"
 SPECIALS = (PAD, UNK, SOT, EOT)
 WORLD_VOCAB_EN = ("a", "an", "and", "the", "with", "of", "one", "two", "three",
@@ -127,6 +128,9 @@ def default_model_cfg(vocab_size: int, context_length: int = 16, image_size: int
 
 class WorldClip(nn.Module):
     """An open_clip ``CLIP`` plus the world's input normalisation and feature helpers."""
+
+    mean: torch.Tensor      # (1, 3, 1, 1) buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()

@@ -48,6 +48,8 @@ def read_map(image: Path) -> np.ndarray | None:
     """The write map (H x W, uint8) recorded with ``image``; None when there is none."""
     record = read_record(image)
     cells = (record or {}).get("map")
+    if not isinstance(cells, dict):
+        return None
     try:
         shape = tuple(int(v) for v in cells["shape"])
         data = np.frombuffer(base64.b64decode(cells["uint8_base64"]), dtype=np.uint8)
