@@ -110,6 +110,18 @@ def test_once_evaluates_each_point_in_series_order(watched) -> None:
     assert reported.exit_code == 0 and (runs[0].folder / "report.md").is_file(), reported.output
 
 
+def test_trajectory_report(watched) -> None:
+    """trajectory.md / .html: metrics against the step, grids, the logs' curves, the support
+    items (the gate stats of the last 100 steps from the run's TensorBoard log)."""
+    out = watched["out"]
+    text = (out / "trajectory.md").read_text(encoding="utf-8")
+    assert "| `checkpoint-10.pt` | 10 | evaluated |" in text
+    assert text.count("](grid_checkpoint-") == 3 and (out / "trajectory.png").is_file()
+    assert "### Gate stats of the last 100 steps (tensorboard)" in text
+    html = (out / "trajectory.html").read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64") == 4 and "<script" not in html
+
+
 def test_tensorboard_points_at_the_training_step_and_no_duplicates(watched, world) -> None:
     board = watched["run"] / "tensorboard" / "gatebench"     # the run's own folder by default
     assert watched["result"].tensorboard == board

@@ -11,8 +11,6 @@ every change, so an interrupted watch resumes where it stopped.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import os
 import time
@@ -22,7 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from gatebench.errors import CheckpointError, GatebenchError
+from gatebench.files import file_sha256
 from gatebench.protocol import Protocol
+from gatebench.render.trajectory import write_trajectory
 from gatebench.readers.series import is_final_name
 from gatebench.rundir.outputs import ensure_out_dir, run_lock
 from gatebench.rundir.results import exit_code, verdict_of
@@ -34,7 +34,7 @@ from gatebench.watch.findings import (COMPARE_FILE, WatchFinding, best_entry, be
                                       pick_metric, regression_finding)
 from gatebench.watch.logs import LiveLogs
 from gatebench.watch.state import Entry, WatchState, load_state
-from gatebench.watch.tensorboard import EvalBoard, default_folder
+from gatebench.watch.tensorboard import SUBFOLDER, EvalBoard, default_folder
 
 Events = Callable[[str], None]
 
@@ -49,14 +49,18 @@ class WatchResult:
 
 
 def settings_of(protocol: Protocol) -> dict[str, Any]:
-    """What must not change between sessions of one watch: everything in the protocol that
-    changes the numbers (device and batch size do not)."""
-    doc = dataclasses.asdict(protocol)
-    for key in ("device", "batch_size"):
-        doc.get("generation", {}).pop(key, None)
-    digest = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-    return {"protocol": protocol.name, "protocol_sha256": digest, "seed": protocol.seed,
-            "gate_scales": sorted({0.0, *map(float, protocol.generation.gate_scales)})}
+    """What must not change between sessions of one watch: what pairs two run folders in
+    `compare` (protocol file, seed, N, layouts) and what generation the flags change. A newer
+    gatebench with more protocol fields is not a change (the file and these values are)."""
+    source = Path(protocol.source) if protocol.source else None
+    g = protocol.generation
+    return {"protocol": protocol.name,
+            "protocol_file_sha256": file_sha256(source) if source and source.is_file() else None,
+            "seed": protocol.seed, "num_samples": protocol.num_samples,
+            "layouts": protocol.data.layouts, "base_model": protocol.models.base_model,
+            "gate_scales": sorted({0.0, *map(float, g.gate_scales)}), "steps": g.steps,
+            "guidance_scale": g.guidance_scale, "scheduler": g.scheduler,
+            "until_decided": protocol.scoring.until_decided}
 
 
 def watch(run_dir: Path, protocol: Protocol, options: WatchOptions, *,
@@ -80,13 +84,16 @@ def watch(run_dir: Path, protocol: Protocol, options: WatchOptions, *,
     settler = settler or Settler(options.settle_s, options.unreadable_after_s)
     evaluator = evaluator or Evaluator(protocol, options, progress_factory)
     loop = _Loop(run_dir.resolve(), protocol, options, out, state, settler, evaluator,
-                 EvalBoard(board_dir), LiveLogs(run_dir, exclude=(out, board_dir)), on_event)
+                 EvalBoard(board_dir), LiveLogs(run_dir, exclude=(out, board_dir / SUBFOLDER)), on_event)
     with run_lock(out):
         try:
             loop.run(sleep)
         finally:
             loop.board.close()
             state.save(out)
+        # the trajectory report, once per session (matplotlib: seconds), not on a signal
+        if state.checkpoints:
+            write_trajectory(state.to_dict(), out, loop.logs.latest)
     newest = loop.newest()
     return WatchResult(state, out, exit_code(state.verdict) if newest is not None else
                        (1 if state.checkpoints else 2), board_dir / "gatebench", loop.evaluated_now)

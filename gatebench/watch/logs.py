@@ -22,6 +22,7 @@ class LiveLogs:
         self.run_dir = run_dir
         self.exclude = [p.resolve() for p in exclude]
         self._stamp: tuple | None = None
+        self.latest: list[LogSeries] = []      # what the last read found (the most rows first)
 
     def _sources(self) -> list[tuple[str, Path]]:
         found = [("log", p) for p in sorted(self.run_dir.glob("*.log"))]
@@ -49,6 +50,7 @@ class LiveLogs:
                 out.append(readers[kind](path))
             except GatebenchError:
                 continue     # not a training log, or a line still being written
+        self.latest = sorted(out, key=lambda log: -len(log.frame))
         return out
 
 
