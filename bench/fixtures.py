@@ -198,8 +198,7 @@ def write_real_images(folder: Path, count: int, height: int, width: int) -> list
 def build_clip(kind: str, directory: Path, device: torch.device) -> TransformersClip:
     """``tiny``: a 2-layer CLIP on 32-px images; ``vit-l-14``: ViT-L/14's shape (as the oracle
     protocol's chinese-clip-vit-large-patch14) with SD1.5's text tower."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel,  # noqa: PLC0415
-                              CLIPProcessor)
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor  # noqa: PLC0415
 
     tokenizer = clip_tokenizer(directory / f"clip-{kind}-tokenizer")
     special = _special_ids(tokenizer)

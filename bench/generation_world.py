@@ -11,9 +11,20 @@ from typing import Any
 
 import torch
 
-from bench.fixtures import (BASES, SD15_TEXT, SD15_UNET, SD15_VAE, SD15_WIDTHS, build_clip,
-                            build_detector, build_fid, make_layouts, write_adapter,
-                            write_base_folder, write_real_images)
+from bench.fixtures import (
+    BASES,
+    SD15_TEXT,
+    SD15_UNET,
+    SD15_VAE,
+    SD15_WIDTHS,
+    build_clip,
+    build_detector,
+    build_fid,
+    make_layouts,
+    write_adapter,
+    write_base_folder,
+    write_real_images,
+)
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.adapters.user import AdapterSet, Grounding, attn2_widths, inject
 from gatebench.checkpoint import inspect_checkpoint

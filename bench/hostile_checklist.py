@@ -16,13 +16,19 @@ ARGS = _parser.parse_args()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and bench/
 from gatebench.render.console import quiet_model_libraries
+
 quiet_model_libraries()
-import transformers.utils.logging as tl, diffusers.utils.logging as dl
+import diffusers.utils.logging as dl
+import transformers.utils.logging as tl
+
 for m in (tl, dl): m.disable_progress_bar(); m.set_verbosity_error()
 import torch
 from click.testing import CliRunner
-from gatebench.cli import cli
+
 from bench.fixtures import png_header_only, random_adapters, world_images
+from gatebench.cli import cli
+
+
 def user_state(gate, widths=(16, 32), text_dim=8):
     """A user-format state dict (random to_out, every gate at ``gate``)."""
     return dict(random_adapters(widths, text_dim, gate=gate).state_dict())
@@ -137,7 +143,9 @@ v = json.loads(r.output)["metrics"]["iou50_rate"]["value"] if r.exit_code == 0 e
 rows.append((v == 1.0, "perfect detections on the shapes world score 1.0", 0, r.exit_code, False, f"iou50_rate={v}"))
 import numpy as np
 from PIL import Image
+
 from gatebench.metrics.images import to_pil_rgb
+
 ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16); Image.fromarray(ramp).save(R / "g16.png")
 m = float(np.asarray(to_pil_rgb(R / "g16.png")).mean())
 rows.append((100 < m < 160, "16-bit PNG not white", "-", "-", False, f"mean={m:.1f} (white=255)"))

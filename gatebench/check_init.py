@@ -16,8 +16,8 @@ import torch
 from gatebench.adapters.fit import load_state_checked
 from gatebench.adapters.user import AdapterSet, Grounding, apply_init, inject
 from gatebench.checkpoint import adapter_state
-from gatebench.readers.checkpoint_header import check_user_state
 from gatebench.errors import CheckpointError, GatebenchError
+from gatebench.readers.checkpoint_header import check_user_state
 
 IDENTITY_TOL = 1e-6
 ADAPTER_HEADS = 8

@@ -139,8 +139,7 @@ class _SafetensorsView(Mapping[str, torch.Tensor]):
     """A lazy mapping over a .safetensors file: tensors are read only when accessed."""
 
     def __init__(self, path: Path) -> None:
-        from safetensors import safe_open
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
 
         _check_readable(path)
         try:

@@ -25,15 +25,21 @@ import pandas as pd
 from gatebench.errors import NotComparableError
 from gatebench.files import atomic_write_text
 from gatebench.metrics import spec as metric_spec
+from gatebench.metrics.paired_sequence import compare_sequences
 from gatebench.metrics.regression import change_status
 from gatebench.metrics.stats import paired_ratio_bootstrap
 from gatebench.rundir.outputs import check_not_input
-from gatebench.rundir.pairing import (check_comparable, comparability_problems, gate_scales,
-                                      model_warnings, pair_checkpoints, run_identity,
-                                      stopped_early)
+from gatebench.rundir.pairing import (
+    check_comparable,
+    comparability_problems,
+    gate_scales,
+    model_warnings,
+    pair_checkpoints,
+    run_identity,
+    stopped_early,
+)
 from gatebench.rundir.records import metric_units, records_at
 from gatebench.rundir.saved import SavedRun, label_map, load_run
-from gatebench.metrics.paired_sequence import compare_sequences
 
 SCHEMA_VERSION = 1
 MIN_BOOT = 1000

@@ -19,9 +19,9 @@ from gatebench.checkpoint import inspect_checkpoint
 from gatebench.errors import ModelFileError
 from gatebench.files import atomic_write_text
 from gatebench.gates import analyse
-from gatebench.render.gates import plot_trajectory, render_findings, render_markdown
-from gatebench.readers.logs import read_logs
 from gatebench.protocol import ASSETS_DIR, load_protocol
+from gatebench.readers.logs import read_logs
+from gatebench.render.gates import plot_trajectory, render_findings, render_markdown
 from gatebench.run import RunOptions, run_evaluation
 from gatebench.rundir.saved import label_map, label_of, row_label
 

@@ -6,21 +6,28 @@ Thresholds come from the protocol's ``[gates]`` table (defaults: the user's vali
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
-from pathlib import Path
-import dataclasses
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
 
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.errors import CheckpointError
-from gatebench.readers.logs import LogSeries
 from gatebench.protocol import GateThresholds
-from gatebench.readers.series import (FileStep, Member, Series, file_steps, gate_fingerprint,
-                                       order_runs, training_run)
+from gatebench.readers.logs import LogSeries
+from gatebench.readers.series import (
+    FileStep,
+    Member,
+    Series,
+    file_steps,
+    gate_fingerprint,
+    order_runs,
+    training_run,
+)
 from gatebench.rundir.results import findings_verdict
 from gatebench.rundir.saved import checkpoint_labels
 

@@ -16,8 +16,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.checkpoint import load_adapter
 from gatebench.errors import CheckpointError
-from gatebench.generate import (GenerationStats, ImageJob, Sampler, SamplerSettings,
-                                layout_seed, resolve_uncond)
+from gatebench.generate import (
+    GenerationStats,
+    ImageJob,
+    Sampler,
+    SamplerSettings,
+    layout_seed,
+    resolve_uncond,
+)
 from gatebench.image_cache import ImageCache, KeptImages
 from gatebench.layouts import Layout
 from gatebench.metrics.health_prefetch import HealthPrefetch

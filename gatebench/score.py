@@ -14,27 +14,36 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.metrics.detect import (Detection, Detector, PhraseDetector, detections_vocabulary,
-                                      gt_label)
 from gatebench.errors import LayoutError, MetricError
 from gatebench.layouts import Layout, load_layouts
+from gatebench.metrics.aggregate import SetAggregator
 from gatebench.metrics.clip_score import ClipBackend, clip_scores, region_clip_scores
 from gatebench.metrics.coco_ap import APImage
-from gatebench.metrics.fid import (FeatureExtractor, ReferenceStats, extract_features,
-                                   reference_stats)
+from gatebench.metrics.detect import (
+    Detection,
+    Detector,
+    PhraseDetector,
+    detections_vocabulary,
+    gt_label,
+)
+from gatebench.metrics.fid import (
+    FeatureExtractor,
+    ReferenceStats,
+    extract_features,
+    reference_stats,
+)
 from gatebench.metrics.health import ImageHealth
 from gatebench.metrics.health_prefetch import HealthPrefetch, assess_with
-from gatebench.metrics.timing import StageTimer, phase
-from gatebench.metrics.twin_cache import TwinCache
 from gatebench.metrics.images import to_pil_rgb
 from gatebench.metrics.matching import BoxMatch, match_boxes, summarize_matches
 from gatebench.metrics.relations import RelationCounts, relation_counts
-from gatebench.metrics.zeroshot import object_queries
-from gatebench.metrics.aggregate import SetAggregator
 from gatebench.metrics.stats import MetricValue
+from gatebench.metrics.timing import StageTimer, phase
+from gatebench.metrics.twin_cache import TwinCache
+from gatebench.metrics.zeroshot import object_queries
 from gatebench.protocol import Protocol
-from gatebench.writes.records import read_record, sample_columns
 from gatebench.rundir.samples import jsonable
+from gatebench.writes.records import read_record, sample_columns
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HEALTH_METRICS = ("garbled_rate", "blank_rate")     # from the image-health cues

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol as TypingProtocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Protocol as TypingProtocol
 
 import pandas as pd
 
 from gatebench.adapters.types import CheckpointInfo
 from gatebench.image_cache import read_png_meta
-from gatebench.metrics.spec import DETECTOR_METRICS
 from gatebench.metrics.health_prefetch import HealthPrefetch
+from gatebench.metrics.spec import DETECTOR_METRICS
 from gatebench.metrics.timing import StageTimer
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.protocol import Protocol, load_protocol, with_flags

@@ -23,11 +23,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from gatebench.checkpoint import inspect_checkpoint
-from gatebench.metrics.detect import Detection
 from gatebench.gates import analyse
+from gatebench.layouts import select_layouts
+from gatebench.metrics.detect import Detection
 from gatebench.metrics.stats import MetricValue, bootstrap_ci, mean_ci
 from gatebench.protocol import load_protocol
-from gatebench.layouts import select_layouts
 from gatebench.rundir.results import build_results, write_json
 from gatebench.rundir.samples import write_samples_jsonl
 from gatebench.score import ImageItem, score_images

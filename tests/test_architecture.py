@@ -10,9 +10,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.layering import (PACKAGE, SOURCES, TESTS, TRAINER, find_cycle, find_modules,
-                            import_graph, layering_problems, package_graph, trainer_imports)
-
+from tests.layering import (
+    PACKAGE,
+    SOURCES,
+    TESTS,
+    TRAINER,
+    find_cycle,
+    find_modules,
+    import_graph,
+    layering_problems,
+    package_graph,
+    trainer_imports,
+)
 
 # Modules still breaking a rule because another change owns the fix: module -> that change. The
 # test fails once the module is clean, so each entry is deleted with its fix.

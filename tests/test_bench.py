@@ -133,9 +133,10 @@ def test_health_calibration_on_the_shipped_images(tmp_path: Path) -> None:
 
 def test_health_calibration_reads_labels_csv(tmp_path: Path) -> None:
     """A labels.csv folder (the layout of shared/seed/garbled-calibration), generated here."""
-    from gatebench.metrics.corruptions import corrupt
     import numpy as np
     from PIL import Image
+
+    from gatebench.metrics.corruptions import corrupt
 
     data = tmp_path / "calib"
     data.mkdir()

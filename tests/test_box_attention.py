@@ -9,11 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gatebench.adapters.box_attention import GatedAttention, token_box_mask
-from gatebench.adapters.user import (AdapterSet, Grounding, SpatialAdapter, apply_init,
-                                     attn2_widths, inject)
-from gatebench.check_init import tiny_unet
 from bench.reference_attention import OpCounter, textbook_gated_attention
+from gatebench.adapters.box_attention import GatedAttention, token_box_mask
+from gatebench.adapters.user import (
+    AdapterSet,
+    Grounding,
+    SpatialAdapter,
+    apply_init,
+    attn2_widths,
+    inject,
+)
+from gatebench.check_init import tiny_unet
 
 # layouts with 3, 2 (one padded slot), 1 and 0 boxes, padded to 3 slots
 BOXES = torch.tensor([[[0.1, 0.1, 0.5, 0.6], [0.5, 0.2, 0.9, 0.7], [0.2, 0.6, 0.7, 0.95]],

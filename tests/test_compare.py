@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from gatebench.cli import cli
 from gatebench.compare import compare_runs, paired_ratio_diff
-from gatebench.rundir.records import metric_units
 from gatebench.metrics.stats import bootstrap_ci, paired_bootstrap_diff
+from gatebench.rundir.records import metric_units
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.rundir.saved import SavedRun, load_run
 

@@ -16,7 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatebench.metrics.confseq import (
-    Bounds, capital_at, decide, mean_sequence, ratio_sequence, ratio_unit_values, split_alpha,
+    Bounds,
+    capital_at,
+    decide,
+    mean_sequence,
+    ratio_sequence,
+    ratio_unit_values,
+    split_alpha,
 )
 
 REPS, N = 2000, 300

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gatebench.adapters import families
-from gatebench.adapters.family import AdapterFamily, gate_value
 from gatebench.adapters.families import FAMILIES, family_of
+from gatebench.adapters.family import AdapterFamily, gate_value
 from gatebench.adapters.types import CheckpointInfo, GateEntry
 from gatebench.checkpoint import inspect_checkpoint, load_adapter, save_checkpoint
 from gatebench.errors import CheckpointError

@@ -19,11 +19,17 @@ from PIL import Image
 from gatebench.errors import MetricError
 from gatebench.layouts import Layout, LayoutObject
 from gatebench.metrics import fid_maths
-from gatebench.metrics.fid import (ModuleExtractor, ReferenceStats, extract_features,
-                                   reference_stats)
-from gatebench.metrics.fid_maths import (feature_stats, fid_from_features, fid_route,
-                                         frechet_distance, kid, kid_route, mmd2_unbiased,
-                                         sqrt_factor)
+from gatebench.metrics.fid import ModuleExtractor, ReferenceStats, extract_features, reference_stats
+from gatebench.metrics.fid_maths import (
+    feature_stats,
+    fid_from_features,
+    fid_route,
+    frechet_distance,
+    kid,
+    kid_route,
+    mmd2_unbiased,
+    sqrt_factor,
+)
 from gatebench.protocol import DataSpec, Protocol, ScoringSpec
 from gatebench.score import score_images
 from tests.builders import TinyFeatures

@@ -6,8 +6,8 @@ import torch
 
 from gatebench.checkpoint import inspect_checkpoint, save_checkpoint
 from gatebench.gates import analyse, to_json
-from gatebench.readers.logs import read_logs
 from gatebench.protocol import GateThresholds
+from gatebench.readers.logs import read_logs
 from tests.builders import user_state, write_series, write_tensorboard, write_train_log
 
 T = GateThresholds()
@@ -43,8 +43,8 @@ def test_single_box_finding_once_for_user_forward_with_the_share_of_layouts(tmp_
     assert "60% of the 5 evaluated layouts are affected (2 with one box, 1 with none)" in \
         found[0].message
     # a null slot (or region attention) removes the limit: no finding
-    from gatebench.checkpoint import save_checkpoint
     from gatebench.adapters.user import AdapterSet
+    from gatebench.checkpoint import save_checkpoint
     adapters = AdapterSet([640], 4096, null_slot=True)
     save_checkpoint(tmp_path / "null.pt", adapters.state_dict(), family="user",
                     adapter_config=adapters.config)

@@ -385,8 +385,8 @@ def test_perfect_detections_on_the_shapes_world_score_one(tmp_path: Path) -> Non
 
 
 def test_gt_label_prefers_names_over_a_non_coco_category_id() -> None:
-    from gatebench.metrics.detect import COCO80_NAMES, gt_label
     from gatebench.layouts import LayoutObject
+    from gatebench.metrics.detect import COCO80_NAMES, gt_label
     from gatebench.world.shapes import CLASS_NAMES_EN
 
     box = (0.1, 0.1, 0.5, 0.5)

@@ -26,8 +26,15 @@ from rich.text import Text
 from gatebench.gates import Finding
 from gatebench.metrics.stats import MetricValue
 from gatebench.render import plots, rerender
-from gatebench.render.escape import (clean, md_code, md_text, plot_text, png_text, rich_text,
-                                     tex_text)
+from gatebench.render.escape import (
+    clean,
+    md_code,
+    md_text,
+    plot_text,
+    png_text,
+    rich_text,
+    tex_text,
+)
 from gatebench.render.flagged import flagged_section, flagged_strip
 from gatebench.render.gates import render_findings
 from gatebench.render.html import ALLOWED, EXTENSIONS, markdown_to_html

@@ -7,10 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gatebench.metrics.detect import (COCO80_NAMES, COCO_ID_TO_NAME, Detection, YoloDetector, gt_label,
-                              load_detections, write_detections_jsonl)
 from gatebench.errors import LayoutError, MetricError, ModelFileError
 from gatebench.layouts import LayoutObject
+from gatebench.metrics.detect import (
+    COCO80_NAMES,
+    COCO_ID_TO_NAME,
+    Detection,
+    YoloDetector,
+    gt_label,
+    load_detections,
+    write_detections_jsonl,
+)
 from gatebench.metrics.matching import box_iou, match_boxes, summarize_matches
 from gatebench.protocol import DetectionSpec
 

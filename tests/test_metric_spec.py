@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from gatebench.errors import ProtocolError
-from gatebench.metrics.clip_score import TransformersClip
 from gatebench.metrics import spec as metric_spec
+from gatebench.metrics.clip_score import TransformersClip
 from gatebench.metrics.spec import METRICS, MetricSpec, Ratio
 from gatebench.metrics.stats import bootstrap_ci
 from gatebench.protocol import parse_protocol

@@ -12,11 +12,15 @@ from PIL import Image, ImageDraw
 from gatebench.errors import MetricError, ModelFileError
 from gatebench.metrics.clip_score import TransformersClip, clip_scores, crop_box, region_clip_scores
 from gatebench.metrics.coco_ap import APImage, coco_ap
-from gatebench.metrics.fid import ModuleExtractor, inception_extractor, reference_stats
+from gatebench.metrics.fid import (
+    ModuleExtractor,
+    ReferenceStats,
+    inception_extractor,
+    reference_stats,
+)
 from gatebench.metrics.fid_maths import feature_stats, fid_from_features, frechet_distance, kid
 from gatebench.metrics.health import garbled_score
 from gatebench.metrics.stats import bootstrap_ci, mean_ci, paired_bootstrap_diff
-from gatebench.metrics.fid import ReferenceStats
 from gatebench.protocol import ScoringSpec
 from tests.builders import TinyFeatures
 
@@ -172,8 +176,13 @@ def test_region_clip(tiny_clip) -> None:
 
 
 def test_chinese_clip_from_folder(tmp_path: Path) -> None:
-    from transformers import (BertTokenizer, ChineseCLIPConfig, ChineseCLIPImageProcessor,
-                              ChineseCLIPModel, ChineseCLIPProcessor)
+    from transformers import (
+        BertTokenizer,
+        ChineseCLIPConfig,
+        ChineseCLIPImageProcessor,
+        ChineseCLIPModel,
+        ChineseCLIPProcessor,
+    )
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"一只猫狗在草地上红色的"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")

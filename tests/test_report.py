@@ -118,8 +118,8 @@ def test_report_command_and_its_errors(tmp_path: Path) -> None:
 
 def test_missing_images_are_reported_not_fatal_and_moved_runs_resolve(tmp_path: Path) -> None:
     from gatebench.render.format import Figures
-    from gatebench.render.markdown import render_report
     from gatebench.render.grids import sample_grid
+    from gatebench.render.markdown import render_report
     from gatebench.rundir.saved import load_run
 
     run_dir = tmp_path / "run"

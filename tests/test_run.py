@@ -12,10 +12,10 @@ from gatebench.checkpoint import inspect_checkpoint, load_adapter
 from gatebench.cli import cli
 from gatebench.errors import CheckpointError
 from gatebench.generate import ImageJob, Sampler, layout_seed
-from gatebench.models import load_base_model
-from gatebench.protocol import load_protocol
 from gatebench.layouts import select_layouts
+from gatebench.models import load_base_model
 from gatebench.plan import sampler_settings
+from gatebench.protocol import load_protocol
 from gatebench.run import RunOptions, run_evaluation
 from tests.builders import assert_same_metrics, free_port
 from tests.run_builders import tiny_world, write_checkpoint

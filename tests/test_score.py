@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from gatebench.metrics.detect import Detection, write_detections_jsonl
 from gatebench.errors import LayoutError
 from gatebench.layouts import Layout, LayoutObject
 from gatebench.metrics.clip_score import TransformersClip
+from gatebench.metrics.detect import Detection, write_detections_jsonl
 from gatebench.metrics.fid import ModuleExtractor
 from gatebench.protocol import DataSpec, Protocol, ScoringSpec
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from gatebench.cli import cli
-from gatebench.protocol import Target
 from gatebench.metrics.paired_sequence import decision_order
+from gatebench.protocol import Target
 from gatebench.sequential.decide import RunCell, decide_verdict, round_sizes
 from tests.builders import assert_same_metrics
 

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from gatebench.checkpoint import inspect_checkpoint, read_raw
 from gatebench.cli import cli
 from gatebench.gates import analyse
-from gatebench.readers.logs import read_logs
 from gatebench.protocol import GateThresholds
-from tests.builders import free_port
-from tests.run_builders import tiny_world
+from gatebench.readers.logs import read_logs
 from gatebench.train.config import TrainConfig
 from gatebench.train.loop import Trainer
+from tests.builders import free_port
+from tests.run_builders import tiny_world
 
 
 @pytest.fixture(scope="module")

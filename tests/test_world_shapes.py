@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from gatebench.world import shapes
-from gatebench.world.shapes import (CLASSES, CLASS_BY_EN, export_yolo, generate_split, read_split,
-                                    render_sample)
+from gatebench.world.shapes import (
+    CLASS_BY_EN,
+    CLASSES,
+    export_yolo,
+    generate_split,
+    read_split,
+    render_sample,
+)
 
 
 def _sha(path: Path) -> str:
@@ -171,8 +177,8 @@ def test_clip_training_smoke_and_roundtrip(world, tmp_path):
     import torch
 
     from gatebench.metrics.fid import ModuleExtractor
-    from gatebench.world.clip_model import load_world_clip, save_world_clip
     from gatebench.train.world.clip import evaluate_clip, train_clip
+    from gatebench.world.clip_model import load_world_clip, save_world_clip
 
     model, state = train_clip(world, tmp_path / "run", epochs=2, batch=32, max_steps=3,
                               warmup=1, ckpt_every=2, log=lambda m: None,

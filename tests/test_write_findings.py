@@ -47,7 +47,13 @@ def test_a_broken_write_record_reads_as_not_recorded_never_a_default(tmp_path) -
     the diagnostics are 'not computed' with a reason, never 0 and never a traceback."""
     import math
 
-    from gatebench.writes.records import NOT_RECORDED, read_map, read_record, sample_columns, sidecar
+    from gatebench.writes.records import (
+        NOT_RECORDED,
+        read_map,
+        read_record,
+        sample_columns,
+        sidecar,
+    )
 
     image = tmp_path / "a__s1.png"
     for content in (b"", b'{"effect_norm": 0.', b"[" * 100000 + b"]" * 100000,

@@ -108,8 +108,8 @@ def test_measured_through_the_hooks_without_changing_the_output() -> None:
 
 def test_measuring_adds_a_few_operators_per_site_and_never_syncs() -> None:
     """The diagnostics ride along at every site and step: in-place sums, no host sync."""
-    from gatebench.adapters.user import attn2_widths
     from bench.reference_attention import OpCounter
+    from gatebench.adapters.user import attn2_widths
 
     torch.manual_seed(0)
     unet = tiny_unet((32, 64), cross_attention_dim=16).eval()

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 from gatebench.train.config import FREEZE_GATE_WARNING, GATE_INIT_WARNING, TrainConfig
 
 P = click.Path(path_type=Path)
@@ -91,7 +91,13 @@ def train_command(**flags) -> None:
     if trainer.resumed_from is not None and trainer.rank == 0:
         console.print(escape(f"resuming from {trainer.resumed_from} (step {trainer.state.step})"),
                       soft_wrap=True, highlight=False)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, disable=trainer.rank != 0) as bar:
         task = bar.add_task("training", total=trainer.total_steps(), completed=trainer.state.step)

@@ -19,16 +19,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from gatebench.adapters.user import (AdapterSet, Grounding, apply_init, attn2_widths, inject,
-                                     uses_phrases)
+from gatebench.adapters.user import (
+    AdapterSet,
+    Grounding,
+    apply_init,
+    attn2_widths,
+    inject,
+    uses_phrases,
+)
 from gatebench.adapters.write_meter import WriteMeter
 from gatebench.checkpoint import save_checkpoint, torch_load_safe
 from gatebench.errors import CheckpointError
 from gatebench.files import atomic_output, atomic_write_text
-from gatebench.watch.discover import STATUS_FILE
 from gatebench.train.config import TrainConfig
 from gatebench.train.data import LayoutImageDataset, epoch_order
 from gatebench.train.resume import resume_source
+from gatebench.watch.discover import STATUS_FILE
 
 
 class GroundedUNet(nn.Module):

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Sequence
 
 from gatebench.adapters.family import AdapterFamily
-from gatebench.readers.checkpoint_header import either
 from gatebench.adapters.gligen import GLIGEN_FAMILY
 from gatebench.adapters.user_runtime import USER_FAMILY
 from gatebench.errors import CheckpointError
+from gatebench.readers.checkpoint_header import either
 
 # Order matters: the first family that recognises a file's keys reads it (user before gligen).
 FAMILIES: dict[str, AdapterFamily] = {f.name: f for f in (USER_FAMILY, GLIGEN_FAMILY)}

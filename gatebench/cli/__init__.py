@@ -18,14 +18,20 @@ from rich.table import Table
 
 from gatebench import __version__
 from gatebench.cli import evaluate as cli_eval
+from gatebench.cli.support import (
+    RichProgress,
+    Terminated,
+    consoles,
+    finish,
+    parse_floats,
+    parse_ints,
+    sigterm_as_interrupt,
+)
 from gatebench.cli.watch import watch as watch_command
-from gatebench.cli.support import (RichProgress, Terminated, consoles, finish, parse_floats,
-                                   parse_ints, sigterm_as_interrupt)
 from gatebench.errors import GatebenchError
 from gatebench.files import write_fault
 from gatebench.render.console import quiet_model_libraries
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
-
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 
 
 class GatebenchGroup(click.Group):

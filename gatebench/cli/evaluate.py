@@ -15,7 +15,7 @@ import click
 from gatebench.cli.support import RichProgress, consoles, finish, parse_floats
 from gatebench.protocol import DEFAULT_PROTOCOL
 from gatebench.render import FORMATS
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 from gatebench.rundir.outputs import check_not_input, ensure_out_dir
 
 
@@ -58,8 +58,8 @@ def run(checkpoints: tuple[Path, ...], protocol: str | None, gate_scales: str | 
     gate check failed, 2 bad input.
     """
     from gatebench.compare import load_baseline
-    from gatebench.protocol import load_protocol, with_flags
     from gatebench.inputs import check_inputs
+    from gatebench.protocol import load_protocol, with_flags
     from gatebench.render.terminal import render_run
     from gatebench.run import RunOptions, run_evaluation
     from gatebench.rundir.pairing import precheck_protocol

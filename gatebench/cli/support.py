@@ -75,8 +75,14 @@ class RichProgress:
     """A rich progress bar with a time estimate from the images done so far."""
 
     def __init__(self, total: int, description: str) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
         console = Console(stderr=True)
         # a CI log is 80 columns: there the bar goes, so no count or time is ever cut
         bar = [BarColumn()] if console.width >= 110 else []

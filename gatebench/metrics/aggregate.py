@@ -16,8 +16,14 @@ import numpy as np
 from gatebench.errors import MetricError
 from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.coco_ap import APImage, coco_ap
-from gatebench.metrics.fid_maths import (feature_stats, fid_from_features, fid_route,
-                                         frechet_distance, kid, kid_route)
+from gatebench.metrics.fid_maths import (
+    feature_stats,
+    fid_from_features,
+    fid_route,
+    frechet_distance,
+    kid,
+    kid_route,
+)
 from gatebench.metrics.stats import MetricValue, bootstrap_ci
 from gatebench.metrics.timing import StageTimer, phase
 

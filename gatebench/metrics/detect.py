@@ -9,8 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Collection, Mapping, Protocol, Sequence,
-                    runtime_checkable)
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Protocol, Sequence, runtime_checkable
 
 from gatebench.errors import LayoutError, ModelFileError
 from gatebench.files import atomic_write_text

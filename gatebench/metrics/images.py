@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 

@@ -12,10 +12,9 @@ clear non-regression (wholly inside it) is decided at any n with the stated erro
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, Sequence
-
-import hashlib
 
 import numpy as np
 import pandas as pd

@@ -49,8 +49,8 @@ FORMATS: dict[str, OutputFormat] = {"md": OutputFormat(".md", _markdown),
 def rerender(results_path: Path, fmt_name: str = "md", out: Path | None = None) -> Path:
     """`gatebench report`: re-render from saved outputs; figures go beside the output file."""
     from gatebench.errors import GatebenchError  # noqa: PLC0415
-    from gatebench.render.markdown import matching_comparison  # noqa: PLC0415
     from gatebench.files import atomic_write_text  # noqa: PLC0415
+    from gatebench.render.markdown import matching_comparison  # noqa: PLC0415
     from gatebench.rundir.outputs import check_not_input  # noqa: PLC0415
     from gatebench.rundir.saved import load_run  # noqa: PLC0415
 

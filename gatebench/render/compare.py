@@ -10,12 +10,18 @@ from typing import Any, Sequence
 
 from rich.console import Console
 
-from gatebench.compare import Comparison, CompareRow
+from gatebench.compare import CompareRow, Comparison
 from gatebench.errors import GatebenchError
-from gatebench.metrics.spec import (DEFAULT_MARGINS, IMAGE_METRICS, LOWER_IS_BETTER, NAMED_MARGIN,
-                                    SET_METRICS, join_names)
+from gatebench.metrics.spec import (
+    DEFAULT_MARGINS,
+    IMAGE_METRICS,
+    LOWER_IS_BETTER,
+    NAMED_MARGIN,
+    SET_METRICS,
+    join_names,
+)
 from gatebench.render.escape import md_code, md_text
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 from gatebench.render.fit import Col, print_fitted
 
 _STYLE = {"regression": "bold red", "improved": "green", "ok": "", "not gated": "dim",

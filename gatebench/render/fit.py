@@ -25,7 +25,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 
 Justify = Literal["left", "right", "center"]
 Layout = Literal["table", "reduced", "records"]

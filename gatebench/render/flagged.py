@@ -13,6 +13,7 @@ import pandas as pd
 
 from gatebench.files import atomic_output, atomic_write_text
 from gatebench.render.escape import md_code, md_text, png_text
+
 MAX_FLAGGED = 24
 THUMB_PX = 200
 COLUMNS = 6

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from gatebench.gates import Finding, GateReport, to_json
 from gatebench.files import atomic_output, atomic_write_text
-from gatebench.render.fit import Col, print_fitted
+from gatebench.gates import Finding, GateReport, to_json
 from gatebench.render.escape import md_code, md_text, plot_text
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
+from gatebench.render.fit import Col, print_fitted
 from gatebench.render.sections import LIVE_STYLE, gates_markdown
 
 _STYLE = {"fail": "bold red", "warn": "yellow", "pass": "bold green"}

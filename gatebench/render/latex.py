@@ -12,8 +12,7 @@ from typing import Any
 from gatebench.metrics import spec as metric_spec
 from gatebench.render.escape import clean, tex_text
 from gatebench.render.format import Figures, fmt, fmt_against
-from gatebench.render.sections import (early_set_level, sequential_of,
-                                       sequential_rows, stop_sentence)
+from gatebench.render.sections import early_set_level, sequential_of, sequential_rows, stop_sentence
 from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 

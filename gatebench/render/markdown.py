@@ -17,13 +17,25 @@ import pandas as pd
 
 from gatebench.files import atomic_write_bytes, atomic_write_text
 from gatebench.metrics import spec as metric_spec
-from gatebench.rundir.results import verdict_of
 from gatebench.render.escape import md_code, md_text
 from gatebench.render.flagged import flagged_section, flagged_strip
-from gatebench.render.format import (Figures, fmt, fmt_against, has_ci, scale_label, short_sha,
-                                     value_ci)
-from gatebench.render.sections import (early_set_level, gates_section,
-                                       samples_section, sequential_section, writes_section)
+from gatebench.render.format import (
+    Figures,
+    fmt,
+    fmt_against,
+    has_ci,
+    scale_label,
+    short_sha,
+    value_ci,
+)
+from gatebench.render.sections import (
+    early_set_level,
+    gates_section,
+    samples_section,
+    sequential_section,
+    writes_section,
+)
+from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
 
 DEFINITIONS = """\

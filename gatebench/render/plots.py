@@ -17,9 +17,13 @@ import numpy as np
 from gatebench.files import atomic_output
 from gatebench.metrics import spec as metric_spec
 from gatebench.render.escape import plot_text
-from gatebench.rundir.saved import (checkpoint_axis, checkpoint_paths, is_one_training_run,
-                                 label_map, label_of)
-
+from gatebench.rundir.saved import (
+    checkpoint_axis,
+    checkpoint_paths,
+    is_one_training_run,
+    label_map,
+    label_of,
+)
 
 
 def _plt() -> Any:

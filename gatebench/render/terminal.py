@@ -15,10 +15,10 @@ from typing import Any, Sequence
 from rich.console import Console
 
 from gatebench.metrics import spec as metric_spec
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 from gatebench.render.fit import Col, print_fitted
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
-from gatebench.render.gates import render_findings
 from gatebench.render.format import fmt, value_ci
+from gatebench.render.gates import render_findings
 from gatebench.render.sections import sequential_of
 from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of, row_label

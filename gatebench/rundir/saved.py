@@ -15,8 +15,14 @@ from typing import Any, Iterable
 import pandas as pd
 
 from gatebench.errors import GatebenchError
-from gatebench.readers.series import (Member, gate_fingerprint, order_runs, plot_positions,
-                                       position, training_run)
+from gatebench.readers.series import (
+    Member,
+    gate_fingerprint,
+    order_runs,
+    plot_positions,
+    position,
+    training_run,
+)
 from gatebench.rundir.results import SUPPORTED_SCHEMA
 from gatebench.rundir.samples import read_samples_jsonl
 from gatebench.rundir.schema import validate_results

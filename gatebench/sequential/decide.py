@@ -25,10 +25,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from gatebench.rundir.records import metric_units, records_at
 from gatebench.metrics import confseq
 from gatebench.metrics import spec as metric_spec
 from gatebench.protocol import Target
+from gatebench.rundir.records import metric_units, records_at
+
 
 def round_sizes(total: int, per_round: int) -> list[int]:
     """Cumulative layout counts after each round: per_round, 2 per_round, ..., total."""

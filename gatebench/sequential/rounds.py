@@ -17,22 +17,21 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import pandas as pd
 
 from gatebench.adapters.types import CheckpointInfo
-from gatebench.rundir.records import metric_units, records_at
 from gatebench.errors import GatebenchError
 from gatebench.generate import GenerationStats, Sampler
 from gatebench.image_cache import KeptImages
 from gatebench.layouts import Layout
 from gatebench.metrics import spec as metric_spec
 from gatebench.metrics.health_prefetch import HealthPrefetch
+from gatebench.metrics.paired_sequence import ORDER_RULE, decidable, decision_order, paired_sequence
+from gatebench.metrics.regression import NO_REGRESSION, REGRESSION
 from gatebench.plan import LoadedAdapters, generate_all
 from gatebench.protocol import Protocol
 from gatebench.rundir.pairing import gate_scales, pair_checkpoints
+from gatebench.rundir.records import metric_units, records_at
 from gatebench.rundir.saved import SavedRun, checkpoint_labels, label_map
 from gatebench.score import ImageItem
 from gatebench.score_run import score_sets
-from gatebench.metrics.paired_sequence import (ORDER_RULE, decidable, decision_order,
-                                               paired_sequence)
-from gatebench.metrics.regression import NO_REGRESSION, REGRESSION
 from gatebench.sequential.decide import Decision, RunCell, decide_verdict, round_sizes
 
 if TYPE_CHECKING:

@@ -38,8 +38,7 @@ def written_points(folder: Path) -> set[tuple[str, int]]:
     """(tag, step) of every scalar, image and text already in ``folder``."""
     if not any(folder.glob("events.out.tfevents*")):
         return set()
-    from tensorboard.backend.event_processing.event_accumulator import (  # noqa: PLC0415
-        EventAccumulator)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: PLC0415
 
     acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0,
                                                         "tensors": 0})

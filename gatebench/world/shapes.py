@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from gatebench.files import atomic_output, atomic_write_text
+
 SUPERSAMPLE = 4
 MIN_SIDE = 0.25          # box side as a share of the image side
 MAX_SIDE = 0.60

@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (a GPU trains the base in minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from diffusers import DDPMScheduler, DDIMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler
 
     tokenizer = world_tokenizer_fast(args.out / "tokenizer")
     device = torch.device(args.device)

@@ -31,8 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gatebench.world.clip_model import (WorldClip, build_world_clip, load_world_clip, new_config,
-                                        save_world_clip)
+from gatebench.world.clip_model import (
+    WorldClip,
+    build_world_clip,
+    load_world_clip,
+    new_config,
+    save_world_clip,
+)
 from gatebench.world.shapes import CLASS_BY_EN, COLOURS, caption_en, caption_zh, read_split
 
 

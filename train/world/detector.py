@@ -128,9 +128,10 @@ def _match_rate(gt_rows: list[dict], dets: list[list[tuple]], iou: float = 0.5) 
 
 def _local_match_boxes(gt_boxes, gt_labels, det_boxes, det_labels, det_scores=None,
                        iou_threshold=0.5):
+    from types import SimpleNamespace  # noqa: PLC0415
+
     import numpy as np  # noqa: PLC0415
     from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
-    from types import SimpleNamespace  # noqa: PLC0415
 
     out = [SimpleNamespace(matched=False) for _ in gt_boxes]
     for lab in set(gt_labels):
