@@ -67,7 +67,8 @@ def _typing_only(tree: ast.Module) -> set[int]:
             and ast.unparse(block.test).endswith("TYPE_CHECKING") for n in ast.walk(block)}
 
 
-def _imports(tree: ast.Module, modules: Collection[str]) -> Iterator[tuple[ast.AST, str]]:
+def _imports(tree: ast.Module, modules: Collection[str]
+             ) -> Iterator[tuple[ast.Import | ast.ImportFrom, str]]:
     """(node, module) for each project module an import statement loads (``from pkg import sub``
     loads the submodule, not what pkg/__init__ holds); run-time imports only."""
     skip = _typing_only(tree)
@@ -212,7 +213,8 @@ def definition_problems(module: str, names: Names) -> list[str]:
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             bound = [n for t in targets for n in _bound(t)]
             if bound == ["__all__"]:
-                listed = {e.value for e in ast.walk(stmt.value) if isinstance(e, ast.Constant)}
+                listed = {e.value for e in ast.walk(stmt.value)
+                          if isinstance(e, ast.Constant) and isinstance(e.value, str)}
                 found += [f"line {stmt.lineno}: __all__ re-exports {n}"
                           for n in sorted(listed & imported - defined)]
             elif _rooted_in(stmt.value, imported):
