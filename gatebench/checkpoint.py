@@ -241,7 +241,7 @@ def tensors_digest(state: Mapping[str, Any]) -> str:
         if isinstance(value, torch.Tensor):
             flat = value.detach().cpu().contiguous().reshape(-1)
             digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")  # no copy
+            digest.update(flat.view(torch.uint8).numpy().data if flat.numel() else b"")  # no copy
         else:
             digest.update(repr(value).encode())
     return digest.hexdigest()

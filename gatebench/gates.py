@@ -169,12 +169,12 @@ def checkpoint_findings(info: CheckpointInfo, stats: GateStats, t: GateThreshold
                            f"projections are exactly 0{step} ({layers}); {HINTS['deadlock']}",
                            subject))
     at_init = info.training.step == 0
-    step = info.training.step
-    if (not dead and not at_init and info.training.gate_init is not None and step is not None
-            and step >= t.not_learning_steps
+    steps = info.training.step
+    if (not dead and not at_init and info.training.gate_init is not None and steps is not None
+            and steps >= t.not_learning_steps
             and all(abs(g.raw - info.training.gate_init) < t.not_learning_tol for g in info.gates)):
         out.append(Finding("not_learning", "fail", f"all gates still at their init value "
-                           f"{info.training.gate_init:g} after {step} steps; "
+                           f"{info.training.gate_init:g} after {steps} steps; "
                            f"{HINTS['not_learning']}", subject))
     if stats.nonfinite == stats.n:
         return out
@@ -344,19 +344,19 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
     """The whole `gatebench gates` analysis over checkpoints and logs; ``box_counts`` (boxes per
     evaluated layout, from `run`) sizes the architecture findings."""
     scales, members = tuple(gate_scales), checkpoint_members(infos)
-    stats = {id(m): gate_stats(info, thresholds) for info, m in zip(infos, members)}
+    stats = {id(m): gate_stats(info, thresholds) for info, m in zip(infos, members, strict=True)}
     # One series per training run (folder), ordered by the rule readers.series documents.
     runs = order_runs(members)
     judged: dict[int, bool] = {}
     for run in runs:
         means = [stats[id(p.members[0])].mean for p in run.points]
-        for p, judge in zip(run.points, level_judged(run, means, thresholds)):
+        for p, judge in zip(run.points, level_judged(run, means, thresholds), strict=True):
             judged.update({id(m): judge for m in p.members})
         # no place in the series: only a recorded step says the file is young
         judged.update({id(m): m.step is None or m.step >= thresholds.rise_steps
                        for m in run.unplaced})
     reports: dict[int, CheckpointReport] = {}
-    for info, member in zip(infos, members):
+    for info, member in zip(infos, members, strict=True):
         findings = checkpoint_findings(info, stats[id(member)], thresholds, judged[id(member)])
         findings += scale_findings(info, scales)
         reports[id(member)] = CheckpointReport(info, stats[id(member)], tuple(findings))
@@ -384,7 +384,8 @@ def analyse(infos: Sequence[CheckpointInfo], logs: Sequence[LogSeries],
     log_reports = []
     for log in logs:
         frame = log.gate_points
-        pts = [TrajectoryPoint(int(s), float(m)) for s, m in zip(frame["step"], frame["gate_mean"])]
+        pts = [TrajectoryPoint(int(s), float(m))
+               for s, m in zip(frame["step"], frame["gate_mean"], strict=True)]
         log_reports.append((log, tuple(trajectory_findings(pts, thresholds, str(log.source)))))
     return GateReport(checkpoints=tuple(ordered), logs=tuple(log_reports),
                       trajectory=tuple(points), trajectory_axis=axis,
@@ -416,7 +417,8 @@ def checkpoint_members(infos: Sequence[CheckpointInfo]) -> list[Member]:
         return members
     from gatebench.checkpoint import tensors_digest_of  # noqa: PLC0415 - torch, only when needed
     return [dataclasses.replace(m, tensors=tensors_digest_of(Path(m.key)))
-            if shared.get((training_run(m.key), m.gates), 0) > 1 else m for m in members]
+            if m.gates is not None and shared[(training_run(m.key), m.gates)] > 1 else m
+            for m in members]
 
 
 def checkpoint_steps(infos: Sequence[CheckpointInfo]) -> list[FileStep]:

@@ -117,7 +117,7 @@ def aggregate(frame: pd.DataFrame, inputs: SetInputs, have: dict[str, bool], *, 
     """Every metric of the table over ``frame`` (its per-sample records) and ``inputs``: those
     whose need is not in ``have`` are not computed, with ``NEED_REASONS``' reason. ``timer``:
     charged ``metric:<name>`` for each metric computed (its units and CI, or its set value)."""
-    kw = {"n_boot": n_boot, "level": level, "seed": seed}
+    kw: dict[str, Any] = {"n_boot": n_boot, "level": level, "seed": seed}
     out: dict[str, MetricValue] = {}
     skip: dict[str, str] = {}
     for m in metric_spec.METRICS.values():

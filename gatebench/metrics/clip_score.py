@@ -59,6 +59,8 @@ class TransformersClip:
         import transformers  # noqa: PLC0415
 
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        model_cls: type[transformers.PreTrainedModel]
+        proc_cls: type[transformers.ProcessorMixin]
         if config.model_type == "chinese_clip":
             model_cls, proc_cls = transformers.ChineseCLIPModel, transformers.ChineseCLIPProcessor
         elif config.model_type == "clip":

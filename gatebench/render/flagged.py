@@ -61,8 +61,8 @@ def flagged_strip(samples: pd.DataFrame, images_root: Path, out: Path
         return None, [], len(flagged)
     font = ImageFont.load_default(size=11)
     cols = min(COLUMNS, len(cells))
-    rows = math.ceil(len(cells) / cols)
-    sheet = Image.new("RGB", (cols * (THUMB_PX + 4), rows * (THUMB_PX + 34)), (255, 255, 255))
+    lines = math.ceil(len(cells) / cols)
+    sheet = Image.new("RGB", (cols * (THUMB_PX + 4), lines * (THUMB_PX + 34)), (255, 255, 255))
     pen = ImageDraw.Draw(sheet)
     for i, (rec, thumb) in enumerate(cells):
         x, y = (i % cols) * (THUMB_PX + 4), (i // cols) * (THUMB_PX + 34)

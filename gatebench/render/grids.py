@@ -147,7 +147,7 @@ def sample_grid(samples: pd.DataFrame, checkpoint: str, images_root: Path, out: 
     if df.empty or "layout_id" not in df.columns:
         return None, [], 0
     layouts = list(layouts or grid_layouts(samples, label))
-    scales = sorted({float(s) for s in df["gate_scale"].dropna()}) or [None]
+    scales: list[float | None] = [*sorted({float(s) for s in df["gate_scale"].dropna()})] or [None]
     ids = df["layout_id"].astype(str)
     cells: dict[tuple[int, int], tuple[pd.Series, Path | None]] = {}
     for r, scale in enumerate(scales):

@@ -98,7 +98,7 @@ def _legend(fig: Any, axes: Sequence[Any]) -> float:
     """One legend for all panels, below them (never over the data); returns its height share."""
     seen: dict[str, Any] = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             seen.setdefault(label, handle)
     if not seen:
         return 0.0
@@ -129,11 +129,11 @@ def plot_metric_vs_scale(results: dict[str, Any], out: Path) -> Path | None:
     fig, axes = _panels(plt, len(names))
     ckpts, labels = checkpoint_paths(results), label_map(results)
     spread = (max(scales) - min(scales)) * 0.015
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         for i, ck in enumerate(ckpts):
-            pts = [(float(r["gate_scale"]), _value(r, name)) for r in results["results"]
+            raw = [(float(r["gate_scale"]), _value(r, name)) for r in results["results"]
                    if str(r["checkpoint"]) == ck]
-            pts = sorted((s, v) for s, v in pts if v is not None)
+            pts = sorted((s, v) for s, v in raw if v is not None)
             if not pts:
                 continue
             x = np.array([s for s, _ in pts]) + (i - (len(ckpts) - 1) / 2) * spread
@@ -158,10 +158,11 @@ def plot_metric_vs_epoch(results: dict[str, Any], out: Path) -> Path | None:
     scales = sorted({float(r["gate_scale"]) for r in results["results"]})
     plt = _plt()
     fig, axes = _panels(plt, len(names))
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         for scale in scales:
-            pts = sorted((xs[str(r["checkpoint"])], _value(r, name)) for r in results["results"]
-                         if np.isclose(float(r["gate_scale"]), scale) and _value(r, name))
+            pts = sorted((xs[str(r["checkpoint"])], value) for r in results["results"]
+                         if np.isclose(float(r["gate_scale"]), scale)
+                         for value in [_value(r, name)] if value)
             if not pts:
                 continue
             x = np.array([p[0] for p in pts])

@@ -157,16 +157,18 @@ def render_sample(seed: int, index: int, size: int = DEFAULT_SIZE) -> Sample:
     rng = np.random.default_rng([int(seed), int(index)])
     s = size * SUPERSAMPLE
     # pale tint: each channel 255 minus 5-35, so light but visibly coloured
-    background = tuple(int(v) for v in 255 - rng.integers(5, 36, size=3))
+    b0, b1, b2 = (int(v) for v in 255 - rng.integers(5, 36, size=3))
+    background = (b0, b1, b2)
     n_obj = int(rng.integers(1, 4))
     classes = [CLASSES[int(k)] for k in rng.integers(0, len(CLASSES), size=n_obj)]
     boxes = _sample_boxes(rng, n_obj, size)
     canvas = np.empty((s, s, 3), dtype=np.float32)
     canvas[:] = background
     objects = []
-    for cls, (x, y, side) in zip(classes, boxes):
-        rgb = tuple(int(np.clip(v + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255))
-                    for v in cls.rgb)
+    for cls, (x, y, side) in zip(classes, boxes, strict=True):
+        r, g, b = (int(np.clip(v + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255))
+                   for v in cls.rgb)
+        rgb = (r, g, b)
         m = _mask(cls.shape, x, y, side, s)[..., None]
         canvas = canvas * (1.0 - m) + np.asarray(rgb, dtype=np.float32) * m
         objects.append(WorldObject(cls, (x / s, y / s, (x + side) / s, (y + side) / s), rgb))

@@ -47,7 +47,8 @@ def not_localised(row: Mapping[str, Any], checkpoint: Mapping[str, Any], label: 
     norm, lift = _metric(row, "effect_norm"), _metric(row, "effect_lift")
     if norm is None or lift is None or not norm["value"] > 0:
         return None
-    reaches = lift.get("ci_low") if lift.get("ci_low") is not None else lift["value"]
+    low = lift.get("ci_low")
+    reaches = low if low is not None else lift["value"]
     if reaches > 1 + LIFT_MARGIN:
         return None
     null_slot, region = _variants(checkpoint)
@@ -96,7 +97,8 @@ def overwrites_stream(rows: Sequence[Mapping[str, Any]], checkpoint: Mapping[str
         above = (isinstance(trained, (list, tuple)) and len(trained) == 2
                  and trained[1] is not None and scale > float(trained[1]))
         cause = (f"gate scale {scale:g} lies above the trained range "
-                 f"[{trained[0]:g}, {trained[1]:g}]" if above else
+                 f"[{trained[0]:g}, {trained[1]:g}]" if above and isinstance(trained, (list, tuple))
+                 else
                  "the write is strong enough to overwrite what the base model draws")
         return Finding(
             "overwrites_stream", "warn",
