@@ -13,7 +13,7 @@ import click
 
 from gatebench.cli.support import consoles, finish, parse_floats
 from gatebench.protocol import DEFAULT_PROTOCOL
-from gatebench.render.escape import rich_text as escape   # markup literal, no control codes
+from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 
 
 @click.command("watch")
@@ -88,9 +88,9 @@ def watch(run_dir: Path, protocol: str | None, num_samples: int | None, gate_sca
     console.print(escape(f"{run_dir}: {shown}; {result.evaluated_now} evaluated now"))
     if state.best is not None:
         b = state.best
-        value = "not computed" if b["value"] is None else f"{b['value']:.4g}"
+        shown_value = "not computed" if b["value"] is None else f"{b['value']:.4g}"
         console.print(escape(f"best on the probe set: {b['path']} (step {b['tb_step']}): "
-                             f"{b['metric']} {value} at gate scale {b['gate_scale']:g}"))
+                             f"{b['metric']} {shown_value} at gate scale {b['gate_scale']:g}"))
         console.print(escape(f"note: {b['note']}; run:\n  {b['held_out_command']}"))
     console.print(escape(f"verdict (newest checkpoint): {state.verdict}; "
                          f"{result.out / 'watch.json'}; TensorBoard: {result.tensorboard}"))

@@ -27,11 +27,11 @@ LAST_STEPS = 100
 def _value(entry: dict[str, Any], scale: str, metric: str) -> tuple[float, float, float] | None:
     m = ((entry.get("headline") or {}).get(scale) or {}).get(metric) or {}
     v = m.get("value")
-    if v is None or not math.isfinite(float(v)):
+    if not isinstance(v, (int, float)) or not math.isfinite(float(v)):
         return None
-    low = m.get("ci_low") if m.get("ci_low") is not None else v
-    high = m.get("ci_high") if m.get("ci_high") is not None else v
-    return float(v), float(low), float(high)
+    low, high = m.get("ci_low"), m.get("ci_high")
+    return (float(v), float(low) if isinstance(low, (int, float)) else float(v),
+            float(high) if isinstance(high, (int, float)) else float(v))
 
 
 def points(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -64,7 +64,7 @@ def plot_trajectory(doc: dict[str, Any], logs: Sequence[LogSeries], out: Path) -
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False,
                              sharex=True)
     flat = list(axes.flat)
-    for ax, metric in zip(flat, metrics):
+    for ax, metric in zip(flat, metrics, strict=False):   # flat: a grid, maybe longer
         for scale in scales:
             found = [(e["tb_step"], v) for e in entries if e.get("tb_step") is not None
                      for v in [_value(e, scale, metric)] if v is not None]
@@ -77,7 +77,7 @@ def plot_trajectory(doc: dict[str, Any], logs: Sequence[LogSeries], out: Path) -
                         linestyle="--" if float(scale) == 0 else "-")
         ax.set_title(plot_text(metric))
         ax.legend(fontsize=7)
-    for ax, (column, log) in zip(flat[len(metrics):], curves):
+    for ax, (column, log) in zip(flat[len(metrics):], curves, strict=False):
         frame = log.frame.dropna(subset=[column])
         ax.plot(frame["step"], frame[column], linewidth=0.8)
         ax.set_title(plot_text(f"train {column} ({log.kind})"))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from gatebench.errors import ModelFileError
 from gatebench.protocol import Protocol
 from gatebench.run import RunOptions, run_evaluation
 from gatebench.watch.state import Entry
@@ -76,6 +77,9 @@ class Evaluator:
         from gatebench.models import load_base_model  # noqa: PLC0415
         from gatebench.models.device import resolve_device, resolve_dtype  # noqa: PLC0415
 
+        if not self.protocol.models.base_model:
+            raise ModelFileError("expected [models] base_model (a local diffusers folder), got "
+                                 "none", path=self.protocol.source)
         began = time.perf_counter()
         g = self.protocol.generation
         device = resolve_device(self.options.device if self.options.device != "auto"

@@ -167,8 +167,8 @@ def best_entry(points: Sequence[Entry], metric: str, scale: str) -> tuple[Entry,
     """The best evaluated point by ``metric`` at ``scale`` (effect_lift when it was measured
     nowhere): (entry, the metric used)."""
     for name in (metric, "effect_lift"):
-        valued = [(e, _value(e, scale, name)) for e in points]
-        valued = [(e, v) for e, v in valued if v is not None and np.isfinite(v)]
+        valued = [(e, v) for e in points for v in [_value(e, scale, name)]
+                  if v is not None and np.isfinite(v)]
         if valued:
             sign = 1.0 if higher_is_better(name) else -1.0
             return max(valued, key=lambda ev: sign * ev[1])[0], name

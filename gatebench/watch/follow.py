@@ -22,16 +22,30 @@ from typing import Any, Callable
 from gatebench.errors import CheckpointError, GatebenchError
 from gatebench.files import file_sha256
 from gatebench.protocol import Protocol
-from gatebench.render.trajectory import write_trajectory
 from gatebench.readers.series import is_final_name
+from gatebench.render.trajectory import write_trajectory
 from gatebench.rundir.outputs import ensure_out_dir, run_lock
 from gatebench.rundir.results import exit_code, verdict_of
-from gatebench.watch.discover import (Observation, Settler, checkpoint_files, describe,
-                                      read_trainer_status)
+from gatebench.watch.discover import (
+    Observation,
+    Settler,
+    checkpoint_files,
+    describe,
+    read_trainer_status,
+)
 from gatebench.watch.evaluate import GRID, Evaluator, WatchOptions, headline, run_folder
-from gatebench.watch.findings import (COMPARE_FILE, WatchFinding, best_entry, best_record, control_finding,
-                                      garbled_finding, gate_log_findings, loss_finding,
-                                      pick_metric, regression_finding)
+from gatebench.watch.findings import (
+    COMPARE_FILE,
+    WatchFinding,
+    best_entry,
+    best_record,
+    control_finding,
+    garbled_finding,
+    gate_log_findings,
+    loss_finding,
+    pick_metric,
+    regression_finding,
+)
 from gatebench.watch.logs import LiveLogs
 from gatebench.watch.state import Entry, WatchState, load_state
 from gatebench.watch.tensorboard import SUBFOLDER, EvalBoard, default_folder
@@ -245,8 +259,7 @@ class _Loop:
         self.evaluated_now += 1
         found = self._point_findings(e)
         grid = self.out / e.run / GRID
-        grid = grid if grid.is_file() else None
-        self.board.write(e, grid, [f"{f.code} ({f.severity}): {f.message}" for f in found])
+        self.board.write(e, grid if grid.is_file() else None, [f"{f.code} ({f.severity}): {f.message}" for f in found])
         value = ((e.headline.get(self.scale) or {}).get(self.metric) or {}).get("value")
         shown = f"{self.metric} {value:.3g} at gate scale {self.scale}" if value is not None \
             else f"{self.metric} not computed"
