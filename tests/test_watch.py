@@ -100,6 +100,10 @@ def test_once_evaluates_each_point_in_series_order(watched) -> None:
     # one gate-0 image set for the whole watch: the later checkpoints make only scale 1
     made = [r.results["generation"]["generated"] for r in runs]
     assert made == [4, 2, 2]
+    # each new point is compared with the best before it, by compare's rule (paired records)
+    assert not (runs[0].folder / "compare_vs_best.json").exists()
+    compared_doc = json.loads((runs[2].folder / "compare_vs_best.json").read_text())
+    assert compared_doc["comparable"] is True and compared_doc["verdict"] in ("pass", "regression")
     # the verdict is the newest point's, by run's rule: iou50 is not computed here, so fail
     assert doc["verdict"] == runs[-1].results["verdict"] == "fail" and result.exit_code == 1
     compared = CliRunner().invoke(cli, ["compare", str(runs[0].path), str(runs[-1].path)])
