@@ -91,7 +91,7 @@ class UNetInputs:
 
 
 def tiny_inputs(unet: torch.nn.Module, generator: torch.Generator) -> UNetInputs:
-    config = unet.config
+    config: Any = unet.config     # a diffusers UNet's config, registered at run time
     size = config.sample_size if isinstance(config.sample_size, int) else config.sample_size[0]
     return UNetInputs(torch.randn(2, config.in_channels, size, size, generator=generator),
                       torch.tensor([500, 500]),

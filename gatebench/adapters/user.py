@@ -33,9 +33,10 @@ shipped world's series keep meaning what they meant when trained):
 from __future__ import annotations
 
 import math
+from collections.abc import ItemsView, ValuesView
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence, cast
 
 import torch
 from torch import nn
@@ -75,6 +76,8 @@ def fourier_frequencies(freqs: torch.Tensor, kind: str) -> torch.Tensor:
 class PositionNet(nn.Module):
     """Normalised xyxy boxes -> Fourier features -> an MLP to the adapter width."""
 
+    freqs: torch.Tensor     # a buffer, registered in __init__
+
     def __init__(self, dim: int, num_freqs: int = 8, fourier: str = "user") -> None:
         super().__init__()
         self.fourier = fourier
@@ -87,7 +90,8 @@ class PositionNet(nn.Module):
         angles = boxes.float().unsqueeze(-1) * omega                    # (B, N, 4, F)
         # per coordinate: F sines then F cosines; the 4 coordinates' groups concatenated
         features = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
-        return self.fourier_embedder(features.to(self.fourier_embedder[0].weight.dtype))
+        dtype = next(self.fourier_embedder.parameters()).dtype     # the first Linear's weight
+        return self.fourier_embedder(features.to(dtype))
 
 
 class SpatialAdapter(nn.Module):
@@ -140,7 +144,7 @@ class SpatialAdapter(nn.Module):
         return (h.to(self.text_proj.weight.dtype) + self.delta(h, grounding)).to(h.dtype)
 
 
-USER_REFERENCE = {"fourier": "user", "query": "attn2_output", "text_proj": "user",
+USER_REFERENCE: dict[str, Any] = {"fourier": "user", "query": "attn2_output", "text_proj": "user",
                   "phrases": "kolors-only", "null_slot": False, "box_mask": False}
 # What a gatebench checkpoint written before these keys existed meant by leaving them out.
 _LEGACY_GATEBENCH = {"fourier": "nerf", "query": "stream", "text_proj": "always",
@@ -205,6 +209,16 @@ class AdapterSet(nn.ModuleDict):
         super().__init__({f"dim_{w}": SpatialAdapter(w, text_dim, heads, num_freqs, null_slot,
                                                      box_mask, self.config["fourier"], text_proj)
                           for w in self.config["widths"]})
+
+    # The ModuleDict's views, typed: every value is a SpatialAdapter (the same objects).
+    def __getitem__(self, key: str) -> SpatialAdapter:
+        return cast(SpatialAdapter, super().__getitem__(key))
+
+    def values(self) -> ValuesView[SpatialAdapter]:
+        return cast(ValuesView[SpatialAdapter], super().values())
+
+    def items(self) -> ItemsView[str, SpatialAdapter]:
+        return cast(ItemsView[str, SpatialAdapter], super().items())
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "AdapterSet":

@@ -128,9 +128,10 @@ def _number(value: Any, field: str, path: Path) -> float:
         raise _bad(field, "a number a float can hold", value, path) from None
 
 
-def check_user_state(state: Mapping[str, Any], path: Path) -> None:
+def check_user_state(state: Mapping[str, Any], path: Path | None) -> None:
     """The tensors a user-family adapter is sized from: ``dim_{D}.*`` values are tensors and each
-    ``text_proj.weight`` is a matrix (a 1-d one failed deep in shape inference)."""
+    ``text_proj.weight`` is a matrix (a 1-d one failed deep in shape inference). ``path``: the
+    file errors name (None: a state dict given in memory)."""
     import torch  # noqa: PLC0415 (this module stays importable without torch)
 
     for key, value in state.items():
