@@ -33,8 +33,9 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -51,7 +52,7 @@ from gatebench.adapters.write_meter import WriteMeter  # noqa: E402
 CASES = ((1280, 1024, 8), (640, 4096, 8), (1280, 1024, 30))     # (D, T, N)
 QUICK_CASES = ((1280, 64, 8), (640, 256, 8), (1280, 64, 30))
 TEXT_DIM = 4096                                                   # Kolors' ChatGLM width
-KOLORS_UNET = dict(
+KOLORS_UNET: dict[str, Any] = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
     block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -61,7 +62,7 @@ KOLORS_UNET = dict(
     addition_embed_type="text_time", addition_time_embed_dim=256,
     projection_class_embeddings_input_dim=5632, use_linear_projection=True,
     norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0)
-MINI_UNET = {**KOLORS_UNET, "sample_size": 16, "block_out_channels": (32, 64, 128),
+MINI_UNET: dict[str, Any] = {**KOLORS_UNET, "sample_size": 16, "block_out_channels": (32, 64, 128),
              "transformer_layers_per_block": (1, 1, 2), "attention_head_dim": (2, 4, 8),
              "layers_per_block": 1, "cross_attention_dim": 64, "encoder_hid_dim": 96,
              "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 96 + 48}
@@ -114,20 +115,19 @@ def bench_cases(quick: bool, reps: int) -> dict:
         reference = textbook_delta(adapter, h, grounding)
         ours = adapter.delta(h, grounding)
         effect = float(reference.abs().max())
-        row = {"dim": dim, "tokens": tokens, "boxes": boxes, "rows": 2,
+        row: dict[str, Any] = {"dim": dim, "tokens": tokens, "boxes": boxes, "rows": 2,
                "max_diff_over_effect": float((ours - reference).abs().max()) / effect}
+        forms = {"textbook": partial(textbook_delta, adapter, h, grounding),
+                 "delta": partial(adapter.delta, h, grounding),
+                 "site": partial(adapter.delta, h, grounding, box)}
         # interleaved, so drift on a noisy machine hits all three alike
-        times: dict[str, list[float]] = {"textbook_s": [], "delta_s": [], "site_s": []}
+        times: dict[str, list[float]] = {f"{name}_s": [] for name in forms}
         for _ in range(reps):
-            times["textbook_s"].append(timed(lambda: textbook_delta(adapter, h, grounding),
-                                             device, 1, 3))
-            times["delta_s"].append(timed(lambda: adapter.delta(h, grounding), device, 1, 3))
-            times["site_s"].append(timed(lambda: adapter.delta(h, grounding, box), device, 1, 3))
+            for name, fn in forms.items():
+                times[f"{name}_s"].append(timed(fn, device, 1, 3))
         row.update({k: min(v) for k, v in times.items()})
         # launch-bound small batches pay per operator: count them (one kernel each, about)
-        for name, fn in (("textbook", lambda: textbook_delta(adapter, h, grounding)),
-                         ("delta", lambda: adapter.delta(h, grounding)),
-                         ("site", lambda: adapter.delta(h, grounding, box))):
+        for name, fn in forms.items():
             with OpCounter() as counter:
                 fn()
             row[f"{name}_ops"] = len(counter.ops)
@@ -147,6 +147,11 @@ def bench_cases(quick: bool, reps: int) -> dict:
               f"{row['site_ops']}  diff/effect {row['max_diff_over_effect']:.1e}  "
               f"{ {True: 'PASS', False: 'FAIL', None: '(quick: no target)'}[row['pass']]}", flush=True)
     return {"mode": "cases", "threads": 1, "quick": quick, "rows": rows}
+
+
+def _unet_sample(unet: torch.nn.Module, lat: torch.Tensor, t: torch.Tensor,
+                 hidden: torch.Tensor, added: dict[str, torch.Tensor]) -> torch.Tensor:
+    return unet(lat, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
 
 
 @contextmanager
@@ -170,12 +175,13 @@ def bench_unet(size: str, device: torch.device, batches: list[int], boxes: int) 
     warm, reps = (2, 3) if mini or device.type == "cpu" else (3, 8)
     torch.manual_seed(0)
     with torch.device(device):
-        unet = UNet2DConditionModel(**config).to(dtype).eval()
+        unet: Any = UNet2DConditionModel(**config)      # diffusers: untyped (registered config)
+        unet = unet.to(dtype).eval()
     sites = attn2_widths(unet)
     widths = sorted(set(sites.values()))
     text_dim, side = config["encoder_hid_dim"], config["sample_size"]
     adapters = _random_adapters(widths, text_dim, device)
-    doc = {"mode": size, "device": torch.cuda.get_device_name() if device.type == "cuda"
+    doc: dict[str, Any] = {"mode": size, "device": torch.cuda.get_device_name() if device.type == "cuda"
            else "cpu", "dtype": str(dtype).split(".")[-1], "attn2_sites": len(sites),
            "widths": widths, "boxes": boxes, "rows": []}
     for images in batches:
@@ -187,9 +193,9 @@ def bench_unet(size: str, device: torch.device, batches: list[int], boxes: int) 
                  "time_ids": torch.tensor([[side * 8, side * 8, 0, 0, side * 8, side * 8]] * n,
                                           device=device, dtype=dtype)}
         t = torch.full((n,), 500, device=device)
-        call = lambda: unet(lat, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample  # noqa: E731,E501
+        call = partial(_unet_sample, unet, lat, t, hidden, added)
         grounding = _grounding(n, boxes, text_dim, device)
-        row = {"images": images, "unet_batch": n, "base_s": timed(call, device, warm, reps)}
+        row: dict[str, Any] = {"images": images, "unet_batch": n, "base_s": timed(call, device, warm, reps)}
         injection = inject(unet, adapters)
         try:
             with injection.grounded(grounding):

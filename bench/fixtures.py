@@ -25,7 +25,7 @@ from gatebench.metrics.fid import ModuleExtractor
 from gatebench.protocol import ASSETS_DIR, DetectionSpec
 
 # --- SD1.5-shaped configs (runwayml/stable-diffusion-v1-5's unet / vae / text_encoder configs) ----
-SD15_UNET = dict(
+SD15_UNET: dict[str, Any] = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
     block_out_channels=(320, 640, 1280, 1280),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
@@ -33,38 +33,39 @@ SD15_UNET = dict(
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, downsample_padding=1,
     flip_sin_to_cos=True, freq_shift=0, act_fn="silu", norm_eps=1e-5)
-SD15_VAE = dict(
+SD15_VAE: dict[str, Any] = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
     block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
     up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, act_fn="silu",
     force_upcast=False)          # SD1.5's own vae config has no force_upcast: it decodes in fp16
-SD15_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+SD15_TEXT: dict[str, Any] = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
                  projection_dim=768)
-SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+SD15_SCHEDULER: dict[str, Any] = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                       clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 SD15_WIDTHS = (320, 640, 1280)
 # The same structure at a size a CPU runs in seconds (used by --dry-run to exercise every step).
-MINI_UNET = {**SD15_UNET, "sample_size": 8, "layers_per_block": 1,
+MINI_UNET: dict[str, Any] = {**SD15_UNET, "sample_size": 8, "layers_per_block": 1,
              "block_out_channels": (32, 64, 128, 128)}
-MINI_VAE = {**SD15_VAE, "sample_size": 64, "layers_per_block": 1,
+MINI_VAE: dict[str, Any] = {**SD15_VAE, "sample_size": 64, "layers_per_block": 1,
             "block_out_channels": (32, 32, 64, 64)}
-MINI_TEXT = {**SD15_TEXT, "num_hidden_layers": 1, "intermediate_size": 768}
+MINI_TEXT: dict[str, Any] = {**SD15_TEXT, "num_hidden_layers": 1, "intermediate_size": 768}
 MINI_WIDTHS = (32, 64, 128)
 # The tests' tiny-sd (CLIP 32 -> UNet 32/64 -> VAE x2, 16x16 images), built from these configs.
-TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+TINY_UNET: dict[str, Any] = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                  block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D",) * 2,
                  up_block_types=("CrossAttnUpBlock2D",) * 2, cross_attention_dim=32,
                  attention_head_dim=8, norm_num_groups=16)
-TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
+TINY_VAE: dict[str, Any] = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 16),
                 layers_per_block=1, norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
                 up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)
-TINY_TEXT = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+TINY_TEXT: dict[str, Any] = dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, max_position_embeddings=77, projection_dim=32)
 TINY_WIDTHS = (32, 64)
-BASES = {"tiny": (TINY_UNET, TINY_VAE, TINY_TEXT, TINY_WIDTHS),
-         "sd15-mini": (MINI_UNET, MINI_VAE, MINI_TEXT, MINI_WIDTHS),
-         "sd15": (SD15_UNET, SD15_VAE, SD15_TEXT, SD15_WIDTHS)}
+BASES: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any], tuple[int, ...]]] = {
+    "tiny": (TINY_UNET, TINY_VAE, TINY_TEXT, TINY_WIDTHS),
+    "sd15-mini": (MINI_UNET, MINI_VAE, MINI_TEXT, MINI_WIDTHS),
+    "sd15": (SD15_UNET, SD15_VAE, SD15_TEXT, SD15_WIDTHS)}
 
 PHRASES = ("person", "dog", "cat", "car", "bicycle", "bus", "horse", "bird", "chair", "cup",
            "bottle", "clock", "umbrella", "train", "boat", "sheep")
@@ -98,7 +99,7 @@ def clip_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def _special_ids(tokenizer: Any) -> dict[str, int]:
+def _special_ids(tokenizer: Any) -> dict[str, Any]:
     return {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
             "pad_token_id": tokenizer.pad_token_id}
 
@@ -116,17 +117,18 @@ def write_base_folder(directory: Path, size: str, build_device: torch.device) ->
                                                 (AutoencoderKL, vae_config, "vae"))):
         torch.manual_seed(seed)
         with torch.device(build_device):
-            model = cls(**config)
+            model: Any = cls(**config)      # diffusers' models: untyped (registered configs)
         model.to(torch.float16).to("cpu").save_pretrained(folder / name)
         del model
     torch.manual_seed(2)
     with torch.device(build_device):
-        text = CLIPTextModel(CLIPTextConfig(**text_config, **_special_ids(tokenizer)))
+        text: Any = CLIPTextModel(CLIPTextConfig(**text_config, **_special_ids(tokenizer)))
     text.to(torch.float16).to("cpu").save_pretrained(folder / "text_encoder")
     del text
     if build_device.type == "cuda":
         torch.cuda.empty_cache()
-    DDIMScheduler(**SD15_SCHEDULER).save_pretrained(folder / "scheduler")
+    scheduler: Any = DDIMScheduler(**SD15_SCHEDULER)
+    scheduler.save_pretrained(folder / "scheduler")
     components = {"unet": ("diffusers", "UNet2DConditionModel"),
                   "vae": ("diffusers", "AutoencoderKL"),
                   "text_encoder": ("transformers", "CLIPTextModel"),

@@ -114,7 +114,7 @@ def bench(preset: Preset, device: torch.device, folder: Path, args: argparse.Nam
         "attention_processor": type(next(iter(world.base.unet.attn_processors.values()))).__name__,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "build_s": world.build_s}
-    doc = {"config": config,
+    doc: dict[str, Any] = {"config": config,
            "batched": {k: v for k, v in batched.items() if k != "paths"},
            "loop": {k: v for k, v in loop.items() if k != "paths"},
            "repeats": {"batched_total_s": [r["total_s"] for r in batched_runs],

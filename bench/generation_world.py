@@ -115,6 +115,11 @@ def build_world(preset: Preset, device: torch.device, folder: Path) -> World:
                  make_layouts(preset.layouts), protocol, settings, eval_models, folder, build)
 
 
+def _fp16(model: Any) -> Any:
+    """diffusers' / transformers' models are untyped here (their configs register at run time)."""
+    return model.to(torch.float16)
+
+
 def meta_check() -> dict[str, Any]:
     """SD1.5 at full size on the meta device: parameter counts and a shape pass with the adapter."""
     from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: PLC0415
@@ -123,9 +128,9 @@ def meta_check() -> dict[str, Any]:
     report: dict[str, Any] = {}
     meta = torch.device("meta")
     with meta:
-        unet = UNet2DConditionModel(**SD15_UNET).to(torch.float16)
-        vae = AutoencoderKL(**SD15_VAE).to(torch.float16)
-        text = CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).to(torch.float16)
+        unet, vae, text = (_fp16(UNet2DConditionModel(**SD15_UNET)),
+                           _fp16(AutoencoderKL(**SD15_VAE)),
+                           _fp16(CLIPTextModel(CLIPTextConfig(**SD15_TEXT))))
         adapters = AdapterSet(list(SD15_WIDTHS), text_dim=SD15_TEXT["hidden_size"]).to(torch.float16)
     for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text), ("adapter", adapters)):
         n = sum(p.numel() for p in module.parameters())
@@ -137,7 +142,7 @@ def meta_check() -> dict[str, Any]:
         raise RuntimeError(f"expected SD1.5's attn2 widths {list(SD15_WIDTHS)}, got {widths}")
     batch, rows = PRESETS["sd15"].batch_size, 2 * PRESETS["sd15"].batch_size
     injection = inject(unet, adapters)         # raises if the adapter widths do not match
-    checks = {}
+    checks: dict[str, Any] = {}
     try:
         ids = torch.zeros(batch, 77, dtype=torch.long, device=meta)
         hidden = text(ids).last_hidden_state
