@@ -188,6 +188,13 @@ def test_cli_once_names_the_best_and_the_held_out_command(world, tmp_path) -> No
     assert result.exit_code == 1, result.output
     assert "best on the probe set: " in result.output and "gatebench run --ckpt" in result.output
     assert "winner's curse" in result.output
+    # follow mode with a stop condition: no file changed for --idle-timeout (a dead trainer)
+    said: list[str] = []
+    followed = watch(run, protocol(world), WatchOptions(
+        out=tmp_path / "out", settle_s=0.0, poll_s=0.05, idle_timeout_s=0.3),
+        on_event=said.append)
+    assert followed.evaluated_now == 0 and followed.exit_code == 1
+    assert said[-1].startswith("no checkpoint changed for") and not followed.state.complete
 
 
 def _log(path: Path, losses) -> Path:

@@ -40,12 +40,16 @@ from gatebench.render.escape import rich_text as escape  # markup literal, no co
 @click.option("--unreadable-after", type=float, default=60.0, show_default=True,
               help="A settled file that still does not load after this long is reported "
                    "unreadable (once).")
+@click.option("--idle-timeout", type=float, default=None,
+              help="Follow mode ends when no checkpoint file changed for this many seconds "
+                   "(a trainer that died); default: never.")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--steps", type=int, default=None, help="Sampler steps.")
 def watch(run_dir: Path, protocol: str | None, num_samples: int | None, gate_scales: str | None,
           until_decided: bool | None, out: Path, tensorboard: Path | None, once: bool,
-          poll: float, settle: float, unreadable_after: float, device: str | None,
+          poll: float, settle: float, unreadable_after: float, idle_timeout: float | None,
+          device: str | None,
           batch_size: int | None, steps: int | None) -> None:
     """Evaluate a training run while it trains: every checkpoint once, as it lands.
 
@@ -62,7 +66,8 @@ def watch(run_dir: Path, protocol: str | None, num_samples: int | None, gate_sca
     from gatebench.watch.evaluate import WatchOptions
     from gatebench.watch.follow import watch as run_watch
 
-    for key, value in (("poll", poll), ("settle", settle), ("unreadable_after", unreadable_after)):
+    for key, value in (("poll", poll), ("settle", settle), ("unreadable_after", unreadable_after),
+                       ("idle_timeout", idle_timeout if idle_timeout is not None else 0.0)):
         if value < 0:
             raise click.BadParameter(f"expected seconds >= 0, got {value:g}",
                                      param_hint=f"--{key.replace('_', '-')}")
@@ -77,6 +82,7 @@ def watch(run_dir: Path, protocol: str | None, num_samples: int | None, gate_sca
     options = WatchOptions(out=out, device=device or "auto", batch_size=batch_size,
                            command=" ".join(["gatebench", *sys.argv[1:]]), settle_s=settle,
                            unreadable_after_s=unreadable_after, poll_s=poll, once=once,
+                           idle_timeout_s=idle_timeout,
                            tensorboard=tensorboard)
     result = run_watch(run_dir, proto, options,
                        on_event=lambda line: err.print(escape(line), soft_wrap=True))
@@ -91,7 +97,9 @@ def watch(run_dir: Path, protocol: str | None, num_samples: int | None, gate_sca
         shown_value = "not computed" if b["value"] is None else f"{b['value']:.4g}"
         console.print(escape(f"best on the probe set: {b['path']} (step {b['tb_step']}): "
                              f"{b['metric']} {shown_value} at gate scale {b['gate_scale']:g}"))
-        console.print(escape(f"note: {b['note']}; run:\n  {b['held_out_command']}"))
+        console.print(escape(f"note: {b['note']}; run:\n  {b['held_out_command']}"),
+                      soft_wrap=True)     # the command stays one line to copy
     console.print(escape(f"verdict (newest checkpoint): {state.verdict}; "
-                         f"{result.out / 'watch.json'}; TensorBoard: {result.tensorboard}"))
+                         f"{result.out / 'watch.json'}, {result.out / 'trajectory.md'}; "
+                         f"TensorBoard: {result.tensorboard}"), soft_wrap=True)
     finish(result.exit_code)

@@ -39,6 +39,7 @@ class WatchOptions:
     unreadable_after_s: float = 60.0
     poll_s: float = 30.0
     once: bool = False
+    idle_timeout_s: float | None = None   # follow mode ends when no file changes this long
     tensorboard: Path | None = None   # the TensorBoard folder; <it>/gatebench gets the points
 
 

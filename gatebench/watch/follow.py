@@ -6,8 +6,9 @@ every change, so an interrupted watch resumes where it stopped.
 * ``once``: every complete point present is evaluated; files still settling are waited for up
   to one settle interval plus the unreadable delay, then left ``waiting``. The CI form.
 * follow mode: polls every ``poll_s`` seconds until the run's final checkpoint is evaluated
-  (a final-named file, or gatebench's trainer saying it is complete), or a signal (the CLI exits
-  130 / 143; the same command resumes).
+  (a final-named file, or gatebench's trainer saying it is complete), or no file changed for
+  ``idle_timeout_s`` (a trainer that died), or a signal (the CLI exits 130 / 143; the same
+  command resumes).
 """
 from __future__ import annotations
 
@@ -130,6 +131,7 @@ class _Loop:
     def run(self, sleep: Callable[[float], None]) -> None:
         # --once waits for files still settling this long (time spent evaluating not counted)
         patience, waited = self.options.settle_s + self.options.unreadable_after_s + 1.0, 0.0
+        active, seen_before = time.monotonic(), None
         while True:
             trainer = read_trainer_status(self.run_dir)
             seen = self.settler.observe(checkpoint_files(self.run_dir),
@@ -153,6 +155,14 @@ class _Loop:
             if not waiting and self._finished(trainer.complete):
                 self.state.complete = True
                 self.say("the run's final checkpoint is evaluated; the watch ends")
+                return
+            files = [(o.path, o.size, o.mtime_ns) for o in seen]
+            if files != seen_before or waiting:
+                active, seen_before = time.monotonic(), files
+            quiet = time.monotonic() - active
+            if self.options.idle_timeout_s is not None and quiet > self.options.idle_timeout_s:
+                self.say(f"no checkpoint changed for {quiet:.0f} s (--idle-timeout); the watch "
+                         "ends")
                 return
             sleep(self.options.poll_s)
 
