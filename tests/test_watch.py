@@ -230,6 +230,19 @@ def _entry(step: int, gate: float, lift: float, garbled1: float = 0.0) -> Entry:
                                               "garbled_rate": {"value": garbled1}}})
 
 
+def test_gate_series_finding_over_the_evaluated_checkpoints(tmp_path) -> None:
+    from gatebench.checkpoint import inspect_checkpoint
+    from gatebench.protocol import GateThresholds
+    from gatebench.watch.findings import gate_series_findings
+    from tests.builders import write_series
+
+    infos = [inspect_checkpoint(p) for p in write_series(tmp_path, [3.0, 2.0, 1.0, 0.29],
+                                                         name="checkpoint-{}000.pt")]
+    codes = {f.code for f in gate_series_findings(infos, GateThresholds())}
+    assert "collapse" in codes
+    assert gate_series_findings(infos[:1], GateThresholds()) == []
+
+
 def test_control_and_garbled_findings() -> None:
     flat = [_entry(10, 0.1, 1.5), _entry(20, 0.3, 1.4), _entry(30, 0.6, 1.45)]
     [found] = control_finding(flat, "1")

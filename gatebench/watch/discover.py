@@ -133,6 +133,10 @@ class Settler:
             del self._seen[gone]
         return out
 
+    def infos(self) -> dict[Path, CheckpointInfo]:
+        """Every file loaded so far and still present, as it was read."""
+        return {p: s.info for p, s in self._seen.items() if s.info is not None}
+
     def _judge(self, path: Path, seen: _Sighting, now: float, atomic: bool) -> Observation:
         def obs(state: State, reason: str | None = None) -> Observation:
             return Observation(path, state, seen.size, seen.mtime_ns, seen.info, reason,

@@ -79,6 +79,18 @@ def gate_log_findings(logs: Sequence[LogSeries], thresholds: GateThresholds
             for log, found in report.logs for f in found]
 
 
+def gate_series_findings(infos: Sequence[Any], thresholds: GateThresholds
+                         ) -> list[WatchFinding]:
+    """The gate trajectory over the checkpoints evaluated so far (collapse, falling, ...), by
+    `gatebench gates`' rules over the same series order; each checkpoint's own gate findings
+    are in its results.json (run's pre-flight)."""
+    if len(infos) < 2:
+        return []
+    report = analyse(infos, [], thresholds)
+    return [WatchFinding(f.code, f.severity, f.message, f.subject or "checkpoint series")
+            for f in report.trajectory_findings]
+
+
 def control_metric(points: Sequence[Entry], scale: str) -> str | None:
     """The first of CONTROL_METRICS measured at ``scale`` at every point."""
     for name in CONTROL_METRICS:

@@ -43,6 +43,7 @@ from gatebench.watch.findings import (
     control_finding,
     garbled_finding,
     gate_log_findings,
+    gate_series_findings,
     loss_finding,
     pick_metric,
     regression_finding,
@@ -139,9 +140,12 @@ class _Loop:
             ready = self._update(seen)
             self.state.order()
             self.state.save(self.out)
+            evaluated = self.evaluated_now
             while todo := self._todo(ready):     # one point at a time, in series order
                 self._evaluate(todo[0])
                 ready.discard(todo[0].path)
+            if self.evaluated_now > evaluated:
+                self._series_findings()
             self._log_findings()
             self._decide()
             waiting = [e for e in self.state.checkpoints if e.status == "waiting"]
@@ -301,6 +305,12 @@ class _Loop:
                          f"{record['value']:.3g} at gate scale {self.scale}")
             self.state.best = record
         return self._raise(found, e)
+
+    def _series_findings(self) -> None:
+        """The gate trajectory over the evaluated points (one file per point)."""
+        infos = self.settler.infos()
+        chosen = [infos[Path(e.path)] for e in self._points() if Path(e.path) in infos]
+        self._raise(gate_series_findings(chosen, self.protocol.gates), self.newest())
 
     def _log_findings(self) -> None:
         """loss_not_falling and the gate findings, from the live logs (re-read when changed)."""
