@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence, cast
 
 import numpy as np
 import pandas as pd
@@ -99,7 +99,10 @@ def _items(images: Sequence[Any]) -> list[ImageItem]:
 
 def _pixels(image: Any, path: Path | None) -> Any:
     """The in-memory image when there is one (no read-back), else the file's."""
-    return to_pil_rgb(image) if image is not None else _load(path)
+    if image is not None:
+        return to_pil_rgb(image)
+    assert path is not None, "an item without its image in memory names its file"
+    return _load(path)
 
 
 _NO_HEALTH = ImageHealth(float("nan"), False, float("nan"), False)   # image_health=False
@@ -196,8 +199,8 @@ def score_images(images: Sequence[Any], protocol: Protocol, *,
         if feats is not None:
             fid_chunks.append(feats)
     samples = pd.DataFrame(rows)
-    reference = _fid_reference(fid_extractor, real_images, cache_dir, protocol) if want_fid \
-        else None
+    reference = (_fid_reference(fid_extractor, real_images, cache_dir, protocol)
+                 if fid_extractor is not None and real_images is not None else None)  # want_fid
     device, scoring = getattr(fid_extractor, "device", None), protocol.scoring
     sets = SetAggregator({"detector": scorer.has_det, "clip": clip is not None, "none": True,
                           "adapter": True, "fid": reference is not None}, ap_images, reference,
@@ -286,16 +289,18 @@ class _Scorer:
             if self.detections is not None:
                 dets = [list(self.detections[it.image_path.name]) for it in chunk]
             elif self.phrases:            # each image queried with its own objects' phrases
-                dets = self.detector.detect_phrases(pils, [  # type: ignore[union-attr]
+                phrase_detector = cast(PhraseDetector, self.detector)   # what self.phrases means
+                dets = phrase_detector.detect_phrases(pils, [
                     [q for q in object_queries(it.layout.objects, self.protocol.detection) if q]
                     for it in chunk])
             elif self.detector is not None:   # a file by its path: the detector decodes it
-                dets = self.detector.detect([pil if it.image is not None else it.image_path
-                                             for it, pil in zip(chunk, pils)])
+                detector = cast(Detector, self.detector)    # not self.phrases: a label detector
+                dets = detector.detect([pil if it.image is not None else it.image_path
+                                        for it, pil in zip(chunk, pils, strict=True)])
             else:
                 dets = [[] for _ in chunk]
-        g_clip: Sequence[float] = [float("nan")] * len(chunk)
-        r_clip: Sequence[Sequence[float] | None] = [None] * len(chunk)
+        g_clip: Sequence[float] | np.ndarray = [float("nan")] * len(chunk)
+        r_clip: Sequence[np.ndarray | None] = [None] * len(chunk)
         if self.clip is not None:
             use_en = self.clip_language == "en"
             caps = [(it.layout.caption_en if use_en and it.layout.caption_en else it.layout.caption)
@@ -307,7 +312,8 @@ class _Scorer:
                     [[(o.name_en if use_en and o.name_en else o.name) for o in it.layout.objects]
                      for it in chunk])
         rows, ap_images = [], []
-        for it, pil, det, health, g, r in zip(chunk, pils, dets, healths, g_clip, r_clip):
+        for it, pil, det, health, g, r in zip(chunk, pils, dets, healths, g_clip, r_clip,
+                                                  strict=True):
             row, ap_image = self.record(it, pil, det, health, g, r)
             rows.append(row)
             ap_images.append(ap_image)
@@ -340,10 +346,10 @@ class _Scorer:
         boxes = [{"label": o.name, "class": lab, "bbox": [round(v, 6) for v in o.bbox],
                   "scorable": r.scorable, "matched": r.matched if has_det else None,
                   "iou": round(r.iou, 6) if has_det else None}
-                 for o, lab, r in zip(objs, gt_labels, records)]
+                 for o, lab, r in zip(objs, gt_labels, records, strict=True)]
         region = float("nan")
         if region_scores is not None:
-            for b, s in zip(boxes, region_scores):
+            for b, s in zip(boxes, region_scores, strict=True):
                 b["region_clip_score"] = float(s)
             region = float(np.mean(region_scores)) if len(region_scores) else float("nan")
         row = {
@@ -371,10 +377,10 @@ class _Scorer:
                             "score": round(float(d.score), 4),
                             **({"phrase": d.phrase} if phrases else {})}
                            for d in det] if has_det else None}
-        kept = [(d, lab) for d, lab in zip(det, det_labels) if lab is not None]  # AP: a phrase
+        kept = [(d, lab) for d, lab in zip(det, det_labels, strict=True) if lab is not None]  # AP: a phrase
         ap_image = APImage(
-            pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records) if r.scorable],
-            [str(lab) for lab, r in zip(gt_labels, records) if r.scorable],
+            pil.size[0], pil.size[1], [o.bbox for o, r in zip(objs, records, strict=True) if r.scorable],
+            [str(lab) for lab, r in zip(gt_labels, records, strict=True) if r.scorable],
             [d.bbox for d, _ in kept], [str(lab) for _, lab in kept], [d.score for d, _ in kept])
         return row, ap_image
 
@@ -410,17 +416,19 @@ def _pair(images_dir: Path, layouts: list[Layout], source: Path) -> list[ImageIt
     if not files:
         raise LayoutError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in '{images_dir}', "
                           f"got none", path=images_dir)
-    items, orphans, used = [], [], set()
+    items: list[ImageItem] = []
+    orphans: list[str] = []
+    used: set[str] = set()
     for file in files:
-        layout = by_key.get(file.stem)
-        if layout is None:
+        match = by_key.get(file.stem)
+        if match is None:
             orphans.append(file.name)
             continue
-        if layout.layout_id in used:
-            raise LayoutError(f"expected one image per layout, got two for '{layout.layout_id}' "
+        if match.layout_id in used:
+            raise LayoutError(f"expected one image per layout, got two for '{match.layout_id}' "
                               f"(e.g. '{file.name}')", path=images_dir)
-        used.add(layout.layout_id)
-        items.append(ImageItem(file, layout))
+        used.add(match.layout_id)
+        items.append(ImageItem(file, match))
     unused = [lay.layout_id for lay in layouts if lay.layout_id not in used]
     if orphans:
         raise LayoutError(f"expected a layout for every image, got {len(orphans)} image(s) "

@@ -202,8 +202,9 @@ class YoloDetector:
                 xyxyn = boxes.xyxyn.cpu().numpy().tolist()
                 classes = boxes.cls.cpu().numpy().astype(int).tolist()
                 scores = boxes.conf.cpu().numpy().tolist()
-                out.append([Detection(tuple(float(v) for v in b), str(names[c]), float(s))
-                            for b, c, s in zip(xyxyn, classes, scores)])
+                out.append([Detection((float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+                                      str(names[c]), float(s))
+                            for b, c, s in zip(xyxyn, classes, scores, strict=True)])
         return out
 
 

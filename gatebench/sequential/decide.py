@@ -110,8 +110,9 @@ def _row(cell: RunCell, target: Target, frame: pd.DataFrame, order: Sequence[str
     low, high = spec.value_range
     num, den = _units(frame, target.metric, order)
     limit = spec.ratio.max_denominator(max_boxes)
-    base = dict(checkpoint=cell.checkpoint, gate_scale=cell.gate_scale, metric=target.metric,
-                op=target.op, threshold=target.threshold, n=len(order))
+    base: dict[str, Any] = dict(checkpoint=cell.checkpoint, gate_scale=cell.gate_scale,
+                                metric=target.metric, op=target.op, threshold=target.threshold,
+                                n=len(order))
     if not len(order) or not den.any():
         return RowSequence(**base, lower=None, upper=None, decision=None, decidable=True,
                            why="nothing measured yet")
