@@ -300,6 +300,9 @@ def test_trainer_run_watched_once_then_followed_as_it_resumes(world, tmp_path) -
     status = json.loads((run / "training_status.json").read_text())
     assert status == {"state": "complete", "atomic_writes": True, "step": 30,
                       "final": "final.pt"}
+    # a final.pt left by an earlier run is no end while the status says running
+    from gatebench.watch.discover import read_trainer_status
+    assert read_trainer_status(run).present and read_trainer_status(run).complete
     out = tmp_path / "out"
     result = watch(run, protocol(world), options(out, settle_s=30.0))   # atomic: no settling
     doc = json.loads((out / "watch.json").read_text())

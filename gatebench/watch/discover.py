@@ -65,6 +65,7 @@ class _Sighting:
 class TrainerStatus:
     """What gatebench's trainer says of its run (absent file: nothing is known)."""
 
+    present: bool = False              # the file exists and is whole
     atomic_writes: bool = False
     complete: bool = False
     final: str | None = None
@@ -80,7 +81,7 @@ def read_trainer_status(run_dir: Path) -> TrainerStatus:
     if not isinstance(doc, dict):
         return TrainerStatus()
     step = doc.get("step")
-    return TrainerStatus(atomic_writes=doc.get("atomic_writes") is True,
+    return TrainerStatus(present=True, atomic_writes=doc.get("atomic_writes") is True,
                          complete=doc.get("state") == "complete",
                          final=doc.get("final") if isinstance(doc.get("final"), str) else None,
                          step=step if isinstance(step, int) and not isinstance(step, bool)

@@ -30,6 +30,7 @@ from gatebench.rundir.results import exit_code, verdict_of
 from gatebench.watch.discover import (
     Observation,
     Settler,
+    TrainerStatus,
     checkpoint_files,
     describe,
     read_trainer_status,
@@ -156,7 +157,7 @@ class _Loop:
                 sleep(nap)
                 waited += nap
                 continue
-            if not waiting and self._finished(trainer.complete):
+            if not waiting and self._finished(trainer):
                 self.state.complete = True
                 self.say("the run's final checkpoint is evaluated; the watch ends")
                 return
@@ -170,9 +171,15 @@ class _Loop:
                 return
             sleep(self.options.poll_s)
 
-    def _finished(self, trainer_complete: bool) -> bool:
+    def _finished(self, trainer: TrainerStatus) -> bool:
+        """gatebench's trainer says when it is complete (a final.pt left by an earlier run is
+        no end while a resumed run goes on); without its status file, a final-named file
+        (the user's spatial_adapter_final.pt) evaluated is the end."""
         done = [e for e in self.state.checkpoints if e.status in ("evaluated", "same_point")]
-        return bool(done) and (trainer_complete or any(is_final_name(e.name) for e in done))
+        if trainer.present:
+            return trainer.complete and (trainer.final is None
+                                         or any(e.name == trainer.final for e in done))
+        return any(is_final_name(e.name) for e in done)
 
     # -- files -> entries -------------------------------------------------------------------
     def _update(self, seen: list[Observation]) -> set[str]:
@@ -187,10 +194,14 @@ class _Loop:
                 self.state.checkpoints.append(e)
             if o.state == "ready" and o.info is not None:
                 d = describe(o.info)
-                if e.sha256 is not None and e.sha256 != d["sha256"] and e.results is not None:
+                changed = e.sha256 is not None and e.sha256 != d["sha256"]
+                if changed and e.results is not None:
                     self._replace(e)
                     e = Entry(key)
                     self.state.checkpoints.append(e)
+                elif changed and e.status == "error":      # other content: try it again
+                    e.status = "waiting"
+                    e.reported = [r for r in e.reported if r != "error"]
                 e.sha256, e.step, e.epoch, e.gates = d["sha256"], d["step"], d["epoch"], d["gates"]
                 e.tensors = o.tensors
                 e.size, e.mtime_ns = o.size, o.mtime_ns
