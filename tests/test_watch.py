@@ -178,6 +178,11 @@ def test_torchrun_is_refused_and_a_bad_watch_json_is_one_error(world, tmp_path, 
     result = CliRunner().invoke(cli, ["watch", str(tmp_path / "nothing"), "--once",
                                       "--protocol", str(world["protocol"])])
     assert result.exit_code == 2 and "not a folder" in result.output
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["watch", str(tmp_path / "empty"), "--once",
+                                      "--protocol", str(world["protocol"])])
+    assert result.exit_code == 2 and "found none" in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
 def test_cli_once_names_the_best_and_the_held_out_command(world, tmp_path) -> None:

@@ -95,6 +95,10 @@ def watch(run_dir: Path, protocol: Protocol, options: WatchOptions, *,
             f"expected one process, got a torchrun world of {world}: the ranks would settle and "
             "pick checkpoints apart and disagree", hint="run `gatebench watch` as one process "
             "(use `gatebench run --ckpt` under torchrun for one checkpoint's layouts sharded)")
+    if options.once and not checkpoint_files(run_dir):
+        raise GatebenchError("expected checkpoint files (*.pt, *.safetensors, ...) in the run "
+                             "folder, found none", path=run_dir,
+                             hint="without --once, the watch waits for the first one")
     out = ensure_out_dir(options.out)
     state = load_state(out, run_dir.resolve(), settings_of(protocol))
     board_dir = options.tensorboard or default_folder(run_dir) or out / "tensorboard"
@@ -112,8 +116,9 @@ def watch(run_dir: Path, protocol: Protocol, options: WatchOptions, *,
         if state.checkpoints:
             write_trajectory(state.to_dict(), out, loop.logs.latest)
     newest = loop.newest()
-    return WatchResult(state, out, exit_code(state.verdict) if newest is not None else
-                       (1 if state.checkpoints else 2), board_dir / "gatebench", loop.evaluated_now)
+    # nothing evaluated (every file torn, unplaced or failing): nothing passed
+    return WatchResult(state, out, exit_code(state.verdict) if newest is not None else 1,
+                       board_dir / SUBFOLDER, loop.evaluated_now)
 
 
 class _Loop:
