@@ -255,7 +255,8 @@ def compare_runs(baseline: SavedRun, candidate: SavedRun,
                 if not any(common):
                     continue
                 if metric in seen:
-                    seen[metric].update(s for s, ok in zip(("baseline", "candidate"), common) if ok)
+                    seen[metric].update(s for s, ok in zip(("baseline", "candidate"), common, strict=True)
+                                        if ok)
                 rows.append(_paired_row(index, b_ck, c_ck, scale, metric, b_units, c_units,
                                         margin, n_boot=n_boot, level=level, seed=seed))
                 if b_units is not None and c_units is not None:

@@ -82,7 +82,7 @@ def sum_over_ranks(stats: Any, counts: tuple[str, ...], seconds: tuple[str, ...]
     values = torch.tensor([float(getattr(stats, f)) for f in counts + seconds], dtype=torch.float64)
     with collective("summing the generation counts (all_reduce)"):
         torch.distributed.all_reduce(values)
-    for name, value in zip(counts + seconds, values.tolist()):
+    for name, value in zip(counts + seconds, values.tolist(), strict=True):
         setattr(stats, name, int(value) if name in counts else float(value))
 
 

@@ -134,7 +134,7 @@ def _write_diagnostics(meter: WriteMeter, grounding: Grounding, jobs: Sequence[I
     records = meter.results(rows, grounding.mask)
     maps = meter.maps(rows).numpy()
     return [None if job.gate_scale == 0 else (record, density)
-            for job, record, density in zip(jobs, records, maps)]
+            for job, record, density in zip(jobs, records, maps, strict=True)]
 
 
 def _sync(device: Any) -> None:
@@ -238,7 +238,7 @@ class Sampler:
         dim = max(self._phrases[(key, j.layout.layout_id)].shape[-1] for j in jobs)
         phrases = torch.zeros(b, n, dim if dim > 1 else self.base.phrase_dim)
         mask = torch.zeros(b, n)
-        for row, (job, count) in enumerate(zip(jobs, counts)):
+        for row, (job, count) in enumerate(zip(jobs, counts, strict=True)):
             if count:
                 objects = job.layout.objects[:count]
                 boxes[row, :count] = torch.tensor([o.bbox for o in objects])
@@ -364,7 +364,8 @@ class Sampler:
                 began = time.perf_counter()
                 arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
                 arrays.flags.writeable = False      # shared by the PNG writer and the scorer
-                for k, (job, array, ok) in enumerate(zip(batch, arrays, finite.tolist())):
+                for k, (job, array, ok) in enumerate(zip(batch, arrays, finite.tolist(),
+                                                         strict=True)):
                     if keep is not None:
                         keep.put(job.path, array)
                     meta = {"layout_id": job.layout.layout_id, "gate_scale": job.gate_scale,

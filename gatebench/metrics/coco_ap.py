@@ -54,12 +54,12 @@ def coco_ap(images: Sequence[APImage], max_dets: int = 100) -> dict[str, float]:
             raise MetricError(f"expected one label per box and one score per detection, got "
                               f"mismatched lengths in image {image_id}")
         gt["images"].append({"id": image_id, "width": im.width, "height": im.height})
-        for box, lab in zip(im.gt_boxes, im.gt_labels):
+        for box, lab in zip(im.gt_boxes, im.gt_labels, strict=True):
             xywh = _xywh(box, im.width, im.height)
             gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
                                       "category_id": cat_id[lab], "bbox": xywh,
                                       "area": xywh[2] * xywh[3], "iscrowd": 0})
-        for box, lab, score in zip(im.det_boxes, im.det_labels, im.det_scores):
+        for box, lab, score in zip(im.det_boxes, im.det_labels, im.det_scores, strict=True):
             dets.append({"image_id": image_id, "category_id": cat_id[lab],
                          "bbox": _xywh(box, im.width, im.height), "score": float(score)})
     if not gt["annotations"]:

@@ -38,7 +38,7 @@ COCO80_TO_91: tuple[int, ...] = (
     31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
     56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
     85, 86, 87, 88, 89, 90)
-COCO_ID_TO_NAME: dict[int, str] = dict(zip(COCO80_TO_91, COCO80_NAMES))
+COCO_ID_TO_NAME: dict[int, str] = dict(zip(COCO80_TO_91, COCO80_NAMES, strict=True))
 
 OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}

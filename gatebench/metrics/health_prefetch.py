@@ -103,6 +103,6 @@ def assess_with(prefetch: HealthPrefetch | None, keys: Sequence[str], images: Se
         made = assess_many([images[i] for i in rest], [references[i] for i in rest],
                            garbled_threshold=garbled_threshold, blank_threshold=blank_threshold,
                            twin_cache=twin_cache, twin_keys=[twin_keys[i] for i in rest])
-        for i, health in zip(rest, made):
+        for i, health in zip(rest, made, strict=True):
             taken[i] = health
     return [h for h in taken if h is not None]

@@ -70,12 +70,12 @@ def match_boxes(gt_boxes: Sequence[Sequence[float]], gt_labels: Sequence[str | N
         raise MetricError(f"expected one score per detection, got {len(det_scores)} for {n_det}")
     ok = [lab is not None for lab in gt_labels]
     if scorable is not None:
-        ok = [a and bool(b) for a, b in zip(ok, scorable)]
+        ok = [a and bool(b) for a, b in zip(ok, scorable, strict=True)]
     iou_all = box_iou(np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4),
                       np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4))
     best_iou = np.zeros(n_gt)
     best_det: list[int | None] = [None] * n_gt
-    for label in sorted({lab for lab, s in zip(gt_labels, ok) if s}, key=str):
+    for label in sorted({lab for lab, s in zip(gt_labels, ok, strict=True) if s}, key=str):
         gi = [i for i in range(n_gt) if ok[i] and gt_labels[i] == label]
         di = [j for j in range(n_det) if det_labels[j] == label]
         if not di:
@@ -83,7 +83,7 @@ def match_boxes(gt_boxes: Sequence[Sequence[float]], gt_labels: Sequence[str | N
         sub = iou_all[np.ix_(gi, di)]
         weight = (sub > iou_threshold) * _BIG + sub
         rows, cols = linear_sum_assignment(weight, maximize=True)
-        for r, c in zip(rows, cols):
+        for r, c in zip(rows, cols, strict=True):
             if sub[r, c] > 0:
                 best_iou[gi[r]] = sub[r, c]
                 best_det[gi[r]] = di[c]

@@ -75,7 +75,7 @@ def print_fitted(console: Console, columns: Sequence[Col], rows: Sequence[Sequen
         widths = _fit(console, columns, cells, keep, show_edge)
         if widths is not None:
             table = Table(title=title or None, title_justify="left", show_edge=show_edge)
-            for i, width in zip(keep, widths):
+            for i, width in zip(keep, widths, strict=True):
                 table.add_column(columns[i].header, justify=columns[i].justify, width=width)
             for row in rows:
                 table.add_row(*(row[i] for i in keep))

@@ -56,11 +56,11 @@ def gates_markdown(checkpoints: Sequence[dict[str, Any]], findings: Sequence[dic
              "saturated |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in checkpoints:
         s = c.get("stats") or {}
-        g = lambda k: _g(s.get(k))  # noqa: E731
+        mean, std, low, high = (_g(s.get(k)) for k in ("mean", "std", "min", "max"))
         lines.append(f"| {md_code(label_of(labels, c['path']))} | "
                      f"{md_text(c.get('format', '-'))} | "
                      f"{_when(c, style.position_from_file_name)} | "
-                     f"{s.get('n', '-')} | {g('mean')} | {g('std')} | {g('min')} | {g('max')} | "
+                     f"{s.get('n', '-')} | {mean} | {std} | {low} | {high} | "
                      f"{_pct(s.get('near_zero_share'))} | {_pct(s.get('saturated_share'))} |")
     lines.append("")
     if plot:
@@ -128,7 +128,7 @@ def samples_section(results: dict[str, Any], samples: pd.DataFrame,
         if grid.get("missing"):
             lines += [f"{grid['missing']} image(s) referenced in samples.jsonl were not found "
                       "on disk.", ""]
-    shown = list(dict.fromkeys(l for g in figures.grids for l in g["layouts"]))
+    shown = list(dict.fromkeys(lay for g in figures.grids for lay in g["layouts"]))
     if shown:
         lines += ["| layout | caption | ground-truth boxes |", "|---|---|---|"]
         for layout in shown:

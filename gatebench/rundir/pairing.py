@@ -42,9 +42,11 @@ def comparability_problems(base: dict[str, Any], cand: dict[str, Any]) -> list[s
               ("seed", base.get("seed"), cand.get("seed")),
               ("N (layouts)", _population(base)[0], _population(cand)[0]),
               ("layout ids sha256", _population(base)[1], _population(cand)[1])]
+    def short(v: Any) -> Any:
+        return v[:12] + "..." if isinstance(v, str) and len(v) > 40 else v
+
     for what, b, c in checks:
         if b != c:
-            short = (lambda v: v[:12] + "..." if isinstance(v, str) and len(v) > 40 else v)
             problems.append(f"{what} {short(b)!r} in the baseline vs {short(c)!r} in the candidate")
     nb, nc = len(checkpoint_paths(base)), len(checkpoint_paths(cand))
     if nb != 1 and nb != nc:
@@ -123,4 +125,4 @@ def pair_checkpoints(base: Sequence[str], cand: Sequence[str]) -> list[tuple[int
     """(index, baseline, candidate) by command-line order, or all against one baseline."""
     if len(base) == 1:
         return [(i, base[0], c) for i, c in enumerate(cand)]
-    return [(i, b, c) for i, (b, c) in enumerate(zip(base, cand))]
+    return [(i, b, c) for i, (b, c) in enumerate(zip(base, cand, strict=True))]  # precheck: nb == nc
