@@ -198,7 +198,7 @@ class Trainer:
         todo = [n for n in dict.fromkeys(names) if n not in self._phrase_cache]
         if todo:
             vectors = self.base.encode_phrases(todo).float().cpu()
-            self._phrase_cache.update(zip(todo, vectors))
+            self._phrase_cache.update(zip(todo, vectors, strict=True))
         return torch.stack([self._phrase_cache[n] for n in names])
 
     def _micro_batches(self, epoch: int) -> list[list[int]]:
@@ -225,7 +225,8 @@ class Trainer:
         drop_caption = torch.rand(b, generator=g) < c.caption_dropout
         with torch.no_grad():
             emb = base.encode_prompts(["" if d else e.layout.caption
-                                       for d, e in zip(drop_caption.tolist(), examples)])
+                                       for d, e in zip(drop_caption.tolist(), examples,
+                                                       strict=True)])
         n = max(len(e.layout.objects) for e in examples)
         boxes, phrases, mask = torch.zeros(b, n, 4), torch.zeros(b, n, base.phrase_dim), torch.zeros(b, n)
         for row, e in enumerate(examples):
@@ -248,7 +249,7 @@ class Trainer:
         meter = WriteMeter(b, n, self.device) if writes is not None else None
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
             pred = self.model(noisy, timesteps, emb.hidden, grounding, kwargs, meter)
-        if meter is not None:          # rows the adapter was off for (scale 0) say nothing
+        if meter is not None and writes is not None:    # rows at scale 0 say nothing
             rows = [r for r in range(b) if float(scale[r]) > 0]
             writes.extend(meter.results(rows, grounding.mask) if rows else [])
         return torch.nn.functional.mse_loss(pred.float(), target.float())
@@ -330,7 +331,7 @@ class Trainer:
                 while s.micro_index < len(batches) and s.step < total:
                     group = batches[s.micro_index:s.micro_index + c.grad_accum]
                     self.optimizer.zero_grad(set_to_none=True)
-                    losses = []
+                    losses: list[float] = []
                     logged = (s.step + 1) % c.log_every == 0 or s.step + 1 == total
                     writes: list[dict] = []
                     for indices in group:
@@ -360,8 +361,9 @@ class Trainer:
                         s.gate_history.append([s.step, stats["gate_mean"], stats["gate_std"],
                                                stats["gate_min"], stats["gate_max"]])
                         per_width = {k: float(v.detach()) for k, v in self.adapters.gates().items()}
-                        logs.record(s.step, s.epoch, mean_loss, self.schedule.get_last_lr()[0],
-                                    stats, per_width, s.nonfinite_skipped, write_summary(writes))
+                        lr = float(self.schedule.get_last_lr()[0])
+                        logs.record(s.step, s.epoch, mean_loss, lr, stats, per_width,
+                                    s.nonfinite_skipped, write_summary(writes))
                     if progress is not None:
                         progress(s.step, total, mean_loss, stats["gate_mean"])
                     if c.save_every and s.step % c.save_every == 0:

@@ -20,6 +20,7 @@ import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,8 +142,9 @@ def main() -> None:
                            truncation=True, return_tensors="pt").input_ids
         empty = tokenizer([""], padding="max_length", max_length=TOKENIZER_MAX_LENGTH,
                           return_tensors="pt").input_ids
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                    beta_start=1e-4, beta_end=0.02, clip_sample=True)
+    # Any: diffusers registers a scheduler's config and methods at run time (mypy cannot see them)
+    noise_scheduler: Any = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                         beta_start=1e-4, beta_end=0.02, clip_sample=True)
     started = time.perf_counter() - elapsed
     log = open(args.out / "train_base.log", "a", encoding="utf-8")
     while step < args.max_steps and (time.perf_counter() - started) < args.minutes * 60:
@@ -170,7 +172,7 @@ def main() -> None:
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for ema, live in ((ema_unet, unet), (ema_text, text)):
-                for e, p in zip(ema.parameters(), live.parameters()):
+                for e, p in zip(ema.parameters(), live.parameters(), strict=True):
                     e.lerp_(p, 1 - decay)
         if step % 50 == 0:
             wall = time.perf_counter() - started

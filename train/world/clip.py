@@ -137,8 +137,9 @@ def train_clip(dataset: Path, run_dir: Path, *, epochs: float = 10, batch: int =
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98),
                             eps=1e-6)
-    state = {"step": 0, "wall_s": 0.0, "total_steps": total, "seed": seed, "batch": batch,
-             "epochs": epochs, "lr": lr, "n_train": len(rows), "log": []}
+    state: dict[str, Any] = {"step": 0, "wall_s": 0.0, "total_steps": total, "seed": seed,
+                             "batch": batch, "epochs": epochs, "lr": lr, "n_train": len(rows),
+                             "log": []}
     if ckpt is not None:
         model.clip.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["opt"])
@@ -218,7 +219,7 @@ def evaluate_clip(model: WorldClip, tokenizer, dataset: Path, split: str = "val"
         sims = img @ txt_u.t()
         top1_all = (sims.argmax(1) == ids).float().mean().item()
         # within batches of ``batch`` images: retrieve among the batch's captions
-        hits = 0
+        hits: float = 0
         for s in range(0, len(rows), batch):
             b = ids[s:s + batch]
             sb = img[s:s + batch] @ txt_u[b].t()
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                               threads=args.threads, log=log)
     t0 = time.time()
     metrics_fp32 = evaluate_clip(model, model_tokenizer(model), args.dataset, "val")
-    result = {"train": {k: v for k, v in state.items() if k != "log"}, "val_fp32": metrics_fp32}
+    result: dict[str, Any] = {"train": {k: v for k, v in state.items() if k != "log"},
+                              "val_fp32": metrics_fp32}
     if args.weights is not None and args.config is not None:
         args.weights.parent.mkdir(parents=True, exist_ok=True)
         extra = {"training": {"script": "train/world/clip.py", "seed": args.seed,

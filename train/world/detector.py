@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 for _k, _v in {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false", "HF_HUB_OFFLINE": "1",
                "YOLO_VERBOSE": "true", "OMP_NUM_THREADS": "1"}.items():
@@ -102,13 +103,10 @@ def train(args: argparse.Namespace) -> dict:
 
 def _match_rate(gt_rows: list[dict], dets: list[list[tuple]], iou: float = 0.5) -> dict:
     """GT boxes matched one-to-one (same class, IoU > ``iou``): gatebench's matcher."""
-    try:
-        from gatebench.metrics.matching import match_boxes  # noqa: PLC0415
-    except ImportError:   # the harness's matcher not there yet: a local Hungarian equivalent
-        match_boxes = _local_match_boxes
+    from gatebench.metrics.matching import match_boxes  # noqa: PLC0415
     n_gt = n_matched = n_img_all = 0
     per_class: dict[str, list[int]] = {}
-    for row, det in zip(gt_rows, dets):
+    for row, det in zip(gt_rows, dets, strict=True):
         gt_boxes = [o["bbox"] for o in row["objects"]]
         gt_labels = [o["name_en"] for o in row["objects"]]
         recs = match_boxes(gt_boxes, gt_labels, [d[0] for d in det], [d[1] for d in det],
@@ -117,39 +115,13 @@ def _match_rate(gt_rows: list[dict], dets: list[list[tuple]], iou: float = 0.5) 
         n_gt += len(m)
         n_matched += sum(m)
         n_img_all += all(m)
-        for lab, ok in zip(gt_labels, m):
+        for lab, ok in zip(gt_labels, m, strict=True):
             per_class.setdefault(lab, [0, 0])
             per_class[lab][0] += ok
             per_class[lab][1] += 1
     return {"n_images": len(gt_rows), "n_gt": n_gt, "n_matched": n_matched,
             "match_rate": n_matched / max(n_gt, 1), "all_matched_rate": n_img_all / max(len(gt_rows), 1),
             "per_class": {k: round(v[0] / v[1], 4) for k, v in sorted(per_class.items())}}
-
-
-def _local_match_boxes(gt_boxes, gt_labels, det_boxes, det_labels, det_scores=None,
-                       iou_threshold=0.5):
-    from types import SimpleNamespace  # noqa: PLC0415
-
-    import numpy as np  # noqa: PLC0415
-    from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
-
-    out = [SimpleNamespace(matched=False) for _ in gt_boxes]
-    for lab in set(gt_labels):
-        gi = [i for i, g in enumerate(gt_labels) if g == lab]
-        di = [j for j, d in enumerate(det_labels) if d == lab]
-        if not di:
-            continue
-        a = np.asarray([gt_boxes[i] for i in gi], float)
-        b = np.asarray([det_boxes[j] for j in di], float)
-        lt = np.maximum(a[:, None, :2], b[None, :, :2])
-        rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-        inter = np.prod(np.clip(rb - lt, 0, None), -1)
-        area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-        iou = inter / (area(a)[:, None] + area(b)[None, :] - inter)
-        r, c = linear_sum_assignment((iou > iou_threshold) * 1e3 + iou, maximize=True)
-        for i, j in zip(r, c):
-            out[gi[i]].matched = bool(iou[i, j] > iou_threshold)
-    return out
 
 
 def evaluate(weights: Path, dataset: Path, split: str, imgsz: int, conf: float = 0.25,
@@ -162,7 +134,7 @@ def evaluate(weights: Path, dataset: Path, split: str, imgsz: int, conf: float =
 
     _threads(threads)
     rows = read_split(dataset, split)[:limit]
-    model = YOLO(str(weights))
+    model: Any = YOLO(str(weights))   # ultralytics types each predict() item Results | Tensor
     t0 = time.time()
     dets: list[list[tuple]] = []
     paths = [str(dataset / "images" / split / r["image_path"]) for r in rows]
@@ -172,7 +144,7 @@ def evaluate(weights: Path, dataset: Path, split: str, imgsz: int, conf: float =
             b = res.boxes
             dets.append([(tuple(x), res.names[int(c)], float(s)) for x, c, s in
                          zip(b.xyxyn.numpy().tolist(), b.cls.numpy().tolist(),
-                             b.conf.numpy().tolist())])
+                             b.conf.numpy().tolist(), strict=True)])
     out = _match_rate(rows, dets)
     out.update({"split": split, "imgsz": imgsz, "conf": conf, "nms_iou": nms_iou,
                 "weights": str(weights), "weights_bytes": weights.stat().st_size,

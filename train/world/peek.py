@@ -44,7 +44,7 @@ def main() -> None:
     for col, scale in enumerate(scales):
         jobs = [ImageJob(lay, scale, layout_seed(0, lay.layout_id), Path("-")) for lay in layouts]
         images, _ = sampler.sample(jobs, adapter if scale else None)
-        for row, (image, lay) in enumerate(zip(images, layouts)):
+        for row, (image, lay) in enumerate(zip(images, layouts, strict=True)):
             pil = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
             pil = pil.resize((32 * z, 32 * z), Image.Resampling.NEAREST)
             if scale:
