@@ -9,62 +9,101 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 _parser.add_argument("--out", type=Path, default=None, help="write the rows and counts as JSON here")
 ARGS = _parser.parse_args()
 
+# run as a script (bench/ is sys.path[0]): the repository root goes first, hence E402 below
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # gatebench and bench/
-from gatebench.render.console import quiet_model_libraries
+from gatebench.render.console import quiet_model_libraries  # noqa: E402
 
 quiet_model_libraries()
-import diffusers.utils.logging as dl
-import transformers.utils.logging as tl
+import diffusers.utils.logging as dl  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers.utils.logging as tl  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+from PIL import Image  # noqa: E402
 
-for m in (tl, dl): m.disable_progress_bar(); m.set_verbosity_error()
-import torch
-from click.testing import CliRunner
+from bench.fixtures import png_header_only, random_adapters, world_images  # noqa: E402
+from gatebench.cli import cli  # noqa: E402
+from gatebench.metrics.images import to_pil_rgb  # noqa: E402
 
-from bench.fixtures import png_header_only, random_adapters, world_images
-from gatebench.cli import cli
+for lib in (tl, dl):
+    lib.disable_progress_bar()
+    lib.set_verbosity_error()
 
 
 def user_state(gate, widths=(16, 32), text_dim=8):
     """A user-format state dict (random to_out, every gate at ``gate``)."""
     return dict(random_adapters(widths, text_dim, gate=gate).state_dict())
+
+
 R = Path(tempfile.mkdtemp(prefix="gatebench-checklist-"))
-WT = Path(__file__).resolve().parent.parent; CK = WT / "gatebench/world/assets/adapters/good/good_step_4000.pt"
-GOLD = WT / "tests/data/golden/run"; SH = (WT / "protocols/shapes.toml").read_text()
-rows = []
+WT = Path(__file__).resolve().parent.parent
+CK = WT / "gatebench/world/assets/adapters/good/good_step_4000.pt"
+GOLD = WT / "tests/data/golden/run"
+SH = (WT / "protocols/shapes.toml").read_text()
+rows: list[tuple[bool, str, Any, Any, bool, str]] = []   # ok, case, expected, got, traceback, last
+
+
 def case(label, args, expect, must=None):
     r = CliRunner().invoke(cli, [str(a) for a in args])
-    lines = [l for l in r.output.splitlines() if l.strip()]
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
     crash = r.exception is not None and not isinstance(r.exception, SystemExit)
     tb = crash or "Traceback" in r.output
     one = r.exit_code != 2 or (len(lines) == 1 and lines[0].startswith("error:"))
     ok = (r.exit_code == expect) and not tb and one and (must is None or must in r.output.replace("\n", ""))
-    rows.append((ok, label, expect, r.exit_code, tb, (lines[-1] if lines else "")[:150]))
+    rows.append((bool(ok), label, expect, r.exit_code, tb, (lines[-1] if lines else "")[:150]))
+
+
 def f(name, data):
-    p = R / name; p.parent.mkdir(parents=True, exist_ok=True)
-    (p.write_bytes if isinstance(data, bytes) else p.write_text)(data); return p
+    p = R / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    (p.write_bytes if isinstance(data, bytes) else p.write_text)(data)
+    return p
+
+
 def gb(name, **hdr):
-    h = {"format": "gatebench-adapter", "format_version": 1, "family": "user", "adapter_config": {}, "base_model": {}, "training": {}, **hdr, "state_dict": user_state(0.3)}
-    torch.save(h, R / name); return R / name
+    h = {"format": "gatebench-adapter", "format_version": 1, "family": "user", "adapter_config": {},
+         "base_model": {}, "training": {}, **hdr, "state_dict": user_state(0.3)}
+    torch.save(h, R / name)
+    return R / name
+
+
 def st(name, meta):
     from safetensors.torch import save_file
-    save_file(user_state(0.3), str(R / name), metadata={"gatebench": meta}); return R / name
-def proto(name, text): return f(name, text)
+    save_file(user_state(0.3), str(R / name), metadata={"gatebench": meta})
+    return R / name
+
+
+def proto(name, text):
+    return f(name, text)
+
+
 def set_in(section, line):
     out, cur, done = [], None, False
     key = line.split("=")[0].strip()
     for row in SH.splitlines():
-        if row.startswith("["): cur = row.strip("[] ")
-        if cur == section and row.split("=")[0].strip() == key: continue
+        if row.startswith("["):
+            cur = row.strip("[] ")
+        if cur == section and row.split("=")[0].strip() == key:
+            continue
         out.append(row)
-        if row.strip() == f"[{section}]" and not done: out.append(line); done = True
-    if not done: out = [line] + out if section is None else out + [f"[{section}]", line]
+        if row.strip() == f"[{section}]" and not done:
+            out.append(line)
+            done = True
+    if not done:
+        out = [line] + out if section is None else out + [f"[{section}]", line]
     return "\n".join(out) + "\n"
-def run_args(p, *extra): return ["run", "--ckpt", CK, "--protocol", p, "--out", R / "o", *extra]
+
+
+def run_args(p, *extra):
+    return ["run", "--ckpt", CK, "--protocol", p, "--out", R / "o", *extra]
+
+
 # checkpoints
 case("non-torch bytes named .pt", ["gates", f("junk.pt", b"hello, not torch")], 2, "junk.pt")
 case("binary junk named .pt", ["gates", f("junk2.pt", bytes(range(256)) * 4)], 2, "junk2.pt")
@@ -76,13 +115,17 @@ case("header training a list", ["gates", gb("t.pt", training=[1, 2])], 2, "'trai
 case("header step a string", ["gates", gb("s.pt", training={"step": "x"})], 2, "training.step")
 case("gate_history short row", ["gates", gb("g1.pt", training={"gate_history": [[1]]})], 2, "gate_history[0]")
 case("gate_history string row", ["gates", gb("g2.pt", training={"gate_history": [["a", 1, 1, 1, 1]]})], 2, "gate_history[0][0]")
-s = user_state(0.3); s["dim_16.gated_attn.to_out.weight"] = 5; torch.save(s, R / "io.pt")
+s = user_state(0.3)
+s["dim_16.gated_attn.to_out.weight"] = 5
+torch.save(s, R / "io.pt")
 case("integer to_out", ["gates", R / "io.pt"], 2, "to_out.weight")
 torch.save({"down.0.fuser.alpha_attn": torch.tensor([])}, R / "gl.pt")
 case("0-d/empty GLIGEN weight", ["gates", R / "gl.pt"], 2, "gl.pt")
 torch.save({"down.0.fuser.alpha_attn": torch.tensor(0.5), "down.0.fuser.attn.to_q.weight": torch.tensor(1.0)}, R / "gl0.pt")
 case("0-d GLIGEN to_q weight (readable, gates only)", ["gates", R / "gl0.pt"], 0)
-s = user_state(0.3, (64,), 64); s["dim_64.gated_attn.to_q.weight"] = torch.zeros(3, 3); torch.save(s, R / "sz.pt")
+s = user_state(0.3, (64,), 64)
+s["dim_64.gated_attn.to_q.weight"] = torch.zeros(3, 3)
+torch.save(s, R / "sz.pt")
 case("shapes that do not fit keys (run)", ["run", "--ckpt", R / "sz.pt", "--protocol", "shapes", "--out", R / "o_sz", "--num-samples", "1", "--steps", "1"], 2, "size mismatch")
 # logs
 case("log step too large", ["gates", "--log", f("big.log", "Step 99999999999999999999999: Gate stats - mean: 0.1, std: 0.1, min: 0.0, max: 0.2\n")], 2, "big.log:1")
@@ -120,10 +163,19 @@ case("[gates] near_zero = -1", run_args(proto("nz.toml", set_in("gates", "near_z
 case("[generation] in a message survives", run_args(proto("ty.toml", set_in("generation", "stpes = 3"))), 2, "in [generation]")
 bom = proto("bom.toml", "\ufeff" + SH)
 case("protocol with a UTF-8 BOM loads", ["gates", R / "e.pt", "--protocol", bom], 0)
+
+
 # results.json / samples.jsonl
 def mut(name, edit):
-    run = R / name; shutil.copytree(GOLD, run)
-    d = json.loads((run / "results.json").read_text()); edit(d); (run / "results.json").write_text(json.dumps(d)); return run / "results.json"
+    run = R / name
+    shutil.copytree(GOLD, run)
+    d = json.loads((run / "results.json").read_text())
+    edit(d)
+    (run / "results.json").write_text(json.dumps(d))
+    return run / "results.json"
+
+
+
 for name, edit, field in [("rs", lambda d: d.update(results="x"), "'results'"), ("pn", lambda d: d.update(protocol=None), "'protocol'"), ("dm", lambda d: d.pop("device"), "'device'")]:
     p = mut(name, edit)
     case(f"report: {name} ({field})", ["report", p, "--out", R / f"{name}.md"], 2, field)
@@ -137,26 +189,29 @@ case("compare A B --out A", ["compare", ok_run, GOLD / "results.json", "--out", 
 after = {q.name: q.read_bytes() for q in ok_run.parent.iterdir() if q.is_file()}
 rows.append((before == after, "run folder byte-identical after those three", "-", "-", False, ""))
 # wrong results
-(R / "world").mkdir(); imgs, lay, det = world_images(R / "world")
+(R / "world").mkdir()
+imgs, lay, det = world_images(R / "world")
 r = CliRunner().invoke(cli, ["score", "--images", str(imgs), "--layouts", str(lay), "--detections", str(det), "--json"])
 v = json.loads(r.output)["metrics"]["iou50_rate"]["value"] if r.exit_code == 0 else None
 rows.append((v == 1.0, "perfect detections on the shapes world score 1.0", 0, r.exit_code, False, f"iou50_rate={v}"))
-import numpy as np
-from PIL import Image
-
-from gatebench.metrics.images import to_pil_rgb
-
-ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16); Image.fromarray(ramp).save(R / "g16.png")
+ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+Image.fromarray(ramp).save(R / "g16.png")
 m = float(np.asarray(to_pil_rgb(R / "g16.png")).mean())
 rows.append((100 < m < 160, "16-bit PNG not white", "-", "-", False, f"mean={m:.1f} (white=255)"))
-bl = f("bl/layouts.jsonl", json.dumps({"image_path": "a.png", "caption": "x", "objects": [{"name": "dog", "bbox": [0.2, 0.3, 1.6, 0.9]}]}) + "\n"); (R / "bl/images").mkdir()
+bl = f("bl/layouts.jsonl", json.dumps({"image_path": "a.png", "caption": "x", "objects": [
+    {"name": "dog", "bbox": [0.2, 0.3, 1.6, 0.9]}]}) + "\n")
+(R / "bl/images").mkdir()
 case("bbox with one value > 1.5 refused", ["score", "--images", R / "bl/images", "--layouts", bl], 2, "layouts.jsonl:1")
-(R / "bomb").mkdir(); i1, l1, d1 = world_images(R / "bomb", n=1)
-name = json.loads(l1.read_text().splitlines()[0])["image_path"]; png_header_only(i1 / name, 60000, 60000)
+(R / "bomb").mkdir()
+i1, l1, d1 = world_images(R / "bomb", n=1)
+name = json.loads(l1.read_text().splitlines()[0])["image_path"]
+png_header_only(i1 / name, 60000, 60000)
 case("decompression-bomb PNG", ["score", "--images", i1, "--layouts", l1, "--detections", d1], 2, "decompression bomb")
 # before generating
 for label, state, field in [("text_dim", user_state(0.3, (16, 32), 8), "text_dim"), ("widths", user_state(0.3, (16, 32), 64), "widths"), ("missing to_out", {k: v for k, v in user_state(0.3, (64,), 64).items() if "to_out" not in k}, "to_out")]:
-    p = R / f"pre_{field}.pt"; torch.save(state, p); out = R / f"o_{field.replace(' ', '_')}"
+    p = R / f"pre_{field}.pt"
+    torch.save(state, p)
+    out = R / f"o_{field.replace(' ', '_')}"
     case(f"adapter {label} refused before generating", ["run", "--ckpt", p, "--protocol", "shapes", "--out", out, "--num-samples", "1", "--steps", "1"], 2, field)
     rows.append((not list(out.rglob("*.png")), f"  ... and no image generated ({label})", "-", "-", False, ""))
 for ok, label, exp, got, tb, last in rows:
