@@ -8,7 +8,7 @@ figures show the structure of the cost, not a real model's; ``--folder`` times a
 interleaved in each round) of ``--images`` images each, after one warm-up call; wall time and the
 process's CPU time (steadier on a shared machine).
 
-Usage: python bench/zeroshot_bench.py [--folder DIR] [--device cpu|cuda] [--images 8]
+Usage: python bench/zeroshot_bench.py [--folder DIR | --shape tiny|t] [--device cpu|cuda] [--images 8]
        [--repeats 5] [--threads 1] [--out FILE.json]
 """
 from __future__ import annotations
@@ -27,7 +27,10 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.zeroshot_fixtures import make_tiny_grounding_dino  # noqa: E402
+from bench.zeroshot_fixtures import (  # noqa: E402
+    make_grounding_dino_t_shaped,
+    make_tiny_grounding_dino,
+)
 from gatebench.metrics.zeroshot import ZeroShotDetector  # noqa: E402
 from gatebench.protocol import DetectionSpec  # noqa: E402
 
@@ -71,12 +74,16 @@ def measure(folder: Path, device: str, imgs: list, repeats: int) -> dict[str, di
     modes = {"joined": detector(folder, device, "joined"),
              "per_phrase": detector(folder, device, "per_phrase"),
              "per_phrase_unshared": detector(folder, device, "per_phrase", shared=False)}
-    for det in modes.values():
-        once(det, imgs[:1], device)                             # warm-up
+    for mode, det in modes.items():
+        wall, cpu = once(det, imgs[:1], device)                 # warm-up
+        print(f"warm-up {mode}: {1e3 * wall:.1f} ms wall, {1e3 * cpu:.1f} ms CPU per image",
+              file=sys.stderr, flush=True)
     times: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
-    for _ in range(repeats):
+    for r in range(repeats):
         for mode, det in modes.items():
             times[mode].append(once(det, imgs, device))
+            print(f"round {r + 1} {mode}: {1e3 * times[mode][-1][0]:.1f} ms wall, "
+                  f"{1e3 * times[mode][-1][1]:.1f} ms CPU per image", file=sys.stderr, flush=True)
     return {m: {"wall_ms": round(1e3 * statistics.median(t[0] for t in ts), 2),
                 "cpu_ms": round(1e3 * statistics.median(t[1] for t in ts), 2)}
             for m, ts in times.items()}
@@ -85,6 +92,8 @@ def measure(folder: Path, device: str, imgs: list, repeats: int) -> dict[str, di
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path)
+    parser.add_argument("--shape", choices=("tiny", "t"), default="tiny",
+                        help="without --folder: the tests' tiny model, or Grounding DINO-T's shape")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
@@ -94,10 +103,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.folder or make_tiny_grounding_dino(Path(tmp) / "grounding-dino")
+        build = make_grounding_dino_t_shaped if args.shape == "t" else make_tiny_grounding_dino
+        folder = args.folder or build(Path(tmp) / "grounding-dino")
         imgs = images(args.images, args.size)
         figures = measure(folder, args.device, imgs, args.repeats)
-    record = {"model": str(args.folder) if args.folder else "tiny random Grounding DINO",
+    record = {"model": str(args.folder) if args.folder else
+              f"random Grounding DINO ({'tiny' if args.shape == 'tiny' else 'T-shaped'})",
               "device": args.device, "threads": args.threads, "phrases": len(PHRASES),
               "images": args.images, "image_size": args.size, "per_image": figures,
               "per_phrase_over_joined_cpu": round(figures["per_phrase"]["cpu_ms"]

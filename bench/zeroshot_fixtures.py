@@ -113,3 +113,38 @@ def make_tiny_owlv2(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def make_grounding_dino_t_shaped(folder: Path, seed: int = 0) -> Path:
+    """A random model shaped as Grounding DINO-T (IDEA-Research/grounding-dino-tiny's config:
+    Swin-T backbone, BERT-base text encoder, d_model 256, 6 + 6 layers, 900 queries, 4 feature
+    levels, 800 px images) with the small WordPiece vocabulary: a real model's cost structure
+    for the bench, without its weights (random weights cost the same)."""
+    import torch
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_vocab(folder / "wordpiece-vocab.txt")
+    tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)
+    backbone = SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                          window_size=7)
+    backbone.out_features = ["stage2", "stage3", "stage4"]
+    text = {"model_type": "bert", "vocab_size": tokenizer.vocab_size, "hidden_size": 768,
+            "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+    config = GroundingDinoConfig(backbone_config=backbone, text_config=text)
+    torch.manual_seed(seed)
+    model = GroundingDinoForObjectDetection(config).eval()
+    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 800,
+                                                        "longest_edge": 1333})
+    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    vocab.unlink()
+    return folder

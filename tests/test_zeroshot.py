@@ -261,3 +261,18 @@ def test_gatebench_score_command_with_a_grounding_dino_folder(tmp_path: Path,
     assert 0.0 <= document["metrics"]["iou50_rate"]["value"] <= 1.0
     assert document["models"]["detector"]["query"] == "joined"
     assert (tmp_path / "out" / "samples.jsonl").is_file()
+
+
+def test_a_detector_folder_is_an_input_the_run_checks(tmp_path: Path, gd_folder: Path) -> None:
+    from gatebench.inputs import missing_inputs
+    from gatebench.protocol import Protocol
+
+    def problem(detector: Path) -> list[str]:
+        protocol = Protocol(name="x").replace(models={"detector": str(detector)})
+        return [m.got for m in missing_inputs(protocol) if m.key == "detector"]
+
+    assert problem(gd_folder) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert problem(empty) == [f"a folder without config.json '{empty}'"]
+    assert problem(tmp_path / "nowhere.pt") == [f"a missing path '{tmp_path / 'nowhere.pt'}'"]
