@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     later = rows[1:] or rows
     figures = {
         "checkpoints": len(rows), "num_samples": args.num_samples, "gate_scales": scales,
-        "total_s": round(total, 2), "model_load_s": round(rows[0]["seconds"] - later[0]["seconds"], 2)
+        "total_s": round(total, 2),
+        "model_load_s": round(rows[0]["seconds"] - later[0]["seconds"], 2)
         if len(rows) > 1 else None,
         "median_s_per_checkpoint": sorted(r["seconds"] for r in later)[len(later) // 2],
         "median_overhead_share": sorted(r["overhead_share"] for r in later)[len(later) // 2],

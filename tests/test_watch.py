@@ -266,8 +266,9 @@ def test_deleted_and_rewritten_checkpoints(world, watched, tmp_path) -> None:
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     # a watch.json of another run folder is refused, not mixed in
+    other = write_checkpoint(tmp_path / "other" / "checkpoint-1.pt").parent
     with pytest.raises(GatebenchError, match="expected a watch of"):
-        watch(tmp_path, protocol(world), options(copy))
+        watch(other, protocol(world), options(copy))
     (run / "checkpoint-10.pt").unlink()
     write_checkpoint(run / "checkpoint-20.pt", gate=0.9)      # a restarted run, other content
     said: list[str] = []

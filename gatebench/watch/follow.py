@@ -104,8 +104,9 @@ def watch(run_dir: Path, protocol: Protocol, options: WatchOptions, *,
     board_dir = options.tensorboard or default_folder(run_dir) or out / "tensorboard"
     settler = settler or Settler(options.settle_s, options.unreadable_after_s)
     evaluator = evaluator or Evaluator(protocol, options, progress_factory)
+    logs = LiveLogs(run_dir, exclude=(out, board_dir / SUBFOLDER))
     loop = _Loop(run_dir.resolve(), protocol, options, out, state, settler, evaluator,
-                 EvalBoard(board_dir), LiveLogs(run_dir, exclude=(out, board_dir / SUBFOLDER)), on_event)
+                 EvalBoard(board_dir), logs, on_event)
     with run_lock(out):
         try:
             loop.run(sleep)
@@ -289,7 +290,8 @@ class _Loop:
         self.evaluated_now += 1
         found = self._point_findings(e)
         grid = self.out / e.run / GRID
-        self.board.write(e, grid if grid.is_file() else None, [f"{f.code} ({f.severity}): {f.message}" for f in found])
+        self.board.write(e, grid if grid.is_file() else None,
+                         [f"{f.code} ({f.severity}): {f.message}" for f in found])
         value = ((e.headline.get(self.scale) or {}).get(self.metric) or {}).get("value")
         shown = f"{self.metric} {value:.3g} at gate scale {self.scale}" if value is not None \
             else f"{self.metric} not computed"
