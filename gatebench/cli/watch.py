@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from gatebench.cli.support import consoles, finish, parse_floats
+from gatebench.cli.support import RichProgress, consoles, finish, parse_floats
 from gatebench.protocol import DEFAULT_PROTOCOL
 from gatebench.render.escape import rich_text as escape  # markup literal, no control codes
 
@@ -85,7 +85,8 @@ def watch(run_dir: Path, protocol: str | None, num_samples: int | None, gate_sca
                            idle_timeout_s=idle_timeout,
                            tensorboard=tensorboard)
     result = run_watch(run_dir, proto, options,
-                       on_event=lambda line: err.print(escape(line), soft_wrap=True))
+                       on_event=lambda line: err.print(escape(line), soft_wrap=True),
+                       progress_factory=lambda total: RichProgress(total, "generating"))
     state = result.state
     counts: dict[str, int] = {}
     for entry in state.checkpoints:
