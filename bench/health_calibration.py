@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import sys
@@ -40,7 +41,7 @@ CUES = ("colour_edges", "colour_noise", "vivid", "light_p99", "light_p1", "sprea
 def threshold_rule(clean: list[float], garbled: list[float]) -> float:
     """Geometric midpoint of the widest gap among the cut points with the fewest errors."""
     values = sorted(set(clean + garbled))
-    cuts = [(a, b) for a, b in zip(values, values[1:])]
+    cuts = list(itertools.pairwise(values))
 
     def errors(t: float) -> int:
         return sum(c > t for c in clean) + sum(g <= t for g in garbled)
@@ -64,7 +65,7 @@ def read_labels(folder: Path) -> dict[str, str]:
             elif header is None and "file" in cells and "label" in cells:
                 header = cells
             elif header is not None and not set(line.strip()) <= set("|- :"):
-                row = dict(zip(header, cells))
+                row = dict(zip(header, cells, strict=False))   # a short row: its cells
                 rows[row["file"]] = row["label"]
     else:
         raise ValueError(f"expected labels.csv or a README.md table (file, label) in {folder}, "

@@ -17,7 +17,8 @@ def user_state(gate: float | Sequence[float] = 0.0, *, widths: Sequence[int] = (
     adapters = AdapterSet(list(widths), text_dim)
     gates = [gate] * len(widths) if isinstance(gate, (int, float)) else list(gate)
     with torch.no_grad():
-        for value, adapter in zip(gates, adapters.values()):
+        # strict=False: repeated widths make one adapter, which takes the first gate value
+        for value, adapter in zip(gates, adapters.values(), strict=False):
             adapter.gated_attn.gate.fill_(value)
             if zero_out:
                 adapter.gated_attn.to_out.weight.zero_()
@@ -66,7 +67,7 @@ def write_tensorboard(folder: Path, steps: Sequence[int], means: Sequence[float]
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(folder))
-    for step, mean in zip(steps, means):
+    for step, mean in zip(steps, means, strict=True):
         writer.add_scalar("train/gate_mean", mean, step)
         writer.add_scalar("train/loss", 0.15 - step * 1e-5, step)
         writer.add_scalar("train/lr", 1e-4, step)
@@ -115,7 +116,7 @@ def assert_same_metrics(got: list[dict], expected: list[dict]) -> None:
     import pytest  # noqa: PLC0415
 
     assert len(got) == len(expected)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=True):
         assert set(a["metrics"]) == set(b["metrics"]), (a["checkpoint"], a["gate_scale"])
         for name, value in a["metrics"].items():
             other = b["metrics"][name]

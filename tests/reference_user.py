@@ -124,4 +124,4 @@ def phrase_vectors(names: list[str], tokenizer, encoder, *, seq_first: bool) -> 
     hidden = hidden.permute(1, 0, 2) if seq_first else hidden
     m = tokens["attention_mask"].float()[..., None]
     vectors = (hidden.float() * m).sum(1) / m.sum(1)
-    return torch.stack([v if n.strip() else torch.zeros_like(v) for n, v in zip(names, vectors)])
+    return torch.stack([v if n.strip() else torch.zeros_like(v) for n, v in zip(names, vectors, strict=True)])

@@ -104,8 +104,8 @@ def test_each_warning_text_is_shown_once_even_across_catch_warnings() -> None:
         for _ in range(3):
             with warnings.catch_warnings():      # what resets the built-in "once" registries
                 warnings.simplefilter("ignore")
-            warnings.warn("small-N FID", UserWarning)
-        warnings.warn("another one", UserWarning)
+            warnings.warn("small-N FID", UserWarning, stacklevel=1)
+        warnings.warn("another one", UserWarning, stacklevel=1)
     assert shown == ["small-N FID", "another one"]
 
 

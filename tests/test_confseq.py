@@ -121,7 +121,7 @@ def test_ratio_sequence_brackets_what_the_loop_keeps() -> None:
     caps = []
     for r in grid:
         a, b = (v_lo - r) * d_max, (v_hi - r) * d_max
-        ys = [(float(nu) - r * float(de) - a) / (b - a) for nu, de in zip(num, den)]
+        ys = [(float(nu) - r * float(de) - a) / (b - a) for nu, de in zip(num, den, strict=True)]
         caps.append(loop_capital(ys, -a / (b - a) + 0.0, alpha))
     for t in range(len(den)):
         kept_ever = [e and caps[j][t] < 1.0 / alpha for j, e in enumerate(kept_ever)]

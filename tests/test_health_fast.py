@@ -153,7 +153,7 @@ def test_assess_equals_the_old_one_alone_with_a_twin_cached_and_on_threads() -> 
     keys = [id(ref) for _, ref in pairs]
     for _ in range(2):                         # misses, then hits
         assert [health.assess(im, ref, twin_cache=cache, twin_key=k)
-                for (im, ref), k in zip(pairs, keys)] == old_twin
+                for (im, ref), k in zip(pairs, keys, strict=True)] == old_twin
     assert cache.hits >= len(pairs)
     for workers in (1, 3):
         assert health.assess_many(IMAGES, workers=workers) == old

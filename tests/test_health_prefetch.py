@@ -21,9 +21,9 @@ def test_prefetched_verdicts_equal_assess_alone() -> None:
     images, twins = _images(6), _images(6, seed=1)
     with HealthPrefetch(garbled_threshold=0.5, blank_threshold=0.5, twin_cache=TwinCache(),
                         workers=2) as health:
-        for i, (image, twin) in enumerate(zip(images, twins)):
+        for i, (image, twin) in enumerate(zip(images, twins, strict=True)):
             health.submit(f"a{i}", image, twin if i % 2 else None, f"t{i}")
-        for i, (image, twin) in enumerate(zip(images, twins)):
+        for i, (image, twin) in enumerate(zip(images, twins, strict=True)):
             assert health.take(f"a{i}", 0.5, 0.5) == assess(image, twin if i % 2 else None)
         assert health.take("never", 0.5, 0.5) is None
         assert health.take("a0", 0.4, 0.5) is None      # other thresholds: not this verdict

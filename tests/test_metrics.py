@@ -148,7 +148,7 @@ def test_clip_score_equals_torchmetrics_over_100(tiny_clip, tmp_path: Path) -> N
     texts = ["a cat", "red square", "一只猫在草地上", "dog"]
     ours = clip_scores(TransformersClip(model, processor), images, texts, batch_size=3)
     assert ours.shape == (4,) and ((ours >= 0) & (ours <= 1)).all()
-    for image, text, score in zip(images, texts, ours):
+    for image, text, score in zip(images, texts, ours, strict=True):
         metric = CLIPScore(model_name_or_path=lambda: (_Unwrap(model), processor))
         reference = metric(torch.from_numpy(image).permute(2, 0, 1), text).item() / 100
         assert score == pytest.approx(reference, abs=1e-5)

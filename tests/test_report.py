@@ -38,9 +38,9 @@ def assert_matches_golden(text: str, name: str, tol: float = 2e-3) -> None:
     got_lines, want_lines = text.splitlines(), expected.splitlines()
     assert len(got_lines) == len(want_lines), f"{name}: {len(got_lines)} lines, expected " \
                                               f"{len(want_lines)}"
-    for number, (got, want) in enumerate(zip(got_lines, want_lines), start=1):
+    for number, (got, want) in enumerate(zip(got_lines, want_lines, strict=True), start=1):
         assert NUMBER.sub("#", got) == NUMBER.sub("#", want), f"{name}:{number}\n{got}\n{want}"
-        for a, b in zip(NUMBER.findall(got), NUMBER.findall(want)):
+        for a, b in zip(NUMBER.findall(got), NUMBER.findall(want), strict=True):
             assert abs(float(a) - float(b)) <= tol, f"{name}:{number}: {a} vs {b}"
 
 

@@ -26,7 +26,7 @@ BOX_A, BOX_B, BOX_C = (0.1, 0.1, 0.5, 0.5), (0.55, 0.5, 0.95, 0.9), (0.5, 0.1, 0
 def draw(path: Path, boxes: list[tuple[float, ...]], noise: bool = False, size: int = 48) -> Path:
     image = Image.new("RGB", (size, size), (200, 210, 220))
     pen = ImageDraw.Draw(image)
-    for box, colour in zip(boxes, [(220, 30, 30), (30, 30, 220), (30, 180, 30)]):
+    for box, colour in zip(boxes, [(220, 30, 30), (30, 30, 220), (30, 180, 30)], strict=False):
         pen.rectangle([v * size for v in box], fill=colour)
     if noise:
         rng = np.random.default_rng(0)

@@ -80,7 +80,7 @@ def test_generate_all_items_carry_the_written_pixels_and_reuse_the_preflight(
     again, _, _ = generate_all(base, Sampler(base, sampler_settings(protocol, base)), infos,
                                layouts, protocol, root=tmp_path / "fresh", batch=4)
     for key, group in items.items():
-        for item, other in zip(group, again[key]):
+        for item, other in zip(group, again[key], strict=True):
             assert item.image is not None and np.array_equal(item.image, _pixels(item.image_path))
             assert np.array_equal(item.image, _pixels(other.image_path))   # fresh loads: same
             if item.reference_image_path is not None:
@@ -142,9 +142,9 @@ def test_scoring_from_memory_equals_scoring_the_files(tmp_path: Path) -> None:
     models = load_eval_models(protocol, device="cpu", layouts=layouts)
     paths = [Path(protocol.data.image_dir) / lay.image_path for lay in layouts]
     twins = paths[1:] + paths[:1]                 # a stand-in gate-0 twin for each image
-    on_disk = [ImageItem(p, lay, 1.0, t) for p, lay, t in zip(paths, layouts, twins)]
+    on_disk = [ImageItem(p, lay, 1.0, t) for p, lay, t in zip(paths, layouts, twins, strict=True)]
     in_memory = [ImageItem(p, lay, 1.0, t, image=_pixels(p), reference_image=_pixels(t))
-                 for p, lay, t in zip(paths, layouts, twins)]
+                 for p, lay, t in zip(paths, layouts, twins, strict=True)]
     kwargs = {**models.score_kwargs(), "cache_dir": tmp_path}
     files = score_images(on_disk, protocol, **kwargs)
     cache = TwinCache()

@@ -151,7 +151,7 @@ def test_export_yolo_layout(world, tmp_path):
                  ).read_text().split("\n")
         lines = [ln for ln in lines if ln]
         assert len(lines) == len(row["objects"])
-        for ln, o in zip(lines, row["objects"]):
+        for ln, o in zip(lines, row["objects"], strict=True):
             c, cx, cy, w, h = ln.split()
             x1, y1, x2, y2 = o["bbox"]
             assert int(c) == o["category_id"] - 1
