@@ -20,6 +20,8 @@ from gatebench.readers.logs import LogSeries
 from gatebench.render.escape import md_code, md_text, plot_text
 from gatebench.render.html import markdown_to_html
 
+# the headline metrics, and effect_lift: whether control grows where no detector is configured
+METRICS = (*HEADLINE, *(m for m in ("effect_lift",) if m not in HEADLINE))
 TAIL_LINES = 40
 LAST_STEPS = 100
 
@@ -49,7 +51,7 @@ def plot_trajectory(doc: dict[str, Any], logs: Sequence[LogSeries], out: Path) -
     gate mean and loss, all against the training step."""
     entries = points(doc)
     scales = _scales(entries)
-    metrics = [m for m in HEADLINE if any(_value(e, s, m) for e in entries for s in scales)]
+    metrics = [m for m in METRICS if any(_value(e, s, m) for e in entries for s in scales)]
     curves = [(c, log) for c in ("gate_mean", "loss") for log in logs[:1]
               if log.frame[c].notna().any()]
     if not metrics and not curves:
@@ -126,7 +128,7 @@ def render_markdown(doc: dict[str, Any], out: Path, logs: Sequence[LogSeries],
                     figure: Path | None) -> str:
     entries = points(doc)
     scales = [s for s in _scales(entries) if float(s) != 0] or _scales(entries)
-    metrics = [m for m in HEADLINE if any(_value(e, s, m) for e in entries for s in scales)]
+    metrics = [m for m in METRICS if any(_value(e, s, m) for e in entries for s in scales)]
     lines = [f"# Training run {md_code(doc['run_dir'])}: the trajectory", "",
              f"Protocol {md_code(doc['settings'].get('protocol'))}, seed "
              f"{doc['settings'].get('seed')}; verdict of the newest checkpoint: "
@@ -136,7 +138,7 @@ def render_markdown(doc: dict[str, Any], out: Path, logs: Sequence[LogSeries],
     if best:
         value = "not computed" if best.get("value") is None else f"{best['value']:.4g}"
         lines += [f"**Best on the probe set:** {md_code(best['path'])} (step {best['tb_step']}): "
-                  f"{md_text(best['metric'])} {value} at gate scale {best['gate_scale']:g}. "
+                  f"{md_text(best['metric'])} {value} at gate scale {best['gate_scale']:g}; "
                   f"{md_text(best['note'])}:", "", f"    {best['held_out_command']}", ""]
     if figure is not None:
         lines += [f"![metrics and training curves against the step]({figure.name})", ""]

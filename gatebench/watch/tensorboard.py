@@ -5,7 +5,8 @@ trainer's and ours), and a folder of its own shows as its own run beside ``train
 under ``eval/`` at the checkpoint's TRAINING step, so ``tensorboard --logdir ./outputs/tensorboard``
 draws ``eval/iou50_rate/scale_1`` on the same axis as ``train/gate_mean`` and ``train/loss``:
 
-* ``eval/<metric>/scale_<s>``: each headline metric at each gate scale; its CI bounds as tags
+* ``eval/<metric>/scale_<s>``: each headline metric (and effect_lift) at each gate scale; its
+  CI bounds as tags
   of their own (``.../ci_low``, ``.../ci_high``);
 * ``eval/samples``: the checkpoint's sample grid (run's report grid: one row per gate scale,
   the where-it-wrote row);
@@ -24,6 +25,8 @@ from gatebench.render.escape import md_text
 from gatebench.watch.state import Entry
 
 SUBFOLDER = "gatebench"
+# the headline metrics, and effect_lift: whether control grows where no detector is configured
+METRICS = (*HEADLINE, *(m for m in ("effect_lift",) if m not in HEADLINE))
 
 
 def default_folder(run_dir: Path) -> Path | None:
@@ -54,7 +57,7 @@ def scalar_points(entry: Entry) -> list[tuple[str, float]]:
     """(tag, value) of one checkpoint: each headline metric per gate scale, with its CI."""
     out = []
     for scale, metrics in sorted((entry.headline or {}).items(), key=lambda kv: float(kv[0])):
-        for name in HEADLINE:
+        for name in METRICS:
             m = metrics.get(name) or {}
             for part, key in (("", "value"), ("/ci_low", "ci_low"), ("/ci_high", "ci_high")):
                 value = m.get(key)
