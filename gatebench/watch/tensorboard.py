@@ -6,8 +6,7 @@ under ``eval/`` at the checkpoint's TRAINING step, so ``tensorboard --logdir ./o
 draws ``eval/iou50_rate/scale_1`` on the same axis as ``train/gate_mean`` and ``train/loss``:
 
 * ``eval/<metric>/scale_<s>``: each headline metric (and effect_lift) at each gate scale; its
-  CI bounds as tags
-  of their own (``.../ci_low``, ``.../ci_high``);
+  CI bounds as tags of their own (``.../ci_low``, ``.../ci_high``);
 * ``eval/samples``: the checkpoint's sample grid (run's report grid: one row per gate scale,
   the where-it-wrote row);
 * ``eval/findings``: the findings raised at that checkpoint, as text.
