@@ -27,7 +27,9 @@ from gatebench.watch.evaluate import WatchOptions
 from gatebench.watch.findings import control_finding, garbled_finding, loss_finding
 from gatebench.watch.follow import watch
 from gatebench.watch.state import Entry, load_state
+from tests.model_builders import UNET_WIDTHS
 from tests.run_builders import tiny_world, write_checkpoint, write_protocol
+from tests.user_trainer_writer import FINAL_NAME, UserTrainerWriter
 
 STEPS = (10, 20, 30)
 
@@ -85,7 +87,10 @@ def watched(world, tmp_path_factory):
 def test_once_evaluates_each_point_in_series_order(watched) -> None:
     result, said = watched["result"], watched["said"]
     doc = json.loads((watched["out"] / "watch.json").read_text())
-    assert [e["step"] for e in doc["checkpoints"]] == [None] * 4   # bare files: from names
+    # bare files: the step is the file name's (issue 31), recorded nowhere inside
+    assert [e["step"] for e in doc["checkpoints"]] == [*STEPS, 40]
+    assert [e["step_source"] for e in doc["checkpoints"]] == ["file name"] * 4
+    assert [e["recorded_step"] for e in doc["checkpoints"]] == [None] * 4
     assert [e["tb_step"] for e in doc["checkpoints"]] == [*STEPS, 40]
     assert [e["status"] for e in doc["checkpoints"]] == ["evaluated"] * 3 + ["unreadable"]
     # the torn file: reported once with the reason, never evaluated, never a crash
@@ -138,6 +143,32 @@ def test_tensorboard_points_at_the_training_step_and_no_duplicates(watched, worl
     assert scalar_steps(board, "eval/garbled_rate/scale_1") == list(STEPS)
     # training's own folder keeps its own points only
     assert scalar_steps(watched["run"] / "tensorboard", "train/loss") == list(range(5, 35, 5))
+
+
+def test_a_folder_written_like_the_users_trainer(world, tmp_path) -> None:
+    """Issue 31: fp16 files saved in place in chunks, checkpoint-N.pt then the final file
+    (the last checkpoint's tensors), no step inside: each step evaluated once at step N in
+    TensorBoard, the final file at the last point; a rerun into the same folder that overwrites
+    the names with new content is evaluated again, its first results kept apart."""
+    run = tmp_path / "run"
+    writer = UserTrainerWriter(run, widths=UNET_WIDTHS, text_dim=32, save_every=10)
+    writer.run(30)
+    out, board = tmp_path / "out", tmp_path / "board"
+    first = watch(run, protocol(world), options(out, tensorboard=board))
+    doc = json.loads((out / "watch.json").read_text())
+    by_name = {e["name"]: e for e in doc["checkpoints"]}
+    assert [by_name[f"checkpoint-{s}.pt"]["step"] for s in STEPS] == list(STEPS)
+    final = by_name[FINAL_NAME]
+    assert final["status"] == "same_point" and final["same_as"].endswith("checkpoint-30.pt")
+    assert final["step"] == 30 and final["step_source"] == "identical file"
+    assert first.evaluated_now == 3
+    assert scalar_steps(board / "gatebench", "eval/garbled_rate/scale_1") == list(STEPS)
+    UserTrainerWriter(run, widths=UNET_WIDTHS, text_dim=32, save_every=10, seed=1).run(30)
+    again = watch(run, protocol(world), options(out, tensorboard=board))
+    doc = json.loads((out / "watch.json").read_text())
+    assert again.evaluated_now == 3 and len(doc["replaced"]) == 3
+    assert all((out / e["results"]).is_file() for e in doc["replaced"])
+    assert scalar_steps(board / "gatebench", "eval/garbled_rate/scale_1") == list(STEPS)
 
 
 def test_a_file_written_in_two_halves_with_a_pause_waits_then_loads(watched, tmp_path) -> None:

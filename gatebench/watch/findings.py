@@ -109,8 +109,9 @@ def control_finding(points: Sequence[Entry], scale: str) -> list[WatchFinding]:
     name = control_metric(points, scale)
     if name is None:
         return []
-    gates = [abs(float(e.gate_mean)) for e in points]   # type: ignore[arg-type]
-    values = [float(_value(e, scale, name)) for e in points]  # type: ignore[arg-type]
+    # every point has both (the filter above, control_metric's rule): the conditions only narrow
+    gates = [abs(float(e.gate_mean)) for e in points if e.gate_mean is not None]
+    values = [v for e in points if (v := _value(e, scale, name)) is not None]
     xs = [float(e.tb_step if e.tb_step is not None else i) for i, e in enumerate(points)]
     trend = mann_kendall(xs, values)
     if gates[-1] <= gates[0] or trend is None or trend.slope > 0 or values[-1] > values[0]:
@@ -195,7 +196,7 @@ def best_record(entry: Entry, metric: str, scale: str, k: int, protocol: Protoco
     source = protocol.source or protocol.name
     command = (f"gatebench run --ckpt {entry.path} --protocol {source} --gate-scales {scale} "
                f"--layouts HELD_OUT_LAYOUTS.jsonl --out gatebench-heldout")
-    return {"path": entry.path, "step": entry.step, "tb_step": entry.tb_step, "metric": metric,
+    return {"path": entry.path, "step": entry.train_step, "tb_step": entry.tb_step, "metric": metric,
             "gate_scale": float(scale), "value": m.get("value"), "ci_low": m.get("ci_low"),
             "ci_high": m.get("ci_high"), "picked_from": k,
             "note": f"picked as the best of {k} checkpoints on the probe layouts, so its value "

@@ -26,7 +26,8 @@ WATCH_FILE = "watch.json"
 STATUSES = ("waiting", "evaluated", "same_point", "unreadable", "error", "deleted", "unplaced")
 # field -> JSON kinds accepted (None: null allowed)
 _ENTRY_KINDS: dict[str, tuple[type | None, ...]] = {
-    "path": (str,), "status": (str,), "step": (int, None), "sha256": (str, None),
+    "path": (str,), "status": (str,), "step": (int, None), "step_source": (str, None),
+    "recorded_step": (int, None), "sha256": (str, None),
     "results": (str, None), "run": (str, None), "reason": (str, None), "reported": (list,),
     "headline": (dict, None), "x": (int, None), "axis": (str, None), "tb_step": (int, None)}
 _TOP_KINDS: dict[str, tuple[type | None, ...]] = {
@@ -43,7 +44,7 @@ class Entry:
     sha256: str | None = None
     size: int | None = None
     mtime_ns: int | None = None
-    step: int | None = None
+    step: int | None = None            # recorded inside the file (watch.json: recorded_step)
     epoch: int | None = None
     gates: list[list[str]] | None = None
     tensors: str | None = None         # digest of every tensor: equal gates, other weights
@@ -54,6 +55,7 @@ class Entry:
     headline: dict[str, Any] | None = None   # {scale: {metric: {value, ci_low, ci_high}}}
     x: int | None = None               # series position on ``axis`` (None: a final file)
     train_step: int | None = None      # its training step by series rule 5 (None: unknown)
+    step_source: str | None = None     # where train_step came from: recorded, file name, ...
     axis: str | None = None
     placed_by: str | None = None
     final: bool = False
@@ -75,11 +77,19 @@ class Entry:
                       float(self.mtime_ns) if self.mtime_ns is not None else None, self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"name": self.name}
+        """``step`` is the training step wherever it came from (``step_source``: recorded in
+        the file, its file name, an identical file), as gates and results.json report it."""
+        doc = asdict(self) | {"name": self.name}
+        doc["recorded_step"] = doc.pop("step")
+        doc["step"] = doc.pop("train_step")
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Entry:
         known = {f.name for f in fields(cls)}
+        doc = dict(doc)
+        if "recorded_step" in doc:             # the training step is re-derived by ``order``
+            doc["train_step"], doc["step"] = doc.get("step"), doc.pop("recorded_step")
         return cls(**{k: v for k, v in doc.items() if k in known})
 
 
@@ -114,7 +124,7 @@ class WatchState:
                 e = by_path[m.key]
                 e.x, e.axis, e.placed_by, e.final = point.x, point.axis, point.placed_by, \
                     point.final
-                e.train_step = point.step_of(m)[0]
+                e.train_step, e.step_source = point.step_of(m)
                 e.same_as = point.members[0].key if i else None
                 if e.tb_step is None or e.results is None:
                     e.tb_step = next(v for v in (e.train_step, point.place, number)
@@ -122,7 +132,7 @@ class WatchState:
                 ordered.append(e)
         for m in series.unplaced:
             e = by_path[m.key]
-            e.x = e.axis = e.placed_by = e.same_as = e.train_step = None
+            e.x = e.axis = e.placed_by = e.same_as = e.train_step = e.step_source = None
             ordered.append(e)
         self.checkpoints = ordered
 
