@@ -19,6 +19,7 @@ import torch
 
 from bench.generation_world import World
 from bench.timing import device_sync
+from gatebench.adapters.registry import AdapterRuntime
 from gatebench.adapters.user import Grounding
 from gatebench.checkpoint import load_adapter
 from gatebench.generate import ImageJob, grounded_steps, layout_seed, resolve_uncond
@@ -61,7 +62,7 @@ def _grounding(world: World, job: ImageJob, vectors: torch.Tensor, cfg: bool) ->
 
 
 @torch.no_grad()
-def loop_one(world: World, adapter: Any, job: ImageJob, timer: StageTimer) -> None:
+def loop_one(world: World, adapter: AdapterRuntime, job: ImageJob, timer: StageTimer) -> None:
     """One image, start to finish, its phases charged to ``timer``."""
     base, s = world.base, world.settings
     cfg = s.guidance_scale > 1.0

@@ -18,7 +18,7 @@ from rich.table import Table
 from gatebench.checkpoint import inspect_checkpoint
 from gatebench.errors import ModelFileError
 from gatebench.files import atomic_write_text
-from gatebench.gates import analyse
+from gatebench.gates import GateReport, analyse
 from gatebench.protocol import ASSETS_DIR, load_protocol
 from gatebench.readers.logs import read_logs
 from gatebench.render.gates import plot_trajectory, render_findings, render_markdown
@@ -64,7 +64,7 @@ def _fmt(value: float | None) -> str:
     return "not computed" if value is None else f"{value:.3f}"
 
 
-def gate_path(report: Any) -> str:
+def gate_path(report: GateReport) -> str:
     """'0.1 (init) -> 0.822 (step 4000)': where a series' mean raw gate started and ended."""
     points = report.trajectory
     if not points:

@@ -13,11 +13,15 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from gatebench.errors import GatebenchError
+
+if TYPE_CHECKING:
+    from gatebench.generate import GenerationStats
+    from gatebench.protocol import Protocol
 
 TIMEOUT_ENV = "GATEBENCH_DIST_TIMEOUT"     # seconds a rank waits for the others
 DEFAULT_TIMEOUT_S = 1800.0
@@ -67,7 +71,7 @@ def collective(what: str) -> Iterator[None]:
             f"to wait longer") from None
 
 
-def import_collective_libraries(protocol: Any, world: int) -> None:
+def import_collective_libraries(protocol: Protocol, world: int) -> None:
     """Import, on EVERY rank and at the same point, the libraries whose import is itself a
     collective (ultralytics: a barrier) before any rank can be inside another collective."""
     if world > 1 and protocol.models.detector:
@@ -77,7 +81,7 @@ def import_collective_libraries(protocol: Any, world: int) -> None:
             import_ultralytics()
 
 
-def sum_over_ranks(stats: Any, counts: tuple[str, ...], seconds: tuple[str, ...]) -> None:
+def sum_over_ranks(stats: GenerationStats, counts: tuple[str, ...], seconds: tuple[str, ...]) -> None:
     """Sum ``stats``' count and time fields over every rank, in place."""
     values = torch.tensor([float(getattr(stats, f)) for f in counts + seconds], dtype=torch.float64)
     with collective("summing the generation counts (all_reduce)"):

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import torch
 from torch import nn
@@ -317,7 +317,8 @@ class Trainer:
         total = per_epoch * self.config.epochs
         return min(total, self.config.max_steps) if self.config.max_steps else total
 
-    def run(self, progress: Any = None) -> TrainState:
+    def run(self, progress: Callable[[int, int, float, float], None] | None = None) -> TrainState:
+        """Train to the end; ``progress(step, total, loss, gate_mean)`` after each logged step."""
         c, s = self.config, self.state
         logs = Logs(c, enabled=self.rank == 0)
         total = self.total_steps()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, cast
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,13 @@ class TrainingMeta:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "TrainingMeta":
         raw = dict(raw or {})
-        history = tuple(tuple(float(v) if i else int(v) for i, v in enumerate(row))
-                        for row in raw.get("gate_history", ()))
-        known = {k: raw.get(k) for k in ("step", "epoch", "init_scheme", "gate_init", "scale_min",
+        # rows of five (step, mean, std, min, max): readers/checkpoint_header.py checks the width
+        history = cast("tuple[tuple[int, float, float, float, float], ...]", tuple(
+            tuple(float(v) if i else int(v) for i, v in enumerate(row))
+            for row in raw.get("gate_history", ())))
+        known: dict[str, Any] = {k: raw.get(k) for k in ("step", "epoch", "init_scheme", "gate_init", "scale_min",
                                          "scale_max", "data_sha256", "uncond_boxes")}
-        return cls(**known, gate_history=history)  # type: ignore[arg-type]
+        return cls(**known, gate_history=history)
 
 
 @dataclass(frozen=True)

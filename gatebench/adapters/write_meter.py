@@ -25,12 +25,15 @@ attention per token) to running sums in place; in-box shares, chance levels and 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch.nn import functional as F
 
 from gatebench.adapters.box_attention import token_box_mask
+
+if TYPE_CHECKING:   # adapters/user.py imports this module
+    from gatebench.adapters.user import Grounding
 
 ZERO_EFFECT = "the adapter's effect is exactly 0 (deadlock: gate and to_out both 0)"
 NO_BOX = "the layout has no box"
@@ -55,7 +58,7 @@ class WriteMeter:
         self.stream = torch.zeros(rows, device=device, dtype=torch.float64)
         self._energy: dict[int, torch.Tensor] = {}     # T -> (2, B, T) float32
         self._attention: dict[int, torch.Tensor] = {}  # T -> (B, T, N) float32, heads summed
-        self._grounding: Any = None
+        self._grounding: Grounding | None = None
         self.null_slot = False      # a null slot makes one box localisable: kappa counts it
 
     @property
@@ -63,7 +66,7 @@ class WriteMeter:
         return bool(self._attention)
 
     @torch.no_grad()
-    def record(self, delta: torch.Tensor, h: torch.Tensor, grounding: Any,
+    def record(self, delta: torch.Tensor, h: torch.Tensor, grounding: Grounding,
                probs: torch.Tensor | None = None) -> None:
         """One site's residual ``delta`` and stream ``h`` (B, T, D); ``probs`` (B, T, H, N')."""
         b, length, _ = delta.shape
@@ -85,6 +88,7 @@ class WriteMeter:
     def _inside(self, length: int) -> torch.Tensor:
         """(B, T, N) float: token cell centre in box j (and box j real), on this grid."""
         g = self._grounding
+        assert g is not None, "record() sets the grounding before any grid is measured"
         inside = token_box_mask(g.boxes.float(), length, g.aspect)
         return (inside & g.mask.bool()[:, None, :]).float()
 
@@ -132,6 +136,7 @@ class WriteMeter:
         index = torch.as_tensor(list(rows), device=self.device)
         density = torch.zeros(len(index), self.grid, self.grid)
         for length, energy in self._energy.items():
+            assert self._grounding is not None      # an energy is only recorded with it
             side = max(1, round(math.sqrt(length * self._grounding.aspect)))
             cells = energy.sum(0).index_select(0, index).view(-1, 1, side, length // side)
             density += F.interpolate(cells.float().cpu() * length, size=(self.grid, self.grid),

@@ -15,15 +15,19 @@ from gatebench.files import cache_dir, file_sha256
 
 if TYPE_CHECKING:   # metrics sit below the protocol and the layouts: annotations only
     from gatebench.layouts import Layout
+    from gatebench.metrics.clip_score import ClipBackend, OpenClip, TransformersClip
+    from gatebench.metrics.detect import Detector, PhraseDetector, YoloDetector
+    from gatebench.metrics.fid import FeatureExtractor, ModuleExtractor, ReferenceStats
+    from gatebench.metrics.zeroshot import ZeroShotDetector
     from gatebench.protocol import Protocol
 
 
 @dataclass
 class EvalModels:
-    detector: Any = None
-    clip: Any = None
-    fid_extractor: Any = None
-    reference: Any = None                 # ReferenceStats of the real images
+    detector: Detector | PhraseDetector | None = None
+    clip: ClipBackend | None = None
+    fid_extractor: FeatureExtractor | None = None
+    reference: ReferenceStats | None = None     # of the real images
     real_images: list[tuple[Layout, Path]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -39,7 +43,8 @@ def _file_identity(path: Path, **extra: Any) -> dict[str, Any]:
     return {"path": str(path), "sha256": file_sha256(path) if path.is_file() else None, **extra}
 
 
-def load_clip(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]] | tuple[None, None]:
+def load_clip(protocol: Protocol, device: str
+              ) -> tuple[TransformersClip | OpenClip, dict[str, Any]] | tuple[None, None]:
     m = protocol.models
     if not m.clip_model:
         return None, None
@@ -59,7 +64,7 @@ def load_clip(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]] | t
         path, backend="open_clip", arch=m.clip_arch)
 
 
-def load_world_clip_backend(path: Path, device: str) -> tuple[Any, dict[str, Any]]:
+def load_world_clip_backend(path: Path, device: str) -> tuple[OpenClip, dict[str, Any]]:
     """The shapes world's own CLIP (weights .safetensors + config .json beside it)."""
     from gatebench.metrics.clip_score import OpenClip
     from gatebench.world.clip_model import load_world_clip
@@ -74,7 +79,8 @@ def load_world_clip_backend(path: Path, device: str) -> tuple[Any, dict[str, Any
     return backend, _file_identity(path, backend="gatebench-world")
 
 
-def clip_image_extractor(clip: Any, info: dict[str, Any]) -> Any:
+def clip_image_extractor(clip: TransformersClip | OpenClip, info: dict[str, Any]
+                         ) -> ModuleExtractor:
     """FID/KID features from a CLIP image tower (the shapes world has no Inception)."""
     from gatebench.metrics.fid import ModuleExtractor
 
@@ -109,7 +115,8 @@ def real_image_paths(protocol: Protocol, layouts: Sequence[Layout]) -> list[tupl
     return paths
 
 
-def load_detector(protocol: Protocol, device: str) -> tuple[Any, dict[str, Any]]:
+def load_detector(protocol: Protocol, device: str
+                  ) -> tuple[ZeroShotDetector | YoloDetector, dict[str, Any]]:
     """[models] detector: a transformers folder of a zero-shot detector (queried with each
     image's phrases), else an ultralytics YOLO weights file; and its results.json identity."""
     path = Path(protocol.models.detector or "")
@@ -132,25 +139,28 @@ def load_eval_models(protocol: Protocol, *, device: str, layouts: Sequence[Layou
     models = EvalModels()
     if m.detector:
         models.detector, models.info["detector"] = load_detector(protocol, device)
-    models.clip, clip_info = load_clip(protocol, device)
+    clip, clip_info = load_clip(protocol, device)
+    models.clip = clip
     if clip_info:
         models.info["clip"] = {**clip_info, "caption_language": protocol.data.caption_language}
     if m.fid_features == "inception" and m.inception_weights:
         from gatebench.metrics.fid import inception_extractor
         models.fid_extractor = inception_extractor(m.inception_weights, device=device)
         models.info["fid_features"] = _file_identity(Path(m.inception_weights), name="inception-v3-2048")
-    elif m.fid_features == "clip-image" and models.clip is not None:
-        models.fid_extractor = clip_image_extractor(models.clip, models.info["clip"])
-        models.info["fid_features"] = {"name": models.fid_extractor.name,
+    elif m.fid_features == "clip-image" and clip is not None:
+        clip_features = clip_image_extractor(clip, models.info["clip"])
+        models.fid_extractor = clip_features
+        models.info["fid_features"] = {"name": clip_features.name,
                                        "sha256": models.info["clip"]["sha256"]}
     models.real_images = real_image_paths(protocol, layouts)
     if models.fid_extractor is not None and len(models.real_images) >= 2:
         from gatebench.metrics.fid import reference_stats
-        models.reference = reference_stats([p for _, p in models.real_images], models.fid_extractor,
-                                           cache_dir=cache_dir() / "refstats",
-                                           resize=protocol.scoring.fid_resize)
-        models.info["fid_reference"] = (f"{models.reference.n} real images from "
+        reference = reference_stats([p for _, p in models.real_images], models.fid_extractor,
+                                    cache_dir=cache_dir() / "refstats",
+                                    resize=protocol.scoring.fid_resize)
+        models.reference = reference
+        models.info["fid_reference"] = (f"{reference.n} real images from "
                                         f"{protocol.data.image_dir} (data hash "
-                                        f"{models.reference.recipe['data_hash'][:12]}, resize "
-                                        f"{models.reference.recipe['resize']})")
+                                        f"{reference.recipe['data_hash'][:12]}, resize "
+                                        f"{reference.recipe['resize']})")
     return models

@@ -304,5 +304,5 @@ def _strictly_newest(members: Sequence[Member]) -> Member | None:
     """The one file modified after every other file of the run (None if unknown or tied)."""
     if len(members) < 2 or any(m.mtime is None for m in members):
         return None
-    ordered = sorted(members, key=lambda m: m.mtime)  # type: ignore[arg-type, return-value]
+    ordered = sorted(members, key=lambda m: m.mtime or 0.0)    # none is None (checked above)
     return ordered[-1] if ordered[-1].mtime != ordered[-2].mtime else None

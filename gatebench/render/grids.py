@@ -97,7 +97,8 @@ def _cell_label(record: pd.Series) -> tuple[str, bool]:
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
-    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return r, g, b
 
 
 def _segments(x0: float, y0: float, x1: float, y1: float,

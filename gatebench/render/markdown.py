@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -37,6 +37,9 @@ from gatebench.render.sections import (
 )
 from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of
+
+if TYPE_CHECKING:
+    from gatebench.gates import GateReport
 
 DEFINITIONS = """\
 ## Definitions
@@ -287,7 +290,7 @@ def reproducibility(results: dict[str, Any]) -> list[str]:
 
 
 def build_figures(results: dict[str, Any], samples: pd.DataFrame, *, results_dir: Path,
-                  out_dir: Path, gate_report: Any = None) -> Figures:
+                  out_dir: Path, gate_report: GateReport | None = None) -> Figures:
     """Draw every figure into ``out_dir``; images are looked up relative to ``results_dir``."""
     from gatebench.render import grids  # noqa: PLC0415
     from gatebench.render import plots as rp  # noqa: PLC0415
@@ -348,7 +351,7 @@ def matching_comparison(results: dict[str, Any], folder: Path) -> dict[str, Any]
     return doc
 
 
-def write_report(results: dict[str, Any], samples: pd.DataFrame, gate_report: Any,
+def write_report(results: dict[str, Any], samples: pd.DataFrame, gate_report: GateReport | None,
                  out_dir: Path, comparison: dict[str, Any] | None = None) -> Path:
     """report.md (+ PNGs) into the run folder; called by `gatebench run`."""
     figures = build_figures(results, samples, results_dir=out_dir, out_dir=out_dir,

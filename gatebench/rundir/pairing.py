@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from gatebench.errors import NotComparableError
 from gatebench.files import file_sha256
-from gatebench.protocol import UNCOND_ALIASES
+from gatebench.protocol import UNCOND_ALIASES, Protocol
 from gatebench.rundir.saved import SavedRun, checkpoint_paths
 
 
@@ -76,7 +76,7 @@ def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> None:
                                  "got different " + "; ".join(problems))
 
 
-def precheck_protocol(base: dict[str, Any], protocol: Any) -> None:
+def precheck_protocol(base: dict[str, Any], protocol: Protocol) -> None:
     """Before an expensive `run --baseline`: what can be checked from the protocol alone."""
     source = Path(protocol.source) if protocol.source else None
     sha = file_sha256(source) if source is not None and source.is_file() else None

@@ -14,10 +14,17 @@ import platform
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from gatebench import __version__
 from gatebench.files import atomic_write_text, file_sha256
+
+if TYPE_CHECKING:    # annotations only: rundir/ reads what the stages made, it imports none of them
+    import torch
+
+    from gatebench.gates import GateReport
+    from gatebench.protocol import Protocol
+    from gatebench.verdict import TargetRow
 
 SCHEMA_VERSION = 2   # 2 (gatebench 0.2): forward configs, references, per-adapter uncond_boxes
 SUPPORTED_SCHEMA = (1, 2)
@@ -132,10 +139,10 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
                                                     default=str))
 
 
-def build_results(*, protocol: Any, gate_report: Any, rows: list[dict[str, Any]],
-                  targets: Sequence[Any], models: dict[str, Any], layouts_info: str,
+def build_results(*, protocol: Protocol, gate_report: GateReport, rows: list[dict[str, Any]],
+                  targets: Sequence[TargetRow], models: dict[str, Any], layouts_info: str,
                   n_layouts: int, timings: dict[str, Any], generation: dict[str, Any],
-                  command: str, device: str, dtype: Any, ceiling: dict[str, Any] | None,
+                  command: str, device: str, dtype: torch.dtype, ceiling: dict[str, Any] | None,
                   layout_ids: Sequence[str]) -> dict[str, Any]:
     """The results.json document (its shape: rundir/schema.py), without its verdict: the caller
     records ``decide_verdict``'s once every part (regression, sequential) is known."""

@@ -92,7 +92,7 @@ def label_map(results: dict[str, Any]) -> dict[str, str]:
     return {str(row["checkpoint"]): row_label(row) for row in results["results"]}
 
 
-def label_of(labels: dict[str, str], checkpoint: Any) -> str:
+def label_of(labels: dict[str, str], checkpoint: str | PurePath) -> str:
     """The label of a checkpoint path (its file name when the run did not evaluate it)."""
     return labels.get(str(checkpoint)) or PurePath(str(checkpoint)).name
 

@@ -19,12 +19,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from gatebench.errors import ModelFileError
 from gatebench.protocol import Protocol
 from gatebench.run import RunOptions, run_evaluation
 from gatebench.watch.state import Entry
+
+if TYPE_CHECKING:
+    from gatebench.metrics.evalmodels import EvalModels
+    from gatebench.models.base import BaseModel
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,8 @@ class WatchOptions:
 class Models:
     """The models a watch loads once (None until the first checkpoint needs them)."""
 
-    base: Any = None
-    eval_models: Any = None
+    base: BaseModel | None = None
+    eval_models: EvalModels | None = None
     zero_scores: dict[Any, Any] = field(default_factory=dict)
     load_s: float = 0.0
 
