@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
+from typing import Protocol as TypingProtocol
 
 import pandas as pd
 
@@ -54,6 +55,14 @@ if TYPE_CHECKING:     # annotations only: the base model and the evaluation mode
 
     from gatebench.metrics.evalmodels import EvalModels
     from gatebench.models.base import BaseModel
+
+
+class ProgressBar(TypingProtocol):
+    """What ``progress_factory(total)`` returns (the CLI's rich bar): advanced per image made."""
+
+    def advance(self, n: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ def _load_base(protocol: Protocol, device: str, dtype: torch.dtype) -> BaseModel
 
 def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, *,
                    eval_models: EvalModels | None = None, base: BaseModel | None = None,
-                   progress_factory: Callable[[int], Any] | None = None,
+                   progress_factory: Callable[[int], ProgressBar] | None = None,
                    baseline: SavedRun | None = None, zero_scores: dict[Any, Any] | None = None) -> RunResult:
     """The whole `gatebench run` as a library call (the CLI only parses flags and renders).
 
@@ -174,7 +183,7 @@ def _uses_reference_cache(protocol: Protocol) -> bool:
 
 def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, out: Path,
               rank: int, world: int, started: float, *, eval_models: EvalModels | None,
-              base: BaseModel | None, progress_factory: Callable[[int], Any] | None,
+              base: BaseModel | None, progress_factory: Callable[[int], ProgressBar] | None,
               baseline: SavedRun | None,
               keep: KeptImages | None, health: HealthPrefetch | None,
               zero_scores: dict[Any, Any] | None = None) -> RunResult:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from gatebench.errors import ModelFileError
 from gatebench.protocol import Protocol
-from gatebench.run import RunOptions, run_evaluation
+from gatebench.run import ProgressBar, RunOptions, run_evaluation
 from gatebench.watch.state import Entry
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Evaluator:
     """Evaluates checkpoints one at a time with the models loaded once."""
 
     def __init__(self, protocol: Protocol, options: WatchOptions,
-                 progress_factory: Callable[[int], Any] | None = None) -> None:
+                 progress_factory: Callable[[int], ProgressBar] | None = None) -> None:
         self.protocol, self.options = protocol, options
         self.progress_factory = progress_factory
         self.models = Models()

@@ -25,6 +25,7 @@ from gatebench.files import file_sha256
 from gatebench.protocol import Protocol
 from gatebench.readers.series import is_final_name
 from gatebench.render.trajectory import write_trajectory
+from gatebench.run import ProgressBar
 from gatebench.rundir.outputs import ensure_out_dir, run_lock
 from gatebench.rundir.results import exit_code, verdict_of
 from gatebench.watch.discover import (
@@ -82,7 +83,7 @@ def settings_of(protocol: Protocol) -> dict[str, Any]:
 
 def watch(run_dir: Path, protocol: Protocol, options: WatchOptions, *,
           on_event: Events = lambda _line: None,
-          progress_factory: Callable[[int], Any] | None = None,
+          progress_factory: Callable[[int], ProgressBar] | None = None,
           settler: Settler | None = None, evaluator: Evaluator | None = None,
           sleep: Callable[[float], None] = time.sleep) -> WatchResult:
     """The whole watch as a library call (the CLI parses flags and renders)."""
