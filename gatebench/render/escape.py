@@ -19,7 +19,10 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL.ImageFont import FreeTypeFont, ImageFont
 
 REPLACEMENT = "\ufffd"
 _SPACES = {"\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"}
@@ -37,7 +40,7 @@ def _clean_char(ch: str) -> str:
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
-def clean(text: Any, *, keep_newlines: bool = False) -> str:
+def clean(text: object, *, keep_newlines: bool = False) -> str:
     """``str(text)`` on one line (``keep_newlines``: its "\\n" kept), without control
     characters, bidi overrides or surrogates."""
     if keep_newlines:
@@ -69,7 +72,7 @@ def _md_sub(match: re.Match[str]) -> str:
     return _MD_ESCAPED[token]
 
 
-def md_text(text: Any) -> str:
+def md_text(text: object) -> str:
     """Inline Markdown text (prose, a table cell, image alt text): shown as written.
 
     Escapes ``\\ ` * [ ] |``, ``_`` outside a word, ``<`` and ``&`` where they would start a tag
@@ -78,7 +81,7 @@ def md_text(text: Any) -> str:
     return _MD_LEADING.sub(lambda m: m.group(1) + "\\" + m.group(2), out, count=1)
 
 
-def md_code(text: Any) -> str:
+def md_code(text: object) -> str:
     """A path or a name as a Markdown code span nothing can break out of: the fence is one
     backtick longer than the longest backtick run inside (CommonMark), padded with spaces when
     the text starts or ends with a backtick; "|" is written "\\|" so a table row keeps its
@@ -94,7 +97,7 @@ def md_code(text: Any) -> str:
 
 # -- HTML, LaTeX, terminal, PNG, matplotlib ----------------------------------------------------
 
-def html_text(text: Any) -> str:
+def html_text(text: object) -> str:
     """Text or an attribute value in HTML: ``& < > " '`` as entities."""
     return html.escape(clean(text), quote=True)
 
@@ -103,13 +106,13 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
         "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
 
-def tex_text(text: Any) -> str:
+def tex_text(text: object) -> str:
     """LaTeX text mode: the ten special characters as text, so ``\\input{/etc/hostname}``
     prints as written and no brace from data closes one of the report's own groups."""
     return "".join(_TEX.get(ch, ch) for ch in clean(text))
 
 
-def rich_text(text: Any) -> str:
+def rich_text(text: object) -> str:
     """Terminal (rich): markup such as ``[bold]`` shown literally, no escape sequences ("\\n"
     kept: an error block lists one missing input a line; "\\r" cannot overwrite a line)."""
     from rich.markup import escape  # noqa: PLC0415
@@ -117,12 +120,12 @@ def rich_text(text: Any) -> str:
     return escape(clean(text, keep_newlines=True))
 
 
-def plot_text(text: Any) -> str:
+def plot_text(text: object) -> str:
     """A matplotlib label: "$" would start mathtext (and bad TeX in it fails the whole plot)."""
     return clean(text).replace("$", r"\$")
 
 
-def png_text(text: Any, font: Any, max_px: int | None = None, max_chars: int = 200) -> str:
+def png_text(text: object, font: ImageFont | FreeTypeFont, max_px: int | None = None, max_chars: int = 200) -> str:
     """Text PIL can draw with ``font`` in at most ``max_px`` pixels: cleaned, cut with an
     ellipsis, and for PIL's bitmap fallback font (no FreeType: Latin-1 only) every other
     character as "?" instead of a UnicodeEncodeError."""
