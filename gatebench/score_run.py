@@ -17,10 +17,11 @@ from gatebench.metrics.timing import StageTimer
 from gatebench.metrics.twin_cache import TwinCache
 from gatebench.protocol import Protocol, load_protocol, with_flags
 from gatebench.rundir.saved import checkpoint_labels
-from gatebench.score import ImageItem, score_folder, score_images
+from gatebench.score import ImageItem, ScoreResult, score_folder, score_images
 
 if TYPE_CHECKING:
     from gatebench.metrics.evalmodels import EvalModels
+    from gatebench.verdict import TargetRow
 
 
 
@@ -95,7 +96,8 @@ def detector_ceiling(protocol: Protocol, eval_models: EvalModels) -> dict[str, A
 def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detections: Path | None,
                     *, device: str = "auto", skip_bad: bool = False,
                     garbled_threshold: float | None = None,
-                    blank_threshold: float | None = None) -> tuple[dict[str, Any], Any, list]:
+                    blank_threshold: float | None = None
+                    ) -> tuple[dict[str, Any], ScoreResult, list[TargetRow]]:
     """`gatebench score`: (the score.json document, the ScoreResult, the target rows)."""
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.models.device import resolve_device  # noqa: PLC0415
@@ -133,7 +135,8 @@ def score_elsewhere(images: Path, layouts: Path, protocol: str | None, detection
     return document, result, targets
 
 
-def write_score_outputs(document: dict[str, Any], result: Any, images: Path, out: Path) -> None:
+def write_score_outputs(document: dict[str, Any], result: ScoreResult, images: Path,
+                        out: Path) -> None:
     """samples.jsonl, score.json and report.md (with the flagged images) into ``out``."""
     from gatebench.render.flagged import write_score_report  # noqa: PLC0415
     from gatebench.rundir.outputs import ensure_out_dir  # noqa: PLC0415

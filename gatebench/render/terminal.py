@@ -10,7 +10,7 @@ row, and each says so; no number or name is ever cut.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 
@@ -22,6 +22,10 @@ from gatebench.render.gates import render_findings
 from gatebench.render.sections import sequential_of
 from gatebench.rundir.results import verdict_of
 from gatebench.rundir.saved import checkpoint_paths, label_map, label_of, row_label
+
+if TYPE_CHECKING:
+    from gatebench.score import ScoreResult
+    from gatebench.verdict import TargetRow
 
 
 def headline_metrics(results: dict[str, Any], names: Sequence[str]) -> list[str]:
@@ -134,7 +138,7 @@ def stop_line(seq: dict[str, Any]) -> str:
     return f"ran to N={seq['max_layouts']}: decided in the last round: {reason} ({split})"
 
 
-def render_score(result: Any, targets: Sequence[Any], images: Path, out: Path | None,
+def render_score(result: ScoreResult, targets: Sequence[TargetRow], images: Path, out: Path | None,
                  console: Console) -> None:
     """`gatebench score`: every metric with its CI, the metrics not computed and why (under the
     table: a reason is a sentence, it would make the value column too wide for any terminal),
