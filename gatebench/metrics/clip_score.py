@@ -9,12 +9,15 @@ Texts longer than the model's context are truncated by the tokenizer (keeping th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
 from gatebench.errors import MetricError, ModelFileError
 from gatebench.metrics.images import to_pil_rgb
+
+if TYPE_CHECKING:     # torch loads with a backend, not with this module
+    import torch
 
 
 class ClipBackend(Protocol):
@@ -22,9 +25,9 @@ class ClipBackend(Protocol):
 
     name: str
 
-    def encode_images(self, images: Sequence[Any]) -> Any: ...
+    def encode_images(self, images: Sequence[Any]) -> torch.Tensor: ...
 
-    def encode_texts(self, texts: Sequence[str]) -> Any: ...
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
 def _features(out: Any) -> Any:
@@ -76,7 +79,7 @@ class TransformersClip:
                                  path=path) from None
         return cls(model, processor, device, batch_size, name=f"transformers:{path.name}")
 
-    def encode_images(self, images: Sequence[Any]) -> Any:
+    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         inputs = self.processor(images=list(images), return_tensors="pt")
@@ -84,7 +87,7 @@ class TransformersClip:
             out = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
         return _normalise(_features(out).float())
 
-    def encode_texts(self, texts: Sequence[str]) -> Any:
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         max_len = getattr(getattr(self.model.config, "text_config", None),
@@ -128,14 +131,14 @@ class OpenClip:
         tok = tokenizer if tokenizer is not None else open_clip.get_tokenizer(arch)
         return cls(model, preprocess, tok, device, name=f"open_clip:{arch}:{path.name}")
 
-    def encode_images(self, images: Sequence[Any]) -> Any:
+    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
         with torch.no_grad():
             return _normalise(self.model.encode_image(batch).float())
 
-    def encode_texts(self, texts: Sequence[str]) -> Any:
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         with torch.no_grad():

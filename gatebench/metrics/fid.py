@@ -13,13 +13,16 @@ import logging
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Protocol, Sequence
 
 import numpy as np
 
 from gatebench.errors import MetricError, ModelFileError
 from gatebench.metrics.fid_maths import feature_stats, sqrt_factor
 from gatebench.metrics.images import to_pil_rgb
+
+if TYPE_CHECKING:     # torch loads with an extractor, not with this module
+    import torch
 
 _log = logging.getLogger(__name__)
 ResizeMode = Literal["bilinear", "bicubic", "clean"]
@@ -31,7 +34,7 @@ class FeatureExtractor(Protocol):
     name: str
     input_size: int | None
 
-    def __call__(self, images: Any) -> Any: ...
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def digest(self) -> str: ...
 
@@ -55,7 +58,7 @@ class ModuleExtractor:
     device: str = "cpu"
     _digest: str | None = field(default=None, repr=False)
 
-    def __call__(self, images: Any) -> Any:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         x = images.to(self.device)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:     # PIL loads when an image is converted
+    from PIL.Image import Image as PILImage
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
@@ -30,7 +33,7 @@ def _convert(im: Any) -> Any:
     return _high_bit_to_rgb(im) if im.mode in _HIGH_BIT_MODES else im.convert("RGB")
 
 
-def to_pil_rgb(image: Any) -> Any:
+def to_pil_rgb(image: Any) -> PILImage:
     """Path / PIL image / HWC array (uint8, or floats in [0, 1]) -> RGB PIL image.
 
     A file that would decode to more pixels than PIL's limit (a decompression bomb) is refused
