@@ -45,7 +45,7 @@ from gatebench.rundir.results import (
 )
 from gatebench.rundir.samples import read_samples_jsonl, write_samples_jsonl
 from gatebench.rundir.saved import SavedRun, label_map
-from gatebench.score_run import detector_ceiling, score_sets
+from gatebench.score_run import ZeroScores, detector_ceiling, score_sets
 from gatebench.sequential.rounds import generate_until_decided, sequential_record
 from gatebench.verdict import TargetRow, evaluate_targets
 from gatebench.writes.findings import write_findings
@@ -132,7 +132,7 @@ def _load_base(protocol: Protocol, device: str, dtype: torch.dtype) -> BaseModel
 def run_evaluation(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptions, *,
                    eval_models: EvalModels | None = None, base: BaseModel | None = None,
                    progress_factory: Callable[[int], ProgressBar] | None = None,
-                   baseline: SavedRun | None = None, zero_scores: dict[Any, Any] | None = None) -> RunResult:
+                   baseline: SavedRun | None = None, zero_scores: ZeroScores | None = None) -> RunResult:
     """The whole `gatebench run` as a library call (the CLI only parses flags and renders).
 
     ``baseline`` (a SavedRun, `run --baseline`): with ``until_decided``, the regression gate's
@@ -186,7 +186,7 @@ def _evaluate(checkpoints: Sequence[Path], protocol: Protocol, options: RunOptio
               base: BaseModel | None, progress_factory: Callable[[int], ProgressBar] | None,
               baseline: SavedRun | None,
               keep: KeptImages | None, health: HealthPrefetch | None,
-              zero_scores: dict[Any, Any] | None = None) -> RunResult:
+              zero_scores: ZeroScores | None = None) -> RunResult:
     from gatebench.metrics.evalmodels import load_eval_models  # noqa: PLC0415
     from gatebench.render.markdown import write_report  # noqa: PLC0415
 

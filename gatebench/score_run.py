@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 
 
+# A watch's memo of gate-0 scores: the gate-0 set's image paths -> that set's ScoreResult.
+ZeroScores = dict[tuple[str, ...], ScoreResult]
+
+
 class ScoreModels(TypingProtocol):
     """What scoring needs of the evaluation models: score_images' model keywords (EvalModels,
     or a round's per-image-only view of them in sequential/rounds.py)."""
@@ -39,7 +43,7 @@ def nonfinite_count(items: Sequence[ImageItem]) -> int:
 def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
                infos: Sequence[CheckpointInfo], scales: Sequence[float], protocol: Protocol,
                eval_models: ScoreModels, cache_dir: Path, health: HealthPrefetch | None = None,
-               zero_scores: dict[Any, Any] | None = None, timer: StageTimer | None = None
+               zero_scores: ZeroScores | None = None, timer: StageTimer | None = None
                ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(samples of every image, one results row per checkpoint x gate scale).
 
@@ -50,14 +54,14 @@ def score_sets(items: Mapping[tuple[str, float], Sequence[ImageItem]],
     model's images are scored once per watch, not once per checkpoint). ``timer``: each set's
     scoring phases (metrics/timing.py), for the bench; None records nothing."""
     frames, rows = [], []
-    zero: Any = None
+    zero: ScoreResult | None = None
     twins = health.twin_cache if health is not None and health.twin_cache is not None \
         else TwinCache()
     labels = checkpoint_labels(info.path for info in infos)   # runA/final.pt vs runB/final.pt
     for info in infos:
         for s in scales:
             group = items[(info.sha256, s)]
-            key = tuple(str(item.image_path) for item in group) if s == 0.0 else None
+            key = tuple(str(item.image_path) for item in group)   # the memo's key (scale 0)
             if s == 0.0 and zero is None and zero_scores is not None:
                 zero = zero_scores.get(key)
             if s == 0.0 and zero is not None:      # scale 0 is shared: score it once

@@ -29,6 +29,7 @@ from gatebench.watch.state import Entry
 if TYPE_CHECKING:
     from gatebench.metrics.evalmodels import EvalModels
     from gatebench.models.base import BaseModel
+    from gatebench.score_run import ZeroScores
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Models:
 
     base: BaseModel | None = None
     eval_models: EvalModels | None = None
-    zero_scores: dict[Any, Any] = field(default_factory=dict)
+    zero_scores: ZeroScores = field(default_factory=dict)
     load_s: float = 0.0
 
 
