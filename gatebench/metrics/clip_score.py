@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 import numpy as np
 
 from gatebench.errors import MetricError, ModelFileError
-from gatebench.metrics.images import to_pil_rgb
+from gatebench.metrics.images import ImageLike, to_pil_rgb
 
 if TYPE_CHECKING:     # torch loads with a backend, not with this module
     import torch
+    from PIL.Image import Image as PILImage
 
 
 class ClipBackend(Protocol):
@@ -25,7 +26,7 @@ class ClipBackend(Protocol):
 
     name: str
 
-    def encode_images(self, images: Sequence[Any]) -> torch.Tensor: ...
+    def encode_images(self, images: Sequence[PILImage]) -> torch.Tensor: ...
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
 
@@ -79,7 +80,7 @@ class TransformersClip:
                                  path=path) from None
         return cls(model, processor, device, batch_size, name=f"transformers:{path.name}")
 
-    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
+    def encode_images(self, images: Sequence[PILImage]) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         inputs = self.processor(images=list(images), return_tensors="pt")
@@ -131,7 +132,7 @@ class OpenClip:
         tok = tokenizer if tokenizer is not None else open_clip.get_tokenizer(arch)
         return cls(model, preprocess, tok, device, name=f"open_clip:{arch}:{path.name}")
 
-    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
+    def encode_images(self, images: Sequence[PILImage]) -> torch.Tensor:
         import torch  # noqa: PLC0415
 
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
@@ -146,7 +147,7 @@ class OpenClip:
                               .float())
 
 
-def clip_scores(backend: ClipBackend, images: Sequence[Any], texts: Sequence[str],
+def clip_scores(backend: ClipBackend, images: Sequence[ImageLike], texts: Sequence[str],
                 batch_size: int = 32) -> np.ndarray:
     """Per-pair ``max(cos, 0)`` of image i and text i (paths, PIL images or HWC uint8 arrays)."""
     if len(images) != len(texts):
@@ -161,7 +162,7 @@ def clip_scores(backend: ClipBackend, images: Sequence[Any], texts: Sequence[str
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def crop_box(image: Any, box: Sequence[float]) -> Any:
+def crop_box(image: PILImage, box: Sequence[float]) -> PILImage:
     """Crop a normalised xyxy box (at least 1 pixel each side) from a PIL image."""
     w, h = image.size
     x1, y1 = int(np.floor(box[0] * w)), int(np.floor(box[1] * h))
@@ -169,18 +170,19 @@ def crop_box(image: Any, box: Sequence[float]) -> Any:
     return image.crop((x1, y1, min(x2, w), min(y2, h)))
 
 
-def region_clip_scores(backend: ClipBackend, images: Sequence[Any],
+def region_clip_scores(backend: ClipBackend, images: Sequence[ImageLike],
                        boxes: Sequence[Sequence[Sequence[float]]],
                        phrases: Sequence[Sequence[str]], batch_size: int = 32) -> list[np.ndarray]:
     """Per image, per box: ``max(cos(crop, phrase), 0)``; batched across images."""
-    crops: list[Any] = []
+    crops: list[PILImage] = []
     texts: list[str] = []
     counts = []
     for image, bxs, phs in zip(images, boxes, phrases, strict=True):
         if len(bxs) != len(phs):
             raise MetricError(f"expected one phrase per box, got {len(phs)} for {len(bxs)}")
-        pil = to_pil_rgb(image) if bxs else None
-        crops.extend(crop_box(pil, b) for b in bxs)
+        if bxs:
+            pil = to_pil_rgb(image)
+            crops.extend(crop_box(pil, b) for b in bxs)
         texts.extend(phs)
         counts.append(len(bxs))
     flat = clip_scores(backend, crops, texts, batch_size) if crops else np.zeros(0)

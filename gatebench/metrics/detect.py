@@ -18,6 +18,7 @@ from gatebench.readers.jsonl import read_jsonl
 
 if TYPE_CHECKING:   # metrics sit below the protocol and the layouts: annotations only
     from gatebench.layouts import LayoutObject
+    from gatebench.metrics.images import ImageLike
     from gatebench.protocol import DetectionSpec
 
 # The 80 COCO detection classes in the order detectors (YOLO) index them.
@@ -60,7 +61,7 @@ class Detector(Protocol):
     @property
     def labels(self) -> frozenset[str]: ...
 
-    def detect(self, images: Sequence[Any]) -> list[list[Detection]]: ...
+    def detect(self, images: Sequence[ImageLike]) -> list[list[Detection]]: ...
 
 
 @runtime_checkable
@@ -73,7 +74,7 @@ class PhraseDetector(Protocol):
     @property
     def labels(self) -> frozenset[str]: ...     # empty: the vocabulary is each image's queries
 
-    def detect_phrases(self, images: Sequence[Any], queries: Sequence[Sequence[str]]
+    def detect_phrases(self, images: Sequence[ImageLike], queries: Sequence[Sequence[str]]
                        ) -> list[list[Detection]]: ...
 
     def identity(self) -> dict[str, Any]: ...
@@ -188,7 +189,7 @@ class YoloDetector:
 
         return file_sha256(self.weights) if self.weights is not None else None
 
-    def detect(self, images: Sequence[Any]) -> list[list[Detection]]:
+    def detect(self, images: Sequence[ImageLike]) -> list[list[Detection]]:
         """Detections per image (paths, PIL images or HWC uint8 arrays), in batches."""
         out: list[list[Detection]] = []
         size = max(1, self.spec.batch_size)

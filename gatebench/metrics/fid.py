@@ -19,7 +19,7 @@ import numpy as np
 
 from gatebench.errors import MetricError, ModelFileError
 from gatebench.metrics.fid_maths import feature_stats, sqrt_factor
-from gatebench.metrics.images import to_pil_rgb
+from gatebench.metrics.images import ImageLike, to_pil_rgb
 
 if TYPE_CHECKING:     # torch loads with an extractor, not with this module
     import torch
@@ -91,7 +91,7 @@ def inception_extractor(weights_path: str | Path, device: str = "cpu") -> Module
                            device=device, _digest=file_sha256(path))
 
 
-def load_images_uint8(images: Sequence[Any], size: int | None, resize: ResizeMode) -> Any:
+def load_images_uint8(images: Sequence[ImageLike], size: int | None, resize: ResizeMode) -> Any:
     """Paths / PIL images / HWC uint8 arrays -> uint8 tensor B x 3 x size x size.
 
     ``clean`` = PIL bicubic with antialiasing (clean-fid's point); ``bilinear``/``bicubic`` =
@@ -114,7 +114,7 @@ def load_images_uint8(images: Sequence[Any], size: int | None, resize: ResizeMod
     return torch.stack(tensors)
 
 
-def extract_features(images: Sequence[Any], extractor: Callable[[Any], Any], *,
+def extract_features(images: Sequence[ImageLike], extractor: Callable[[Any], Any], *,
                      input_size: int | None = None, resize: ResizeMode = "bilinear",
                      batch_size: int = 32) -> np.ndarray:
     """Features (N x D, float64) of images through ``extractor``, in batches."""

@@ -84,7 +84,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from gatebench.errors import MetricError
-from gatebench.metrics.images import to_pil_rgb
+from gatebench.metrics.images import ImageLike, to_pil_rgb
 from gatebench.metrics.spec import BLANK_THRESHOLD, GARBLED_THRESHOLD
 from gatebench.metrics.ssim import ssim_full
 from gatebench.metrics.twin_cache import TwinCache
@@ -167,7 +167,7 @@ def _lab(x: np.ndarray) -> np.ndarray:
     return rgb2lab(x)
 
 
-def health_stats(image: Any) -> dict[str, float]:
+def health_stats(image: ImageLike) -> dict[str, float]:
     """Every cue of one image (shares in [0, 1], L* and Delta-E in CIELAB units)."""
     return {k: float(np.mean(v)) if isinstance(v, np.ndarray) else v
             for k, v in _maps(image).items() if k != "light"}
@@ -268,7 +268,7 @@ def _ssim_map(light: np.ndarray, ref_light: np.ndarray) -> np.ndarray:
     return ssim_full(a, b)[0, 0].double().numpy()
 
 
-def structure_similarity(image: Any, reference: Any) -> float:
+def structure_similarity(image: ImageLike, reference: ImageLike) -> float:
     """Mean SSIM (torchmetrics) of the two images' CIELAB lightness at the working size."""
     m, r = _pair(image, reference)
     return float(np.mean(_ssim_map(m["light"], r["light"])))
@@ -310,7 +310,7 @@ def _blank_parts(s: dict[str, float]) -> dict[str, float]:
             "flat": _clip01((FLAT_SPREAD - s["spread"]) / FLAT_SPREAD)}
 
 
-def garbled_components(image: Any, reference: Any = None) -> dict[str, float]:
+def garbled_components(image: ImageLike, reference: ImageLike | None = None) -> dict[str, float]:
     """Score parts in [0, 1]: ``edges``, ``noise``, ``vivid`` (absolute, or vs ``reference``).
 
     With a reference the parts are the twin-relative ones and an ``absolute`` entry carries the
@@ -321,23 +321,23 @@ def garbled_components(image: Any, reference: Any = None) -> dict[str, float]:
     return _garbled_parts(*_pair(image, reference))
 
 
-def garbled_score(image: Any, reference: Any = None) -> float:
+def garbled_score(image: ImageLike, reference: ImageLike | None = None) -> float:
     """Garbled-ness in [0, 1]; above ``GARBLED_THRESHOLD`` (0.5, the protocol's default) = garbled."""
     return _garbled_from_parts(garbled_components(image, reference))
 
 
-def blank_components(image: Any) -> dict[str, float]:
+def blank_components(image: ImageLike) -> dict[str, float]:
     """Blank parts in [0, 1]: ``dark`` (near-black), ``light`` (near-white), ``flat`` (uniform)."""
     return _blank_parts(_maps(image))
 
 
-def blank_score(image: Any) -> float:
+def blank_score(image: ImageLike) -> float:
     """Blank-ness in [0, 1]; above ``BLANK_THRESHOLD`` (0.5, the protocol's default) = blank."""
     return max(blank_components(image).values())
 
 
-def assess(image: Any, reference: Any = None, *, garbled_threshold: float = GARBLED_THRESHOLD,
-           blank_threshold: float = BLANK_THRESHOLD,
+def assess(image: ImageLike, reference: ImageLike | None = None, *,
+           garbled_threshold: float = GARBLED_THRESHOLD, blank_threshold: float = BLANK_THRESHOLD,
            twin_cache: TwinCache | None = None, twin_key: Any = None) -> ImageHealth:
     """Both flags for one image (cues computed once); a blank image is not also garbled.
 
@@ -351,7 +351,8 @@ def assess(image: Any, reference: Any = None, *, garbled_threshold: float = GARB
     return ImageHealth(g_score, (g_score > garbled_threshold) and not blank, b_score, blank)
 
 
-def assess_many(images: Sequence[Any], references: Sequence[Any] | None = None, *,
+def assess_many(images: Sequence[ImageLike],
+                references: Sequence[ImageLike | None] | None = None, *,
                 garbled_threshold: float = GARBLED_THRESHOLD,
                 blank_threshold: float = BLANK_THRESHOLD,
                 twin_cache: TwinCache | None = None, twin_keys: Sequence[Any] | None = None,

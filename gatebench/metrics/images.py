@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 if TYPE_CHECKING:     # PIL loads when an image is converted
     from PIL.Image import Image as PILImage
+
+# What callers pass as an image: a file path, a PIL image or an HWC array (uint8, or floats in
+# [0, 1]); to_pil_rgb turns each into an RGB PIL image.
+ImageLike = Union[str, Path, "PILImage", np.ndarray]
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
@@ -33,7 +37,7 @@ def _convert(im: Any) -> Any:
     return _high_bit_to_rgb(im) if im.mode in _HIGH_BIT_MODES else im.convert("RGB")
 
 
-def to_pil_rgb(image: Any) -> PILImage:
+def to_pil_rgb(image: ImageLike) -> PILImage:
     """Path / PIL image / HWC array (uint8, or floats in [0, 1]) -> RGB PIL image.
 
     A file that would decode to more pixels than PIL's limit (a decompression bomb) is refused

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping, Sequence
 from gatebench.errors import ModelFileError, ProtocolError
 from gatebench.files import file_sha256
 from gatebench.metrics.detect import OFFLINE_ENV, Detection
-from gatebench.metrics.images import to_pil_rgb
+from gatebench.metrics.images import ImageLike, to_pil_rgb
 
 if TYPE_CHECKING:   # metrics sit below the protocol and the layouts: annotations only
     from gatebench.layouts import LayoutObject
@@ -198,7 +198,7 @@ class ZeroShotDetector:
                 "text_threshold": self.spec.text_threshold if self.family == "grounding" else None,
                 "head_noun": self.spec.head_noun}
 
-    def detect_phrases(self, images: Sequence[Any], queries: Sequence[Sequence[str]]
+    def detect_phrases(self, images: Sequence[ImageLike], queries: Sequence[Sequence[str]]
                        ) -> list[list[Detection]]:
         """Every detection the model keeps, per image, each with the query it was assigned to.
         ``queries[i]``: image i's object queries in layout order (repeats allowed)."""
