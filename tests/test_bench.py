@@ -239,3 +239,15 @@ def test_bench_targets_fail_without_a_finite_value() -> None:
     rows = judge({"a": 3.0}, [at_least, at_most])
     assert [(r["name"], r["value"], r["passed"]) for r in rows] == [("a", 3.0, True),
                                                                      ("b", None, False)]
+
+
+def test_zeroshot_bench_tiny(tmp_path: Path) -> None:
+    """bench/zeroshot_bench.py with the tests' tiny Grounding DINO: both query modes, ratios."""
+    out = tmp_path / "zeroshot.json"
+    run_script([BENCH / "zeroshot_bench.py", "--shape", "tiny", "--images", "1", "--repeats", "1",
+                "--out", out], tmp_path)
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    assert doc["phrases"] == 6 and doc["images"] == 1
+    for mode in ("joined", "per_phrase", "per_phrase_unshared"):
+        assert finite_positive(doc["per_image"][mode]["cpu_ms"]), mode
+    assert finite_positive(doc["per_phrase_over_joined_cpu"])

@@ -157,7 +157,7 @@ def test_run_lists_only_what_is_missing_and_names_no_default(tmp_path: Path, mon
     assert "protocol 'mine' names 2 inputs" in result.output and "chosen" not in result.output
     assert "[data] layouts" not in result.output
     assert "[models] base_model (or --base-model): expected" in result.output
-    assert "got a folder 'yolo.pt'" in result.output
+    assert "got a folder without config.json 'yolo.pt'" in result.output
 
 
 def test_the_shipped_world_protocol_has_every_input() -> None:
