@@ -87,7 +87,9 @@ def workdir() -> Iterator[Path]:
 def _both(prop: Callable[..., None], strategy: Any) -> tuple[Callable, Callable]:
     """The same property as a fast default test and a long `-m slow` one."""
     fast = FAST(given(strategy)(prop))
-    slow = pytest.mark.slow(LONG(given(strategy)(prop)))
+    # 300 examples of a report render (matplotlib, ~1 s each on a shared 2-core machine) outlast
+    # the suite's 300 s per-test limit, which is for one hung model, not for 300 examples
+    slow = pytest.mark.timeout(1800)(pytest.mark.slow(LONG(given(strategy)(prop))))
     return fast, slow
 
 
