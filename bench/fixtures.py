@@ -73,9 +73,10 @@ _MERGES = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("ci", "r"), ("l", "e</w>"),
            ("a", "r"), ("e", "e"), ("b", "l"), ("s", "q"), ("u", "a")]
 
 
-def clip_tokenizer(folder: Path) -> Any:
+def clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Any:
     """A CLIPTokenizer over a tiny byte-level BPE vocabulary (lowercase letters, digits, a
-    little punctuation, each with its ``</w>`` form, a few merges), saved to ``folder``."""
+    little punctuation, each with its ``</w>`` form, a few merges), saved to ``folder``;
+    ``pad_token`` "!" makes SDXL's second tokenizer."""
     from transformers import CLIPTokenizer  # noqa: PLC0415
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def clip_tokenizer(folder: Path) -> Any:
                                                                   for a, b in _MERGES),
                                         encoding="utf-8")
         tokenizer = CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"),
-                                  pad_token="<|endoftext|>", model_max_length=77)
+                                  pad_token=pad_token, model_max_length=77)
         tokenizer.save_pretrained(folder)
     return tokenizer
 

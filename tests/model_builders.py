@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import io
 import json
-import string
 import tempfile
 from pathlib import Path
 
 import torch
 
+from bench.fixtures import clip_tokenizer
+
 UNET_WIDTHS = (32, 64)
 ADD_TIME_DIM = 8
 SAMPLE = 8            # latent side; the VAE halves, so images are 16 x 16
 
-_MERGES = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("ci", "r"), ("l", "e</w>"), ("o", "n</w>"),
-           ("a", "r"), ("e", "e"), ("b", "l"), ("s", "q"), ("u", "a")]
 _SP_CORPUS = ["red circle", "green square", "blue triangle", "yellow circle", "a red circle on the left",
               "a cat and a dog on the grass", "one small green square", "the big blue triangle",
               "红色的圆", "绿色的方块", "一只猫在左边，一只狗在右边，草地背景", "摩托车",
@@ -46,30 +45,6 @@ def _model_index(folder: Path, class_name: str, components: dict[str, tuple[str 
     index.update({name: list(lib_cls) for name, lib_cls in components.items()})
     index.update(extra)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-
-
-def _clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>"):
-    """A CLIPTokenizer over a tiny byte-level BPE vocabulary, saved to ``folder``."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {}
-    for ch in string.ascii_lowercase + string.digits + "!,.'-":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    for a, b in _MERGES:
-        vocab.setdefault(a + b, len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp)
-        (raw / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        (raw / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in _MERGES),
-                                        encoding="utf-8")
-        tokenizer = CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), pad_token=pad_token,
-                                  model_max_length=77)
-        tokenizer.save_pretrained(folder)
-    return tokenizer
 
 
 def _clip_text(folder: Path, hidden: int, *, projection: int | None = None, seed: int = 0):
@@ -127,7 +102,7 @@ def make_tiny_sd(directory: str | Path) -> Path:
     _unet(folder / "unet", cross=32)
     _vae(folder / "vae")
     _clip_text(folder / "text_encoder", 32)
-    _clip_tokenizer(folder / "tokenizer")
+    clip_tokenizer(folder / "tokenizer")
     _scheduler(folder / "scheduler")
     _model_index(folder, "StableDiffusionPipeline", {
         "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
@@ -148,8 +123,8 @@ def make_tiny_sdxl(directory: str | Path) -> Path:
     _vae(folder / "vae")
     _clip_text(folder / "text_encoder", 32, seed=1)
     _clip_text(folder / "text_encoder_2", 48, projection=pooled, seed=2)
-    _clip_tokenizer(folder / "tokenizer")
-    _clip_tokenizer(folder / "tokenizer_2", pad_token="!")      # as SDXL's second tokenizer
+    clip_tokenizer(folder / "tokenizer")
+    clip_tokenizer(folder / "tokenizer_2", pad_token="!")      # as SDXL's second tokenizer
     _scheduler(folder / "scheduler")
     _model_index(folder, "StableDiffusionXLPipeline", {
         "unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", "AutoencoderKL"),
@@ -223,7 +198,7 @@ def make_tiny_pixel(directory: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _unet(folder / "unet", in_channels=3, cross=32, seed=3, sample_size=2 * SAMPLE)
     _clip_text(folder / "text_encoder", 32, seed=3)
-    _clip_tokenizer(folder / "tokenizer")
+    clip_tokenizer(folder / "tokenizer")
     _scheduler(folder / "scheduler", beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     _model_index(folder, "GatebenchPixelPipeline", {
         "unet": ("diffusers", "UNet2DConditionModel"), "text_encoder": ("transformers", "CLIPTextModel"),
