@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 WORDS = ("cat", "dog", "red", "car", "bird", "tree", "person", "bicycle", "apple", "chair",
          "book", "cup", "a", "the", "blue", "small", "traffic", "light", "sports", "ball")
@@ -28,6 +29,24 @@ def write_vocab(path: Path) -> Path:
 
 def make_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
     """save_pretrained of a random GroundingDinoForObjectDetection and its processor."""
+    return _save_grounding_dino(
+        folder, seed, backbone=dict(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1],
+                                    num_heads=[1, 1, 2], window_size=4),
+        levels=["stage2", "stage3"],                   # two feature levels
+        text=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=37, max_position_embeddings=64),
+        config=dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=32,
+                    decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+                    num_queries=30, num_feature_levels=2, encoder_n_points=2, decoder_n_points=2,
+                    max_text_len=64, two_stage=True),
+        size={"shortest_edge": 64, "longest_edge": 96})
+
+
+def _save_grounding_dino(folder: Path, seed: int, *, backbone: dict[str, Any], levels: list[str],
+                         text: dict[str, Any], config: dict[str, Any],
+                         size: dict[str, int]) -> Path:
+    """A random Grounding DINO of the given shape with the small WordPiece vocabulary, saved
+    with its processor (``save_pretrained``) to ``folder``."""
     import torch
     from transformers import (
         BertTokenizer,
@@ -41,20 +60,13 @@ def make_tiny_grounding_dino(folder: Path, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_vocab(folder / "wordpiece-vocab.txt")
     tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)   # a vocab.txt path
-    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1],
-                          num_heads=[1, 1, 2], window_size=4)
-    backbone.out_features = ["stage2", "stage3"]       # two feature levels
-    text = {"model_type": "bert", "vocab_size": tokenizer.vocab_size, "hidden_size": 32,
-            "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 37,
-            "max_position_embeddings": 64}
-    config = GroundingDinoConfig(
-        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=2,
-        decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-        decoder_attention_heads=2, num_queries=30, num_feature_levels=2, encoder_n_points=2,
-        decoder_n_points=2, max_text_len=64, two_stage=True)
+    swin = SwinConfig(**backbone)
+    swin.out_features = levels
+    bert = {"model_type": "bert", "vocab_size": tokenizer.vocab_size, **text}
     torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    model = GroundingDinoForObjectDetection(
+        GroundingDinoConfig(backbone_config=swin, text_config=bert, **config)).eval()
+    image_processor = GroundingDinoImageProcessor(size=size)
     processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -120,31 +132,10 @@ def make_grounding_dino_t_shaped(folder: Path, seed: int = 0) -> Path:
     Swin-T backbone, BERT-base text encoder, d_model 256, 6 + 6 layers, 900 queries, 4 feature
     levels, 800 px images) with the small WordPiece vocabulary: a real model's cost structure
     for the bench, without its weights (random weights cost the same)."""
-    import torch
-    from transformers import (
-        BertTokenizer,
-        GroundingDinoConfig,
-        GroundingDinoForObjectDetection,
-        GroundingDinoImageProcessor,
-        GroundingDinoProcessor,
-        SwinConfig,
-    )
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_vocab(folder / "wordpiece-vocab.txt")
-    tokenizer = BertTokenizer(vocab=str(vocab), do_lower_case=True)
-    backbone = SwinConfig(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
-                          window_size=7)
-    backbone.out_features = ["stage2", "stage3", "stage4"]
-    text = {"model_type": "bert", "vocab_size": tokenizer.vocab_size, "hidden_size": 768,
-            "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
-    config = GroundingDinoConfig(backbone_config=backbone, text_config=text)
-    torch.manual_seed(seed)
-    model = GroundingDinoForObjectDetection(config).eval()
-    image_processor = GroundingDinoImageProcessor(size={"shortest_edge": 800,
-                                                        "longest_edge": 1333})
-    processor = GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    vocab.unlink()
-    return folder
+    return _save_grounding_dino(
+        folder, seed, backbone=dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                                    window_size=7),
+        levels=["stage2", "stage3", "stage4"],
+        text=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072),
+        config={}, size={"shortest_edge": 800, "longest_edge": 1333})
